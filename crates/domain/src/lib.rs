@@ -1,0 +1,84 @@
+//! Herd's domain: the types and rules every other crate speaks in, with no I/O.
+//!
+//! - [`DeviceId`], [`Device`], [`Tags`], [`Attributes`] and [`LifecycleState`] describe the registry;
+//!   [`LifecycleState::check_transition`] is the one place the lifecycle rules live.
+//! - [`Filter`] is the parsed device filter expression (`tags.site = 'berlin' and state = 'active'`);
+//!   stores translate it to their own query language, [`Filter::matches`] evaluates it in memory.
+//! - [`Group`] is a static (explicit members) or dynamic (saved filter) set of devices.
+//! - [`Role`], [`ApiToken`] and [`TokenHash`] describe operator access.
+//! - [`AuditRecord`] and [`audit::chain_hash`] define the hash-chained audit log; [`audit::verify_chain`]
+//!   finds the first broken link.
+//! - [`Mutation`] says who changes something and when; every write to the store carries one.
+
+pub mod audit;
+pub mod device;
+pub mod filter;
+pub mod group;
+pub mod timestamp;
+pub mod token;
+
+pub use audit::{AuditRecord, NewAuditRecord};
+pub use device::{
+    Attributes, Device, DeviceId, DevicePatch, DisplayName, IllegalTransition, ImportRow,
+    LifecycleState, NewDevice, TagKey, Tags,
+};
+pub use filter::{Field, Filter, FilterError};
+pub use group::{Group, GroupKind, GroupName, GroupPatch, NewGroup};
+pub use timestamp::Timestamp;
+pub use token::{ApiToken, NewToken, Role, TokenHash, TokenId};
+
+use std::fmt;
+
+/// A validation failure of raw input, with the field it concerns and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct InvalidInput {
+    /// Which field or value was rejected (`device id`, `tag key`, …).
+    pub field: &'static str,
+    /// Why, in words an operator understands.
+    pub reason: String,
+}
+
+impl InvalidInput {
+    /// Builds an error for `field` with a reason.
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self { field, reason: reason.into() }
+    }
+}
+
+/// Who performs a change: an API token (by id and name) or the server itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// The token that authenticated the request; `None` for the server itself (bootstrap, migrations).
+    pub token_id: Option<TokenId>,
+    /// A human-readable name: the token's name, or `system`.
+    pub name: String,
+}
+
+impl Actor {
+    /// The server acting on its own behalf (bootstrap of the first admin token, for example).
+    pub fn system() -> Self {
+        Self { token_id: None, name: "system".to_owned() }
+    }
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.token_id {
+            Some(id) => write!(f, "token:{id} ({})", self.name),
+            None => write!(f, "{}", self.name),
+        }
+    }
+}
+
+/// The context of one write: who makes it and at what time.
+///
+/// Stores use `at` for `created_at`/`updated_at` and for the audit record they append in the same
+/// transaction, so tests control time by choosing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mutation {
+    /// Who makes the change.
+    pub actor: Actor,
+    /// When the change happens.
+    pub at: Timestamp,
+}

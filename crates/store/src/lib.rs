@@ -1,0 +1,262 @@
+//! The `Store` trait: everything Herd persists, in domain language.
+//!
+//! Backends (`store-sqlite`, `store-postgres`) implement [`Store`] and are used as `Arc<dyn Store>`.
+//! Every write takes a [`Mutation`] (who and when) and appends its audit record in the **same
+//! transaction** as the change, so the audit log can never miss a change that was committed.
+//!
+//! The behaviour every backend must have is pinned by the conformance suite in [`conformance`]
+//! (feature `conformance`), which each backend's tests run against a fresh database.
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+use std::fmt;
+use std::num::NonZeroU32;
+
+use async_trait::async_trait;
+use domain::{
+    ApiToken, AuditRecord, Device, DeviceId, DevicePatch, Filter, Group, GroupName, GroupPatch,
+    IllegalTransition, ImportRow, LifecycleState, Mutation, NewDevice, NewGroup, NewToken,
+    TokenHash, TokenId,
+};
+
+/// Largest page any list call returns.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// Errors a store reports. Variants are the cases callers handle differently.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The named resource does not exist.
+    #[error("{kind} {id} not found")]
+    NotFound {
+        /// `device`, `group`, `token`.
+        kind: &'static str,
+        /// Its id or name.
+        id: String,
+    },
+    /// A resource with that id or name exists already.
+    #[error("{kind} {id} already exists")]
+    AlreadyExists {
+        /// `device`, `group`.
+        kind: &'static str,
+        /// Its id or name.
+        id: String,
+    },
+    /// The caller expected another version (optimistic concurrency).
+    #[error("version mismatch: expected {expected}, current is {current}")]
+    VersionMismatch {
+        /// What the caller expected.
+        expected: u64,
+        /// What is stored.
+        current: u64,
+    },
+    /// The lifecycle does not allow the requested state change.
+    #[error(transparent)]
+    IllegalTransition(#[from] IllegalTransition),
+    /// The request conflicts with the resource's nature (adding members to a dynamic group, a
+    /// dynamic group's filter on a static group, a device created in a non-initial state).
+    #[error("{0}")]
+    Conflict(String),
+    /// The backend failed (connection lost, disk full, corrupt data). Details are for logs only.
+    #[error("storage backend failed: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// Wraps any backend error.
+    pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Backend(Box::new(e))
+    }
+}
+
+/// Shorthand for store results.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A query for one page of devices, ordered by id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceQuery {
+    /// Only devices matching this filter (all when `None`).
+    pub filter: Option<Filter>,
+    /// Only devices whose id sorts after this one: the cursor of the previous page.
+    pub after: Option<DeviceId>,
+    /// Page size, at most [`MAX_PAGE_SIZE`] (stores clamp larger values).
+    pub limit: NonZeroU32,
+}
+
+/// One page of results and whether more follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The items, in order.
+    pub items: Vec<T>,
+    /// Whether another page follows (its cursor is the last item's key).
+    pub has_more: bool,
+}
+
+/// What happened to one import row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportOutcome {
+    /// A new device was created.
+    Created,
+    /// An existing device was changed.
+    Updated,
+    /// An existing device was already as the row says.
+    Unchanged,
+    /// The row was not applied, and why.
+    Rejected(String),
+}
+
+/// Whether an import batch commits what it can or nothing at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportMode {
+    /// Good rows are committed, bad rows are reported as rejected.
+    BestEffort,
+    /// When any row is rejected nothing is committed; outcomes report what would have happened.
+    Atomic,
+}
+
+/// Per-state device counts, for the inventory summary.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StateCounts(pub Vec<(LifecycleState, u64)>);
+
+/// Everything Herd persists.
+///
+/// Writes append an audit record in the same transaction. Reads never write. All methods are
+/// cancel-safe in the sense that a dropped future either committed its transaction or rolled it
+/// back; no half-written state is visible.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Checks that the backend answers (for `/readyz`).
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// A short name of the backend for logs (`sqlite`, `postgres`).
+    fn backend_name(&self) -> &'static str;
+
+    // ---- devices ----
+
+    /// Creates a device at version 1.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`], or [`StoreError::Conflict`] when the initial state is not
+    /// `registered` or `active`.
+    async fn create_device(&self, new: &NewDevice, m: &Mutation) -> StoreResult<Device>;
+
+    /// Reads one device.
+    async fn device(&self, id: &DeviceId) -> StoreResult<Option<Device>>;
+
+    /// Lists one page of devices ordered by id. Index-backed: must stay fast at millions of devices.
+    async fn list_devices(&self, q: &DeviceQuery) -> StoreResult<Page<Device>>;
+
+    /// Counts devices per lifecycle state (states with no devices are left out).
+    async fn count_devices_by_state(&self) -> StoreResult<StateCounts>;
+
+    /// Applies a patch, bumping the version (an empty or no-op patch changes nothing and keeps it).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::VersionMismatch`] when `expected_version` is given
+    /// and differs, [`StoreError::IllegalTransition`].
+    async fn update_device(
+        &self,
+        id: &DeviceId,
+        patch: &DevicePatch,
+        expected_version: Option<u64>,
+        m: &Mutation,
+    ) -> StoreResult<Device>;
+
+    /// Deletes a device and its group memberships (its audit history stays).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::VersionMismatch`].
+    async fn delete_device(
+        &self,
+        id: &DeviceId,
+        expected_version: Option<u64>,
+        m: &Mutation,
+    ) -> StoreResult<()>;
+
+    /// Creates or updates devices from import rows, in one transaction, returning one outcome per
+    /// row in order. A row that repeats an id seen earlier in the same batch applies on top of it.
+    async fn import_devices(
+        &self,
+        rows: &[ImportRow],
+        mode: ImportMode,
+        m: &Mutation,
+    ) -> StoreResult<Vec<ImportOutcome>>;
+
+    // ---- groups ----
+
+    /// Creates a group.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`].
+    async fn create_group(&self, new: &NewGroup, m: &Mutation) -> StoreResult<Group>;
+
+    /// Reads one group.
+    async fn group(&self, name: &GroupName) -> StoreResult<Option<Group>>;
+
+    /// Lists groups ordered by name, after the cursor.
+    async fn list_groups(
+        &self,
+        after: Option<&GroupName>,
+        limit: NonZeroU32,
+    ) -> StoreResult<Page<Group>>;
+
+    /// Changes a group's description or (dynamic groups) filter.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::Conflict`] for a filter on a static group.
+    async fn update_group(
+        &self,
+        name: &GroupName,
+        patch: &GroupPatch,
+        m: &Mutation,
+    ) -> StoreResult<Group>;
+
+    /// Deletes a group (not its devices).
+    async fn delete_group(&self, name: &GroupName, m: &Mutation) -> StoreResult<()>;
+
+    /// Adds devices to a static group (adding a member twice is a no-op).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for the group or the first unknown device, [`StoreError::Conflict`]
+    /// for a dynamic group.
+    async fn add_group_members(
+        &self,
+        name: &GroupName,
+        ids: &[DeviceId],
+        m: &Mutation,
+    ) -> StoreResult<()>;
+
+    /// Removes devices from a static group (removing a non-member is a no-op).
+    async fn remove_group_members(
+        &self,
+        name: &GroupName,
+        ids: &[DeviceId],
+        m: &Mutation,
+    ) -> StoreResult<()>;
+
+    /// One page of a group's devices ordered by id: explicit members of a static group, the
+    /// filter's matches for a dynamic one. `q.filter` further narrows the page.
+    async fn group_devices(&self, name: &GroupName, q: &DeviceQuery) -> StoreResult<Page<Device>>;
+
+    // ---- tokens ----
+
+    /// Stores a new token (its secret is never stored, only the hash).
+    async fn create_token(&self, new: &NewToken, m: &Mutation) -> StoreResult<ApiToken>;
+
+    /// Finds a token by the hash of its secret (revoked and expired ones too; the caller decides).
+    async fn token_by_hash(&self, hash: &TokenHash) -> StoreResult<Option<ApiToken>>;
+
+    /// All tokens, newest first, revoked ones included.
+    async fn list_tokens(&self) -> StoreResult<Vec<ApiToken>>;
+
+    /// Revokes a token (revoking twice keeps the first time).
+    async fn revoke_token(&self, id: &TokenId, m: &Mutation) -> StoreResult<ApiToken>;
+
+    /// How many tokens exist (revoked included); zero means a fresh store that needs bootstrap.
+    async fn token_count(&self) -> StoreResult<u64>;
+
+    // ---- audit ----
+
+    /// Audit records with `seq > after`, oldest first.
+    async fn audit_records(&self, after: u64, limit: NonZeroU32) -> StoreResult<Vec<AuditRecord>>;
+}

@@ -1,1 +1,13 @@
-//! placeholder while the workspace builds
+//! The `herd` binary's library: the server (`herd serve`) and the operator CLI.
+//!
+//! - [`config`] turns the default file, a `--config` file, `HERD_SECTION__KEY` variables and flags
+//!   into a validated [`config::Config`], reporting every problem at once.
+//! - [`serve`] opens the store, bootstraps the first admin token, serves the REST API from
+//!   `http-api`, and shuts down in a fixed order ([`serve::run`] takes a bound listener and a
+//!   shutdown future, so tests bind port 0 and stop it when they like).
+//! - [`cli`] is the command line: `herd serve` and the operator commands, which talk to a server's
+//!   REST API like any other client.
+
+pub mod cli;
+pub mod config;
+pub mod serve;

@@ -1,1 +1,342 @@
-//! placeholder while the workspace builds
+//! Herd's [`Store`] on PostgreSQL, for installations that outgrow SQLite.
+//!
+//! [`PostgresStore::connect`] takes [`PostgresOptions`], opens a connection pool, creates the
+//! configured schema if needed and applies the migrations embedded from `migrations/`. The store
+//! is then used as `Arc<dyn Store>` like every other backend; the conformance suite in `store` pins
+//! its behaviour to be the same as SQLite's.
+//!
+//! Inside, each area has its module: `devices`, `groups` and `tokens` hold the queries, `audit`
+//! appends to the hash chain in the same transaction as each change, `filter_sql` turns device
+//! filters into index-backed SQL with bind parameters, and `rows` decodes stored rows back into
+//! validated domain values. Queries are built at run time with binds (`sqlx::query`), never by
+//! pasting values into SQL.
+//!
+//! Every write transaction first takes one advisory lock, which serializes writers: the audit
+//! chain is a single sequence, so writes are ordered anyway, and taking that lock before any row
+//! lock rules out deadlocks between writers. Reads take no locks.
+
+mod audit;
+mod devices;
+mod error;
+mod filter_sql;
+mod groups;
+mod rows;
+mod tokens;
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use domain::{
+    ApiToken, AuditRecord, Device, DeviceId, DevicePatch, Group, GroupName, GroupPatch, ImportRow,
+    Mutation, NewDevice, NewGroup, NewToken, TokenHash, TokenId,
+};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
+use store::{
+    DeviceQuery, ImportMode, ImportOutcome, Page, StateCounts, Store, StoreError, StoreResult,
+};
+
+pub use crate::error::PostgresError;
+
+use crate::devices::Scope;
+use crate::error::db;
+
+/// The migrations in `migrations/`, embedded at build time.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Longest schema name PostgreSQL keeps without truncating it.
+const MAX_SCHEMA_LEN: usize = 63;
+
+/// How to reach the database.
+#[derive(Clone)]
+pub struct PostgresOptions {
+    /// Connection URL, `postgres://user:password@host:port/database` with optional parameters
+    /// (`sslmode`, …). Its password is never printed by `Debug`.
+    pub url: String,
+    /// Most connections the pool opens at once; must be at least 1.
+    pub max_connections: u32,
+    /// How long an operation waits for a free connection before it fails.
+    pub acquire_timeout: Duration,
+    /// A schema to keep Herd's tables in instead of the server's default search path.
+    ///
+    /// It is created when missing and set as the `search_path` of every connection. It must be a
+    /// plain lowercase identifier (`[a-z_][a-z0-9_]*`, at most 63 characters). Tests use it to give
+    /// each test a fresh, empty database.
+    pub schema: Option<String>,
+}
+
+impl PostgresOptions {
+    /// Options for `url` with 10 connections, a 5-second acquire timeout and the default schema.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+            schema: None,
+        }
+    }
+}
+
+impl fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("url", &redact_password(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+/// A [`Store`] backed by a PostgreSQL connection pool. Cheap to share behind an `Arc`.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects, creates the schema when one is configured and missing, and applies pending
+    /// migrations.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the URL does not parse, the options are invalid
+    /// ([`PostgresError`]), the server cannot be reached within the acquire timeout, or a
+    /// migration fails.
+    pub async fn connect(options: PostgresOptions) -> Result<PostgresStore, StoreError> {
+        if options.max_connections == 0 {
+            return Err(StoreError::backend(PostgresError::InvalidPoolSize));
+        }
+        let mut connect = PgConnectOptions::from_str(&options.url).map_err(db)?;
+        if let Some(schema) = &options.schema {
+            check_schema_name(schema)?;
+            create_schema(&connect, schema, options.acquire_timeout).await?;
+            connect = connect.options([("search_path", schema.as_str())]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await
+            .map_err(db)?;
+        MIGRATOR.run(&pool).await.map_err(|e| StoreError::backend(PostgresError::Migrate(e)))?;
+        tracing::debug!(schema = ?options.schema, "postgres store ready");
+        Ok(PostgresStore { pool })
+    }
+
+    /// Closes the pool: waits for checked-out connections to come back, then closes them all.
+    /// Later operations fail with [`StoreError::Backend`].
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db)?;
+        Ok(())
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn create_device(&self, new: &NewDevice, m: &Mutation) -> StoreResult<Device> {
+        devices::create(&self.pool, new, m).await
+    }
+
+    async fn device(&self, id: &DeviceId) -> StoreResult<Option<Device>> {
+        devices::get(&self.pool, id).await
+    }
+
+    async fn list_devices(&self, q: &DeviceQuery) -> StoreResult<Page<Device>> {
+        devices::list(&self.pool, Scope::All, q).await
+    }
+
+    async fn count_devices_by_state(&self) -> StoreResult<StateCounts> {
+        devices::count_by_state(&self.pool).await
+    }
+
+    async fn update_device(
+        &self,
+        id: &DeviceId,
+        patch: &DevicePatch,
+        expected_version: Option<u64>,
+        m: &Mutation,
+    ) -> StoreResult<Device> {
+        devices::update(&self.pool, id, patch, expected_version, m).await
+    }
+
+    async fn delete_device(
+        &self,
+        id: &DeviceId,
+        expected_version: Option<u64>,
+        m: &Mutation,
+    ) -> StoreResult<()> {
+        devices::delete(&self.pool, id, expected_version, m).await
+    }
+
+    async fn import_devices(
+        &self,
+        rows: &[ImportRow],
+        mode: ImportMode,
+        m: &Mutation,
+    ) -> StoreResult<Vec<ImportOutcome>> {
+        devices::import(&self.pool, rows, mode, m).await
+    }
+
+    async fn create_group(&self, new: &NewGroup, m: &Mutation) -> StoreResult<Group> {
+        groups::create(&self.pool, new, m).await
+    }
+
+    async fn group(&self, name: &GroupName) -> StoreResult<Option<Group>> {
+        groups::get(&self.pool, name).await
+    }
+
+    async fn list_groups(
+        &self,
+        after: Option<&GroupName>,
+        limit: NonZeroU32,
+    ) -> StoreResult<Page<Group>> {
+        groups::list(&self.pool, after, limit).await
+    }
+
+    async fn update_group(
+        &self,
+        name: &GroupName,
+        patch: &GroupPatch,
+        m: &Mutation,
+    ) -> StoreResult<Group> {
+        groups::update(&self.pool, name, patch, m).await
+    }
+
+    async fn delete_group(&self, name: &GroupName, m: &Mutation) -> StoreResult<()> {
+        groups::delete(&self.pool, name, m).await
+    }
+
+    async fn add_group_members(
+        &self,
+        name: &GroupName,
+        ids: &[DeviceId],
+        m: &Mutation,
+    ) -> StoreResult<()> {
+        groups::add_members(&self.pool, name, ids, m).await
+    }
+
+    async fn remove_group_members(
+        &self,
+        name: &GroupName,
+        ids: &[DeviceId],
+        m: &Mutation,
+    ) -> StoreResult<()> {
+        groups::remove_members(&self.pool, name, ids, m).await
+    }
+
+    async fn group_devices(&self, name: &GroupName, q: &DeviceQuery) -> StoreResult<Page<Device>> {
+        groups::devices(&self.pool, name, q).await
+    }
+
+    async fn create_token(&self, new: &NewToken, m: &Mutation) -> StoreResult<ApiToken> {
+        tokens::create(&self.pool, new, m).await
+    }
+
+    async fn token_by_hash(&self, hash: &TokenHash) -> StoreResult<Option<ApiToken>> {
+        tokens::by_hash(&self.pool, hash).await
+    }
+
+    async fn list_tokens(&self) -> StoreResult<Vec<ApiToken>> {
+        tokens::list(&self.pool).await
+    }
+
+    async fn revoke_token(&self, id: &TokenId, m: &Mutation) -> StoreResult<ApiToken> {
+        tokens::revoke(&self.pool, id, m).await
+    }
+
+    async fn token_count(&self) -> StoreResult<u64> {
+        tokens::count(&self.pool).await
+    }
+
+    async fn audit_records(&self, after: u64, limit: NonZeroU32) -> StoreResult<Vec<AuditRecord>> {
+        audit::records(&self.pool, after, limit).await
+    }
+}
+
+/// Accepts only names that need no quoting anywhere (`CREATE SCHEMA`, `search_path`).
+fn check_schema_name(name: &str) -> StoreResult<()> {
+    let mut chars = name.chars();
+    let ok = name.len() <= MAX_SCHEMA_LEN
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok { Ok(()) } else { Err(StoreError::backend(PostgresError::InvalidSchema(name.to_owned()))) }
+}
+
+/// Creates `schema` over a one-off connection (the pool's connections already point into it).
+async fn create_schema(
+    connect: &PgConnectOptions,
+    schema: &str,
+    timeout: Duration,
+) -> StoreResult<()> {
+    let mut conn = tokio::time::timeout(timeout, PgConnection::connect_with(connect))
+        .await
+        .map_err(|_| db(sqlx::Error::PoolTimedOut))?
+        .map_err(db)?;
+    // The name was checked by `check_schema_name`: lowercase letters, digits and underscores.
+    let created = sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")))
+        .execute(&mut conn)
+        .await;
+    match created {
+        Ok(_) => {}
+        // Two processes creating the same schema at once: one wins, the other sees the unique
+        // violation on the catalog even with IF NOT EXISTS. Either way the schema now exists.
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {}
+        Err(e) => return Err(db(e)),
+    }
+    conn.close().await.map_err(db)?;
+    Ok(())
+}
+
+/// The URL with the password of its user info replaced by `***`, for logs.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names() {
+        for ok in ["herd", "_x", "herd_test_0123abcd", &"a".repeat(63)] {
+            assert!(check_schema_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Herd", "1x", "a-b", "a\"b", "a b", &"a".repeat(64)] {
+            assert!(check_schema_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let mut options = PostgresOptions::new("postgres://herd:s3cret@db:5432/herd?sslmode=require");
+        options.schema = Some("herd".to_owned());
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("postgres://herd:***@db:5432/herd?sslmode=require"), "{shown}");
+        assert_eq!(redact_password("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_password("not a url"), "not a url");
+    }
+}

@@ -1,1 +1,305 @@
-//! placeholder while the workspace builds
+//! Herd's [`Store`] on SQLite, the default backend.
+//!
+//! [`SqliteStore::open`] takes [`SqliteOptions`], opens (or creates) the database file in WAL mode
+//! with foreign keys on, runs the embedded migrations (`migrations/`) and returns a store with:
+//!
+//! - **one writer connection** (SQLite has a single writer): every write runs in a
+//!   `BEGIN IMMEDIATE` transaction on it, together with the audit record it appends, so writes
+//!   queue in the process instead of failing with `SQLITE_BUSY`;
+//! - **a pool of reader connections**, which WAL lets read while the writer writes.
+//!
+//! Devices keep their tags twice: as JSON on the row (read back with the device) and one row per
+//! tag in `device_tags` (what filters search). `filter_sql` turns a [`domain::Filter`] into an
+//! index-backed page query; `rows` reads rows back through the domain's validating constructors,
+//! so a corrupt row is a [`StoreError::Backend`], never a panic.
+
+mod audit_chain;
+mod devices;
+mod filter_sql;
+mod groups;
+mod rows;
+mod tokens;
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use domain::{
+    ApiToken, AuditRecord, Device, DeviceId, DevicePatch, Group, GroupName, GroupPatch, ImportRow,
+    Mutation, NewDevice, NewGroup, NewToken, TokenHash, TokenId,
+};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+use store::{
+    DeviceQuery, ImportMode, ImportOutcome, Page, StateCounts, Store, StoreError, StoreResult,
+};
+
+use crate::rows::{AUDIT_COLUMNS, AuditRow, audit_from_row, db};
+
+/// Failures of this backend that are not SQLite's own errors, reported as [`StoreError::Backend`].
+#[derive(Debug, thiserror::Error)]
+enum SqliteError {
+    #[error("failed to open sqlite database at {}", path.display())]
+    Open { path: PathBuf, source: sqlx::Error },
+    #[error("failed to migrate sqlite database at {}", path.display())]
+    Migrate { path: PathBuf, source: sqlx::migrate::MigrateError },
+    /// A stored row does not hold what Herd wrote.
+    #[error("corrupt {table} row {key:?} in the database: {reason}")]
+    Corrupt { table: &'static str, key: String, reason: String },
+    /// A number does not fit the column (a version or sequence beyond `i64`).
+    #[error("{what} {value} does not fit in a 64-bit integer column")]
+    OutOfRange { what: &'static str, value: u64 },
+}
+
+/// The migrations in `migrations/`, embedded in the binary and run by [`SqliteStore::open`].
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How hard SQLite works to make a commit durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// `synchronous=NORMAL`: in WAL mode a commit survives a crash of the process, but the last
+    /// commits may be lost on power failure or an operating system crash. Fast: no fsync per commit.
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: every commit is fsynced before it returns, so it survives power loss.
+    Full,
+}
+
+/// How to open a SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// The database file. It is created when missing (its directory must exist); SQLite keeps
+    /// `-wal` and `-shm` files next to it.
+    pub path: PathBuf,
+    /// Durability of commits; see [`Synchronous`].
+    pub synchronous: Synchronous,
+    /// Most reader connections open at once (at least 1). Reads beyond that wait for a free one.
+    pub max_readers: u32,
+    /// How long a connection waits for a lock held by another connection or process before
+    /// failing with "database is locked".
+    pub busy_timeout: Duration,
+}
+
+impl SqliteOptions {
+    /// Options for the database at `path`: `synchronous=NORMAL`, 4 readers, a 5 s busy timeout.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            synchronous: Synchronous::Normal,
+            max_readers: 4,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// [`Store`] on a SQLite database file. Cheap to clone: clones share the connections.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    /// One connection: every write goes through it, in a transaction.
+    writer: SqlitePool,
+    /// Connections for reads only.
+    readers: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database described by `options` and brings its schema up
+    /// to date.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the file cannot be opened or created, is not a SQLite database,
+    /// or a migration fails.
+    pub async fn open(options: SqliteOptions) -> Result<Self, StoreError> {
+        let path = options.path.clone();
+        let open_err = |source: sqlx::Error| {
+            StoreError::backend(SqliteError::Open { path: path.clone(), source })
+        };
+        let base = SqliteConnectOptions::new()
+            .filename(&options.path)
+            .foreign_keys(true)
+            .busy_timeout(options.busy_timeout)
+            .synchronous(match options.synchronous {
+                Synchronous::Normal => SqliteSynchronous::Normal,
+                Synchronous::Full => SqliteSynchronous::Full,
+            });
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            // Writes queue for the one connection; a long import must not time the others out.
+            .acquire_timeout(Duration::from_secs(120))
+            .connect_with(
+                base.clone().create_if_missing(true).journal_mode(SqliteJournalMode::Wal),
+            )
+            .await
+            .map_err(open_err)?;
+        MIGRATOR.run(&writer).await.map_err(|source| {
+            StoreError::backend(SqliteError::Migrate { path: path.clone(), source })
+        })?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(options.max_readers.max(1))
+            .connect_with(base.read_only(true))
+            .await
+            .map_err(open_err)?;
+        tracing::debug!(path = %options.path.display(), "opened sqlite store");
+        Ok(Self { writer, readers })
+    }
+
+    /// Closes every connection, waiting for those in use to be returned. Call at shutdown after
+    /// the last write.
+    pub async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+
+    /// Starts a write transaction on the writer connection, taking SQLite's write lock at once.
+    async fn begin_write(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(db)
+    }
+
+    /// A reader connection.
+    async fn read(&self) -> StoreResult<sqlx::pool::PoolConnection<Sqlite>> {
+        self.readers.acquire().await.map_err(db)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.readers).await.map_err(db)?;
+        Ok(())
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn create_device(&self, new: &NewDevice, m: &Mutation) -> StoreResult<Device> {
+        devices::create(self, new, m).await
+    }
+
+    async fn device(&self, id: &DeviceId) -> StoreResult<Option<Device>> {
+        devices::get(&mut *self.read().await?, id).await
+    }
+
+    async fn list_devices(&self, q: &DeviceQuery) -> StoreResult<Page<Device>> {
+        devices::page(&mut *self.read().await?, filter_sql::Scope::All, q.filter.as_ref(), q).await
+    }
+
+    async fn count_devices_by_state(&self) -> StoreResult<StateCounts> {
+        devices::count_by_state(&mut *self.read().await?).await
+    }
+
+    async fn update_device(
+        &self,
+        id: &DeviceId,
+        patch: &DevicePatch,
+        expected_version: Option<u64>,
+        m: &Mutation,
+    ) -> StoreResult<Device> {
+        devices::update(self, id, patch, expected_version, m).await
+    }
+
+    async fn delete_device(
+        &self,
+        id: &DeviceId,
+        expected_version: Option<u64>,
+        m: &Mutation,
+    ) -> StoreResult<()> {
+        devices::delete(self, id, expected_version, m).await
+    }
+
+    async fn import_devices(
+        &self,
+        rows: &[ImportRow],
+        mode: ImportMode,
+        m: &Mutation,
+    ) -> StoreResult<Vec<ImportOutcome>> {
+        devices::import(self, rows, mode, m).await
+    }
+
+    async fn create_group(&self, new: &NewGroup, m: &Mutation) -> StoreResult<Group> {
+        groups::create(self, new, m).await
+    }
+
+    async fn group(&self, name: &GroupName) -> StoreResult<Option<Group>> {
+        groups::get(&mut *self.read().await?, name).await
+    }
+
+    async fn list_groups(
+        &self,
+        after: Option<&GroupName>,
+        limit: NonZeroU32,
+    ) -> StoreResult<Page<Group>> {
+        groups::list(&mut *self.read().await?, after, limit).await
+    }
+
+    async fn update_group(
+        &self,
+        name: &GroupName,
+        patch: &GroupPatch,
+        m: &Mutation,
+    ) -> StoreResult<Group> {
+        groups::update(self, name, patch, m).await
+    }
+
+    async fn delete_group(&self, name: &GroupName, m: &Mutation) -> StoreResult<()> {
+        groups::delete(self, name, m).await
+    }
+
+    async fn add_group_members(
+        &self,
+        name: &GroupName,
+        ids: &[DeviceId],
+        m: &Mutation,
+    ) -> StoreResult<()> {
+        groups::add_members(self, name, ids, m).await
+    }
+
+    async fn remove_group_members(
+        &self,
+        name: &GroupName,
+        ids: &[DeviceId],
+        m: &Mutation,
+    ) -> StoreResult<()> {
+        groups::remove_members(self, name, ids, m).await
+    }
+
+    async fn group_devices(&self, name: &GroupName, q: &DeviceQuery) -> StoreResult<Page<Device>> {
+        groups::devices(&mut *self.read().await?, name, q).await
+    }
+
+    async fn create_token(&self, new: &NewToken, m: &Mutation) -> StoreResult<ApiToken> {
+        tokens::create(self, new, m).await
+    }
+
+    async fn token_by_hash(&self, hash: &TokenHash) -> StoreResult<Option<ApiToken>> {
+        tokens::by_hash(&mut *self.read().await?, hash).await
+    }
+
+    async fn list_tokens(&self) -> StoreResult<Vec<ApiToken>> {
+        tokens::list(&mut *self.read().await?).await
+    }
+
+    async fn revoke_token(&self, id: &TokenId, m: &Mutation) -> StoreResult<ApiToken> {
+        tokens::revoke(self, id, m).await
+    }
+
+    async fn token_count(&self) -> StoreResult<u64> {
+        tokens::count(&mut *self.read().await?).await
+    }
+
+    async fn audit_records(&self, after: u64, limit: NonZeroU32) -> StoreResult<Vec<AuditRecord>> {
+        let limit = limit.get().min(store::MAX_PAGE_SIZE);
+        let rows: Vec<AuditRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"
+        )))
+        .bind(rows::to_i64("audit seq", after)?)
+        .bind(i64::from(limit))
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db)?;
+        rows.into_iter().map(audit_from_row).collect()
+    }
+}

@@ -131,6 +131,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// A short name of the backend for logs (`sqlite`, `postgres`).
     fn backend_name(&self) -> &'static str;
 
+    /// Closes the backend's connections at shutdown, after the last write (SQLite checkpoints its
+    /// WAL). Calls made after it fail with [`StoreError::Backend`]. The default does nothing.
+    async fn close(&self) {}
+
     // ---- devices ----
 
     /// Creates a device at version 1.

@@ -1,0 +1,490 @@
+//! The operator commands: each builds a request, sends it, and prints the result.
+
+use anyhow::{Context as _, bail};
+use domain::AuditRecord;
+use domain::audit::ChainVerifier;
+use futures_util::StreamExt as _;
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+
+use crate::cli::client::{Client, encode};
+use crate::cli::output::{self, Table};
+use crate::cli::{AuditCommand, ClientArgs, DeviceCommand, GroupCommand, ImportFormat, OutputFormat, TokenCommand};
+
+/// Runs `herd device …`.
+pub(crate) async fn device(cmd: DeviceCommand) -> anyhow::Result<()> {
+    match cmd {
+        DeviceCommand::Create { id, name, tags, attributes, state, client } => {
+            let mut body = Map::new();
+            body.insert("id".into(), id.into());
+            if let Some(n) = name {
+                body.insert("name".into(), n.into());
+            }
+            if !tags.is_empty() {
+                body.insert("tags".into(), parse_tags(&tags)?);
+            }
+            if let Some(a) = attributes {
+                body.insert("attributes".into(), parse_json_object(&a)?);
+            }
+            if let Some(s) = state {
+                body.insert("state".into(), s.into());
+            }
+            let c = Client::new(&client)?;
+            let d = c.post("/api/v1/devices", &Value::Object(body)).await?;
+            print_devices(&client, &d, std::slice::from_ref(&d))
+        }
+        DeviceCommand::Get { id, client } => {
+            let c = Client::new(&client)?;
+            let d = c.get(&format!("/api/v1/devices/{}", encode(&id))).await?;
+            print_device_detail(&client, &d)
+        }
+        DeviceCommand::List { filter, state, tags, prefix, limit, cursor, all, client } => {
+            let mut query = Vec::new();
+            if let Some(f) = filter {
+                query.push(format!("filter={}", encode(&f)));
+            }
+            if let Some(s) = state {
+                query.push(format!("state={}", encode(&s)));
+            }
+            for t in &tags {
+                query.push(format!("tag={}", encode(t)));
+            }
+            if let Some(p) = prefix {
+                query.push(format!("id_prefix={}", encode(&p)));
+            }
+            if let Some(l) = limit {
+                query.push(format!("limit={l}"));
+            }
+            let c = Client::new(&client)?;
+            list_pages(&c, &client, "/api/v1/devices", query, cursor, all).await
+        }
+        DeviceCommand::Update { id, name, tags, clear_tags, attributes, state, if_version, client } => {
+            let mut body = Map::new();
+            if let Some(n) = name {
+                body.insert("name".into(), n.into());
+            }
+            if clear_tags {
+                body.insert("tags".into(), json!({}));
+            } else if !tags.is_empty() {
+                body.insert("tags".into(), parse_tags(&tags)?);
+            }
+            if let Some(a) = attributes {
+                body.insert("attributes".into(), parse_json_object(&a)?);
+            }
+            if let Some(s) = state {
+                body.insert("state".into(), s.into());
+            }
+            if body.is_empty() {
+                bail!("nothing to change: give --name, --tag, --clear-tags, --attributes or --state");
+            }
+            let c = Client::new(&client)?;
+            let mut req = c.request(Method::PATCH, &format!("/api/v1/devices/{}", encode(&id)))?.json(&body);
+            if let Some(v) = if_version {
+                req = req.header("If-Match", format!("\"{v}\""));
+            }
+            let d = c.send(req).await?;
+            print_devices(&client, &d, std::slice::from_ref(&d))
+        }
+        DeviceCommand::Delete { id, if_version, client } => {
+            let c = Client::new(&client)?;
+            let mut req = c.request(Method::DELETE, &format!("/api/v1/devices/{}", encode(&id)))?;
+            if let Some(v) = if_version {
+                req = req.header("If-Match", format!("\"{v}\""));
+            }
+            c.send(req).await?;
+            done(&client, &format!("deleted device {id}"))
+        }
+        DeviceCommand::Import { file, format, atomic, client } => import(&file, format, atomic, &client).await,
+    }
+}
+
+async fn import(file: &std::path::Path, format: Option<ImportFormat>, atomic: bool, client: &ClientArgs) -> anyhow::Result<()> {
+    let format = match format {
+        Some(f) => f,
+        None => match file.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("csv") => ImportFormat::Csv,
+            Some("jsonl" | "ndjson") => ImportFormat::Jsonl,
+            _ => bail!("cannot tell the format of {} from its extension; pass --format csv or --format jsonl", file.display()),
+        },
+    };
+    let (content_type, name) = match format {
+        ImportFormat::Csv => ("text/csv", "csv"),
+        ImportFormat::Jsonl => ("application/x-ndjson", "jsonl"),
+    };
+    let f = tokio::fs::File::open(file).await.with_context(|| format!("cannot open {}", file.display()))?;
+    let size = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let bar = indicatif::ProgressBar::new(size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} uploading {bytes}/{total_bytes} [{bar:30}] {bytes_per_sec}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let progress = bar.clone();
+    let stream = tokio_util::io::ReaderStream::with_capacity(f, 64 * 1024).map(move |chunk| {
+        if let Ok(bytes) = &chunk {
+            progress.inc(bytes.len() as u64);
+        }
+        chunk
+    });
+    let c = Client::new(client)?;
+    let path = format!("/api/v1/devices:import?format={name}&atomic={atomic}&report=rejected");
+    let req = c
+        .request(Method::POST, &path)?
+        .header(reqwest::header::CONTENT_TYPE, content_type)
+        .body(reqwest::Body::wrap_stream(stream));
+    let result = c.send(req).await;
+    bar.finish_and_clear();
+    let report = result?;
+    if client.output == OutputFormat::Json {
+        return output::write_json(&report);
+    }
+    let n = |k: &str| report.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let committed = report.get("committed").and_then(Value::as_bool).unwrap_or(false);
+    let mut text = format!(
+        "created {}, updated {}, unchanged {}, rejected {}{}\n",
+        n("created"),
+        n("updated"),
+        n("unchanged"),
+        n("rejected"),
+        if committed { "" } else { " — nothing was committed (atomic import with rejected lines)" }
+    );
+    if let Some(lines) = report.get("lines").and_then(Value::as_array).filter(|l| !l.is_empty()) {
+        let mut t = Table::new(&["LINE", "ID", "REASON"]);
+        for l in lines {
+            t.row(vec![
+                l.get("line").map(Value::to_string).unwrap_or_default(),
+                str_field(l, "id"),
+                str_field(l, "reason"),
+            ]);
+        }
+        text.push_str(&t.render());
+    }
+    output::write_raw(&text)?;
+    if n("rejected") > 0 {
+        bail!("{} line(s) rejected", n("rejected"));
+    }
+    Ok(())
+}
+
+/// Runs `herd group …`.
+pub(crate) async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
+    match cmd {
+        GroupCommand::Create { name, description, filter, client } => {
+            let mut body = json!({ "name": name });
+            if let Some(d) = description {
+                body["description"] = d.into();
+            }
+            if let Some(f) = filter {
+                body["filter"] = f.into();
+            }
+            let g = Client::new(&client)?.post("/api/v1/groups", &body).await?;
+            print_groups(&client, &g, std::slice::from_ref(&g))
+        }
+        GroupCommand::Get { name, client } => {
+            let g = Client::new(&client)?.get(&format!("/api/v1/groups/{}", encode(&name))).await?;
+            print_groups(&client, &g, std::slice::from_ref(&g))
+        }
+        GroupCommand::List { client } => {
+            let c = Client::new(&client)?;
+            let mut items = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let path = match &cursor {
+                    Some(cur) => format!("/api/v1/groups?limit=1000&cursor={}", encode(cur)),
+                    None => "/api/v1/groups?limit=1000".to_owned(),
+                };
+                let page = c.get(&path).await?;
+                items.extend(page.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
+                match page.get("next_cursor").and_then(Value::as_str) {
+                    Some(next) => cursor = Some(next.to_owned()),
+                    None => break,
+                }
+            }
+            print_groups(&client, &json!({ "items": items }), &items)
+        }
+        GroupCommand::Update { name, description, filter, client } => {
+            let mut body = json!({});
+            if let Some(d) = description {
+                body["description"] = d.into();
+            }
+            if let Some(f) = filter {
+                body["filter"] = f.into();
+            }
+            let c = Client::new(&client)?;
+            let g = c.send(c.request(Method::PATCH, &format!("/api/v1/groups/{}", encode(&name)))?.json(&body)).await?;
+            print_groups(&client, &g, std::slice::from_ref(&g))
+        }
+        GroupCommand::Delete { name, client } => {
+            Client::new(&client)?.delete(&format!("/api/v1/groups/{}", encode(&name))).await?;
+            done(&client, &format!("deleted group {name}"))
+        }
+        GroupCommand::Add { name, devices, client } => {
+            let c = Client::new(&client)?;
+            let n = devices.len();
+            c.post(&format!("/api/v1/groups/{}/members", encode(&name)), &json!({ "device_ids": devices })).await?;
+            done(&client, &format!("added {n} device(s) to group {name}"))
+        }
+        GroupCommand::Remove { name, devices, client } => {
+            let c = Client::new(&client)?;
+            for d in &devices {
+                c.delete(&format!("/api/v1/groups/{}/members/{}", encode(&name), encode(d))).await?;
+            }
+            done(&client, &format!("removed {} device(s) from group {name}", devices.len()))
+        }
+        GroupCommand::Devices { name, all, client } => {
+            let c = Client::new(&client)?;
+            list_pages(&c, &client, &format!("/api/v1/groups/{}/devices", encode(&name)), Vec::new(), None, all).await
+        }
+    }
+}
+
+/// Runs `herd token …`.
+pub(crate) async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create { name, role, expires_in_days, client } => {
+            let mut body = json!({ "name": name, "role": role });
+            if let Some(d) = expires_in_days {
+                body["expires_in_days"] = d.into();
+            }
+            let t = Client::new(&client)?.post("/api/v1/tokens", &body).await?;
+            if client.output == OutputFormat::Json {
+                return output::write_json(&t);
+            }
+            output::write_raw(&format!(
+                "created token {} ({}, role {}).\nThe secret is shown only once; store it now:\n{}",
+                str_field(&t, "id"),
+                str_field(&t, "name"),
+                str_field(&t, "role"),
+                str_field(&t, "token")
+            ))
+        }
+        TokenCommand::List { client } => {
+            let list = Client::new(&client)?.get("/api/v1/tokens").await?;
+            if client.output == OutputFormat::Json {
+                return output::write_json(&list);
+            }
+            let items = list.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+            let mut t = Table::new(&["ID", "NAME", "ROLE", "CREATED", "EXPIRES", "REVOKED"]);
+            for i in &items {
+                t.row(vec![
+                    str_field(i, "id"),
+                    str_field(i, "name"),
+                    str_field(i, "role"),
+                    str_field(i, "created_at"),
+                    str_field(i, "expires_at"),
+                    str_field(i, "revoked_at"),
+                ]);
+            }
+            output::write_raw(&t.render())
+        }
+        TokenCommand::Revoke { id, client } => {
+            let t = Client::new(&client)?.delete(&format!("/api/v1/tokens/{}", encode(&id))).await?;
+            if client.output == OutputFormat::Json {
+                return output::write_json(&t);
+            }
+            done(&client, &format!("revoked token {id}"))
+        }
+        TokenCommand::Whoami { client } => {
+            let me = Client::new(&client)?.get("/api/v1/whoami").await?;
+            if client.output == OutputFormat::Json {
+                return output::write_json(&me);
+            }
+            output::write_raw(&format!("{} ({}), role {}", str_field(&me, "id"), str_field(&me, "name"), str_field(&me, "role")))
+        }
+    }
+}
+
+/// Runs `herd audit …`.
+pub(crate) async fn audit(cmd: AuditCommand) -> anyhow::Result<()> {
+    match cmd {
+        AuditCommand::List { after, limit, client } => {
+            let page = Client::new(&client)?.get(&format!("/api/v1/audit?after={after}&limit={limit}")).await?;
+            if client.output == OutputFormat::Json {
+                return output::write_json(&page);
+            }
+            let mut t = Table::new(&["SEQ", "AT", "ACTOR", "ACTION", "RESOURCE"]);
+            for r in page.get("items").and_then(Value::as_array).cloned().unwrap_or_default() {
+                t.row(vec![
+                    r.get("seq").map(Value::to_string).unwrap_or_default(),
+                    str_field(&r, "at"),
+                    str_field(&r, "actor"),
+                    str_field(&r, "action"),
+                    str_field(&r, "resource"),
+                ]);
+            }
+            output::write_raw(&t.render())
+        }
+        AuditCommand::Verify { client } => {
+            let c = Client::new(&client)?;
+            let mut verifier = ChainVerifier::new();
+            let mut after = 0u64;
+            let mut head = String::new();
+            loop {
+                let page = c.get(&format!("/api/v1/audit?after={after}&limit=1000")).await?;
+                let items = page.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+                for item in &items {
+                    let record = record_from_json(item)?;
+                    if let Err(broken) = verifier.check(&record) {
+                        if client.output == OutputFormat::Json {
+                            output::write_json(&json!({"ok": false, "checked": verifier.checked(), "broken_seq": broken.seq, "reason": broken.reason}))?;
+                        }
+                        bail!("{broken}");
+                    }
+                    head = hex::encode(record.hash);
+                    after = record.seq;
+                }
+                if page.get("next_after").and_then(Value::as_u64).is_none() || items.is_empty() {
+                    break;
+                }
+            }
+            if client.output == OutputFormat::Json {
+                return output::write_json(&json!({"ok": true, "checked": verifier.checked(), "head": head}));
+            }
+            output::write_raw(&format!("audit chain intact: {} record(s) verified, head {head}", verifier.checked()))
+        }
+    }
+}
+
+/// Rebuilds an [`AuditRecord`] from its API form, re-serializing `before`/`after` as the server did.
+fn record_from_json(v: &Value) -> anyhow::Result<AuditRecord> {
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned).with_context(|| format!("audit record without {k}"));
+    let hash = |k: &str| -> anyhow::Result<[u8; 32]> {
+        let bytes = hex::decode(s(k)?).with_context(|| format!("audit {k} is not hex"))?;
+        bytes.try_into().map_err(|_| anyhow::anyhow!("audit {k} is not 32 bytes"))
+    };
+    let json_text = |k: &str| match v.get(k) {
+        None | Some(Value::Null) => None,
+        Some(x) => Some(x.to_string()),
+    };
+    let at = domain::Timestamp::parse_rfc3339(&s("at")?).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(AuditRecord {
+        seq: v.get("seq").and_then(Value::as_u64).context("audit record without seq")?,
+        at,
+        actor: s("actor")?,
+        action: s("action")?,
+        resource: s("resource")?,
+        before: json_text("before"),
+        after: json_text("after"),
+        prev_hash: hash("prev_hash")?,
+        hash: hash("hash")?,
+    })
+}
+
+async fn list_pages(
+    c: &Client,
+    client: &ClientArgs,
+    path: &str,
+    query: Vec<String>,
+    mut cursor: Option<String>,
+    all: bool,
+) -> anyhow::Result<()> {
+    let mut items = Vec::new();
+    let mut next = None;
+    loop {
+        let mut q = query.clone();
+        if let Some(cur) = &cursor {
+            q.push(format!("cursor={}", encode(cur)));
+        }
+        let url = if q.is_empty() { path.to_owned() } else { format!("{path}?{}", q.join("&")) };
+        let page = c.get(&url).await?;
+        items.extend(page.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
+        next = page.get("next_cursor").and_then(Value::as_str).map(str::to_owned);
+        match (&next, all) {
+            (Some(n), true) => cursor = Some(n.clone()),
+            _ => break,
+        }
+    }
+    let whole = json!({ "items": items, "next_cursor": next });
+    print_devices(client, &whole, &items)?;
+    if let (Some(n), OutputFormat::Table) = (next, client.output) {
+        output::note(&format!("more devices follow: --cursor {n} (or --all)"));
+    }
+    Ok(())
+}
+
+fn print_devices(client: &ClientArgs, whole: &Value, items: &[Value]) -> anyhow::Result<()> {
+    if client.output == OutputFormat::Json {
+        return output::write_json(whole);
+    }
+    let mut t = Table::new(&["ID", "NAME", "STATE", "TAGS", "VERSION", "UPDATED"]);
+    for d in items {
+        t.row(vec![
+            str_field(d, "id"),
+            str_field(d, "name"),
+            str_field(d, "state"),
+            tags_text(d.get("tags")),
+            d.get("version").map(Value::to_string).unwrap_or_default(),
+            str_field(d, "updated_at"),
+        ]);
+    }
+    output::write_raw(&t.render())
+}
+
+fn print_device_detail(client: &ClientArgs, d: &Value) -> anyhow::Result<()> {
+    if client.output == OutputFormat::Json {
+        return output::write_json(d);
+    }
+    let mut t = Table::new(&["FIELD", "VALUE"]);
+    for k in ["id", "name", "state", "version", "created_at", "updated_at"] {
+        let v = match d.get(k) {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => String::new(),
+        };
+        t.row(vec![k.to_owned(), v]);
+    }
+    t.row(vec!["tags".into(), tags_text(d.get("tags"))]);
+    t.row(vec!["attributes".into(), d.get("attributes").map(Value::to_string).unwrap_or_default()]);
+    output::write_raw(&t.render())
+}
+
+fn print_groups(client: &ClientArgs, whole: &Value, items: &[Value]) -> anyhow::Result<()> {
+    if client.output == OutputFormat::Json {
+        return output::write_json(whole);
+    }
+    let mut t = Table::new(&["NAME", "KIND", "FILTER", "DESCRIPTION"]);
+    for g in items {
+        t.row(vec![str_field(g, "name"), str_field(g, "kind"), str_field(g, "filter"), str_field(g, "description")]);
+    }
+    output::write_raw(&t.render())
+}
+
+fn done(client: &ClientArgs, message: &str) -> anyhow::Result<()> {
+    if client.output == OutputFormat::Json {
+        return output::write_json(&json!({ "ok": true }));
+    }
+    output::write_raw(message)
+}
+
+fn str_field(v: &Value, k: &str) -> String {
+    match v.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn tags_text(tags: Option<&Value>) -> String {
+    tags.and_then(Value::as_object)
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
+        .unwrap_or_default()
+}
+
+fn parse_tags(tags: &[String]) -> anyhow::Result<Value> {
+    let mut map = Map::new();
+    for t in tags {
+        let Some((k, v)) = t.split_once('=') else {
+            bail!("--tag takes KEY=VALUE, got {t:?}");
+        };
+        map.insert(k.to_owned(), v.into());
+    }
+    Ok(Value::Object(map))
+}
+
+fn parse_json_object(text: &str) -> anyhow::Result<Value> {
+    let v: Value = serde_json::from_str(text).context("--attributes must be a JSON object")?;
+    if !v.is_object() {
+        bail!("--attributes must be a JSON object, like '{{\"fw\":\"1.2\"}}'");
+    }
+    Ok(v)
+}

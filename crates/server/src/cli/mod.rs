@@ -1,0 +1,422 @@
+//! The command line: `herd serve` and the operator commands.
+//!
+//! Operator commands are REST clients: they need `--server`/`HERD_URL` and `--token`/`HERD_TOKEN`,
+//! print human tables by default and the server's JSON with `--output json`, and exit non-zero with
+//! the server's message when a request fails.
+
+mod client;
+mod commands;
+mod output;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Sources};
+
+/// Herd: IoT device management in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "herd", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (embedded SQLite under ./herd-data unless configured otherwise).
+    Serve(ServeArgs),
+    /// Manage devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Manage device groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Manage API tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Read and verify the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// Flags of `herd serve`; each overrides the config file and the environment.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A TOML configuration file (see `herd config default`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory [server.data_dir].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address [http.listen].
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<String>,
+    /// Storage URL: sqlite://PATH or postgres://… [store.url].
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Log format: text or json [log.format].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Log filter, e.g. info or debug [log.level].
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+/// How operator commands reach the server and print results.
+#[derive(Debug, Args, Clone)]
+pub struct ClientArgs {
+    /// Server base URL.
+    #[arg(long, env = "HERD_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    pub server: String,
+    /// API token (an admin token is in <data-dir>/admin-token after the first start).
+    #[arg(long, env = "HERD_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Table, global = true)]
+    pub output: OutputFormat,
+}
+
+/// Output formats of operator commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable tables.
+    Table,
+    /// The server's JSON.
+    Json,
+}
+
+/// `herd device …`
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Register a device.
+    Create {
+        /// Device id (1–128 of A-Z a-z 0-9 . _ : -).
+        id: String,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// A tag KEY=VALUE (repeatable).
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+        /// Attributes as a JSON object.
+        #[arg(long = "attributes", value_name = "JSON")]
+        attributes: Option<String>,
+        /// Initial state: registered (default) or active.
+        #[arg(long)]
+        state: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one device.
+    Get {
+        /// Device id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List devices, filtered.
+    List {
+        /// Filter expression, e.g. "tags.site = 'berlin' and state = 'active'".
+        #[arg(long)]
+        filter: Option<String>,
+        /// Only this lifecycle state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only devices with this tag KEY=VALUE (repeatable).
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+        /// Only ids starting with this prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Page size (1–1000).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Continue after this cursor (printed after a page).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Fetch every page.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change a device (name, tags, attributes, lifecycle state).
+    Update {
+        /// Device id.
+        id: String,
+        /// New display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace all tags with these KEY=VALUE (repeatable).
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+        /// Remove all tags.
+        #[arg(long, conflicts_with = "tags")]
+        clear_tags: bool,
+        /// Replace attributes with this JSON object.
+        #[arg(long = "attributes", value_name = "JSON")]
+        attributes: Option<String>,
+        /// New lifecycle state (registered, active, suspended, decommissioned, retired).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only if the device is still at this version (optimistic concurrency).
+        #[arg(long, value_name = "VERSION")]
+        if_version: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a device (its audit history stays).
+    Delete {
+        /// Device id.
+        id: String,
+        /// Only if the device is still at this version.
+        #[arg(long, value_name = "VERSION")]
+        if_version: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Import devices from a CSV or JSON Lines file (created or updated by id).
+    Import {
+        /// The file (.csv, .jsonl or .ndjson).
+        file: PathBuf,
+        /// File format; guessed from the extension when absent.
+        #[arg(long, value_enum)]
+        format: Option<ImportFormat>,
+        /// All or nothing: when any line is rejected, nothing is written.
+        #[arg(long)]
+        atomic: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Import file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImportFormat {
+    /// Comma-separated values with a header row.
+    Csv,
+    /// One JSON object per line.
+    Jsonl,
+}
+
+/// `herd group …`
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create a static group, or a dynamic one with --filter.
+    Create {
+        /// Group name.
+        name: String,
+        /// Description.
+        #[arg(long)]
+        description: Option<String>,
+        /// Make it dynamic: members are the devices this filter matches.
+        #[arg(long)]
+        filter: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one group.
+    Get {
+        /// Group name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List groups.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change a group's description or (dynamic) filter.
+    Update {
+        /// Group name.
+        name: String,
+        /// New description.
+        #[arg(long)]
+        description: Option<String>,
+        /// New filter (dynamic groups).
+        #[arg(long)]
+        filter: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a group (not its devices).
+    Delete {
+        /// Group name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Add devices to a static group.
+    Add {
+        /// Group name.
+        name: String,
+        /// Device ids.
+        #[arg(required = true)]
+        devices: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove devices from a static group.
+    Remove {
+        /// Group name.
+        name: String,
+        /// Device ids.
+        #[arg(required = true)]
+        devices: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List a group's devices.
+    Devices {
+        /// Group name.
+        name: String,
+        /// Fetch every page.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `herd token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; its secret is printed once.
+    Create {
+        /// What the token is for.
+        #[arg(long)]
+        name: String,
+        /// admin, operator or viewer.
+        #[arg(long)]
+        role: String,
+        /// Expire after this many days.
+        #[arg(long, value_name = "DAYS")]
+        expires_in_days: Option<u32>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        /// Token id (tok_…).
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the token in use.
+    Whoami {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `herd audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List audit records.
+    List {
+        /// Start after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// How many records.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Check the whole hash chain and name the first broken record.
+    Verify {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `herd config …`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the commented default configuration.
+    Default,
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn execute(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Serve(args) => return serve(&args),
+        Command::Config(ConfigCommand::Default) => output::write_raw(config::DEFAULT_CONFIG),
+        Command::Device(cmd) => block_on(commands::device(cmd)),
+        Command::Group(cmd) => block_on(commands::group(cmd)),
+        Command::Token(cmd) => block_on(commands::token(cmd)),
+        Command::Audit(cmd) => block_on(commands::audit(cmd)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            output::error(&format!("{e:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs an operator command on a small single-threaded runtime.
+fn block_on(f: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    let mut flags = Vec::new();
+    if let Some(d) = &args.data_dir {
+        flags.push(("server", "data_dir", toml::Value::String(d.display().to_string())));
+    }
+    let strings = [
+        ("http", "listen", &args.http_listen),
+        ("store", "url", &args.database_url),
+        ("log", "format", &args.log_format),
+        ("log", "level", &args.log_level),
+    ];
+    for (section, key, value) in strings {
+        if let Some(v) = value {
+            flags.push((section, key, toml::Value::String(v.clone())));
+        }
+    }
+    let sources = Sources { file: args.config.clone(), env: std::env::vars().collect(), flags };
+    let config = match config::load(&sources) {
+        Ok(c) => c,
+        Err(e) => {
+            output::error(&e.to_string());
+            return ExitCode::from(2);
+        }
+    };
+    crate::serve::init_tracing(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            output::error(&format!("failed to start the runtime: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let listener = crate::serve::bind_http(config.http_listen).await?;
+        crate::serve::run(config, listener, crate::serve::shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "herd stopped with an error");
+            output::error(&format!("{e:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}

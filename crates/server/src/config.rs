@@ -1,0 +1,469 @@
+//! Configuration: the commented default file, the overlay of file, environment and flags, and
+//! validation into a typed [`Config`].
+//!
+//! The embedded `default.toml` is the single source of defaults: it is what `herd config default`
+//! prints, and every layer above it (a `--config` file, `HERD_SECTION__KEY` variables, flags) may
+//! only set keys it has, with values of the same type. Validation collects every problem before
+//! reporting, so an operator fixes a broken file in one round.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::{Table, Value};
+
+/// The commented default configuration, embedded in the binary.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// A value given on the command line for one key (re-exported so callers need not depend on `toml`).
+pub type FlagValue = toml::Value;
+
+/// The environment prefix of configuration variables (`HERD_HTTP__LISTEN`).
+pub const ENV_PREFIX: &str = "HERD_";
+
+/// Validated configuration of `herd serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where data lives.
+    pub data_dir: PathBuf,
+    /// How long shutdown may take before the rest is aborted.
+    pub shutdown_timeout: Duration,
+    /// HTTP listener address.
+    pub http_listen: SocketAddr,
+    /// Limits of the REST API.
+    pub api: http_api::ApiConfig,
+    /// Storage backend.
+    pub store: StoreConfig,
+    /// Log output.
+    pub log: LogConfig,
+    /// The first admin token's secret, when it is given rather than generated (`HERD_ADMIN_TOKEN`).
+    pub bootstrap_admin_token: Option<String>,
+}
+
+/// Which backend stores Herd's state, and its settings.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// Embedded SQLite.
+    Sqlite {
+        /// Database file.
+        path: PathBuf,
+        /// Durability level.
+        synchronous: store_sqlite::Synchronous,
+        /// Reader connections.
+        readers: u32,
+    },
+    /// PostgreSQL.
+    Postgres {
+        /// Connection URL (may hold a password: never logged whole).
+        url: String,
+        /// Pool size.
+        max_connections: u32,
+    },
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Log settings.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Output format.
+    pub format: LogFormat,
+    /// Filter directives.
+    pub level: String,
+}
+
+/// Every problem found in the configuration, reported together.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problem{}):", self.0.len(), if self.0.len() == 1 { "" } else { "s" })?;
+        for p in &self.0 {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The layers a configuration is built from, lowest precedence first after the defaults.
+#[derive(Debug, Default)]
+pub struct Sources {
+    /// Path of a TOML file (`--config`).
+    pub file: Option<PathBuf>,
+    /// Environment variables (name, value); only `HERD_SECTION__KEY` names are configuration.
+    pub env: Vec<(String, String)>,
+    /// Values from flags, as (section, key, value).
+    pub flags: Vec<(&'static str, &'static str, Value)>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    http: RawHttp,
+    store: RawStore,
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    data_dir: PathBuf,
+    shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: String,
+    max_body_bytes: u64,
+    max_import_bytes: u64,
+    import_batch_size: u64,
+    max_atomic_import_rows: u64,
+    max_attributes_bytes: u64,
+    default_page_size: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: String,
+    sqlite_synchronous: String,
+    sqlite_readers: u64,
+    postgres_max_connections: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: String,
+    level: String,
+}
+
+/// Builds and validates the configuration from its layers.
+///
+/// # Errors
+/// [`ConfigErrors`] listing every problem: unreadable file, unknown keys, wrong types, invalid values.
+pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
+    let mut problems = Vec::new();
+    let defaults: Table = DEFAULT_CONFIG.parse().expect("the embedded default configuration is valid TOML");
+    let mut merged = defaults.clone();
+
+    if let Some(path) = &sources.file {
+        match std::fs::read_to_string(path) {
+            Ok(text) => match text.parse::<Table>() {
+                Ok(table) => overlay(&defaults, &mut merged, &table, &format!("{}", path.display()), &mut problems),
+                Err(e) => problems.push(format!("{}: not valid TOML: {}", path.display(), e.message())),
+            },
+            Err(e) => problems.push(format!("cannot read config file {}: {e}", path.display())),
+        }
+    }
+
+    let mut env_table = Table::new();
+    let mut env_names = Vec::new();
+    for (name, value) in &sources.env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let Some((section, key)) = rest.split_once("__") else { continue };
+        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+        env_names.push(name.clone());
+        let section_table =
+            env_table.entry(section).or_insert_with(|| Value::Table(Table::new())).as_table_mut();
+        if let Some(t) = section_table {
+            t.insert(key, env_value(value));
+        }
+    }
+    overlay(&defaults, &mut merged, &env_table, "environment (HERD_SECTION__KEY)", &mut problems);
+
+    let mut flag_table = Table::new();
+    for (section, key, value) in &sources.flags {
+        if let Some(t) =
+            flag_table.entry(*section).or_insert_with(|| Value::Table(Table::new())).as_table_mut()
+        {
+            t.insert((*key).to_owned(), value.clone());
+        }
+    }
+    overlay(&defaults, &mut merged, &flag_table, "flags", &mut problems);
+
+    if !problems.is_empty() {
+        return Err(ConfigErrors(problems));
+    }
+    let raw: RawConfig = match RawConfig::deserialize(Value::Table(merged)) {
+        Ok(raw) => raw,
+        Err(e) => return Err(ConfigErrors(vec![e.to_string()])),
+    };
+    let admin = sources.env.iter().find(|(n, _)| n == "HERD_ADMIN_TOKEN").map(|(_, v)| v.clone());
+    let admin_file = sources.env.iter().find(|(n, _)| n == "HERD_ADMIN_TOKEN_FILE").map(|(_, v)| PathBuf::from(v));
+    validate(raw, admin, admin_file.as_deref())
+}
+
+/// Reads an environment value as TOML (numbers, booleans) and falls back to a plain string.
+fn env_value(text: &str) -> Value {
+    match format!("v = {text}").parse::<Table>() {
+        Ok(mut t) => match t.remove("v") {
+            Some(v @ (Value::Integer(_) | Value::Boolean(_) | Value::Float(_) | Value::String(_))) => v,
+            _ => Value::String(text.to_owned()),
+        },
+        Err(_) => Value::String(text.to_owned()),
+    }
+}
+
+/// Lays `layer` over `merged`, accepting only keys the defaults have, with the defaults' types.
+fn overlay(defaults: &Table, merged: &mut Table, layer: &Table, origin: &str, problems: &mut Vec<String>) {
+    for (section, value) in layer {
+        let Some(default_section) = defaults.get(section).and_then(Value::as_table) else {
+            let known: Vec<&str> = defaults.keys().map(String::as_str).collect();
+            problems.push(format!("{origin}: unknown section [{section}] (sections are {})", known.join(", ")));
+            continue;
+        };
+        let Some(table) = value.as_table() else {
+            problems.push(format!("{origin}: [{section}] must be a table"));
+            continue;
+        };
+        for (key, v) in table {
+            let Some(default) = default_section.get(key) else {
+                problems.push(format!("{origin}: unknown key {section}.{key}"));
+                continue;
+            };
+            let v = match (default, v) {
+                // An integer key set from the environment as a string that is not a number.
+                (Value::Integer(_), Value::String(s)) => match s.parse::<i64>() {
+                    Ok(i) => Value::Integer(i),
+                    Err(_) => {
+                        problems.push(format!("{origin}: {section}.{key} must be an integer, got {s:?}"));
+                        continue;
+                    }
+                },
+                // A string key whose environment value happened to look like a number.
+                (Value::String(_), Value::Integer(i)) => Value::String(i.to_string()),
+                (d, v) if d.type_str() == v.type_str() => v.clone(),
+                (d, v) => {
+                    problems.push(format!("{origin}: {section}.{key} must be a {}, got a {}", d.type_str(), v.type_str()));
+                    continue;
+                }
+            };
+            if let Some(t) = merged.get_mut(section).and_then(Value::as_table_mut) {
+                t.insert(key.clone(), v);
+            }
+        }
+    }
+}
+
+fn validate(raw: RawConfig, admin: Option<String>, admin_file: Option<&Path>) -> Result<Config, ConfigErrors> {
+    let mut problems = Vec::new();
+    let mut positive = |what: &str, v: u64, max: u64| -> u64 {
+        if v == 0 || v > max {
+            problems.push(format!("{what} must be between 1 and {max}, got {v}"));
+            1
+        } else {
+            v
+        }
+    };
+    let shutdown_timeout = Duration::from_secs(positive("server.shutdown_timeout_secs", raw.server.shutdown_timeout_secs, 3600));
+    let max_body_bytes = positive("http.max_body_bytes", raw.http.max_body_bytes, 1 << 30);
+    let max_import_bytes = positive("http.max_import_bytes", raw.http.max_import_bytes, 1 << 40);
+    let import_batch_size = positive("http.import_batch_size", raw.http.import_batch_size, 100_000);
+    let max_atomic_import_rows = positive("http.max_atomic_import_rows", raw.http.max_atomic_import_rows, 100_000_000);
+    let max_attributes_bytes = positive("http.max_attributes_bytes", raw.http.max_attributes_bytes, 1 << 24);
+    let default_page_size = positive("http.default_page_size", raw.http.default_page_size, 1000);
+    let sqlite_readers = positive("store.sqlite_readers", raw.store.sqlite_readers, 64);
+    let postgres_max_connections = positive("store.postgres_max_connections", raw.store.postgres_max_connections, 1000);
+
+    let http_listen = match raw.http.listen.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            problems.push(format!(
+                "http.listen: {:?} is not an address like 127.0.0.1:8080 (flag --http-listen, env HERD_HTTP__LISTEN)",
+                raw.http.listen
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        }
+    };
+
+    let synchronous = match raw.store.sqlite_synchronous.as_str() {
+        "normal" => store_sqlite::Synchronous::Normal,
+        "full" => store_sqlite::Synchronous::Full,
+        other => {
+            problems.push(format!("store.sqlite_synchronous must be \"normal\" or \"full\", got {other:?}"));
+            store_sqlite::Synchronous::Normal
+        }
+    };
+    let store = if raw.store.url.is_empty() {
+        StoreConfig::Sqlite { path: raw.server.data_dir.join("herd.db"), synchronous, readers: sqlite_readers as u32 }
+    } else if let Some(path) = raw.store.url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            problems.push("store.url: sqlite:// needs a file path, e.g. sqlite://./herd-data/herd.db".to_owned());
+        }
+        StoreConfig::Sqlite { path: PathBuf::from(path), synchronous, readers: sqlite_readers as u32 }
+    } else if raw.store.url.starts_with("postgres://") || raw.store.url.starts_with("postgresql://") {
+        StoreConfig::Postgres { url: raw.store.url.clone(), max_connections: postgres_max_connections as u32 }
+    } else {
+        problems.push(format!(
+            "store.url must start with sqlite:// or postgres://, got {:?} (flag --database-url)",
+            redact_url(&raw.store.url)
+        ));
+        StoreConfig::Sqlite { path: raw.server.data_dir.join("herd.db"), synchronous, readers: 1 }
+    };
+
+    let format = match raw.log.format.as_str() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            problems.push(format!("log.format must be \"text\" or \"json\", got {other:?} (flag --log-format)"));
+            LogFormat::Text
+        }
+    };
+    if raw.log.level.trim().is_empty() {
+        problems.push("log.level must not be empty (e.g. \"info\")".to_owned());
+    }
+
+    let bootstrap_admin_token = match (admin, admin_file) {
+        (Some(_), Some(_)) => {
+            problems.push("set only one of HERD_ADMIN_TOKEN and HERD_ADMIN_TOKEN_FILE".to_owned());
+            None
+        }
+        (Some(t), None) => Some(t),
+        (None, Some(path)) => match read_secret_file(path) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    if let Some(t) = &bootstrap_admin_token {
+        if t.len() < 16 || t.len() > 256 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            problems.push("the admin token (HERD_ADMIN_TOKEN) must be 16 to 256 characters without spaces".to_owned());
+        }
+    }
+
+    if !problems.is_empty() {
+        return Err(ConfigErrors(problems));
+    }
+    Ok(Config {
+        data_dir: raw.server.data_dir,
+        shutdown_timeout,
+        http_listen,
+        api: http_api::ApiConfig {
+            max_body_bytes: max_body_bytes as usize,
+            max_import_bytes,
+            import_batch_size: import_batch_size as usize,
+            max_atomic_import_rows: max_atomic_import_rows as usize,
+            max_attributes_bytes: max_attributes_bytes as usize,
+            default_page_size: default_page_size as u32,
+        },
+        store,
+        log: LogConfig { format, level: raw.log.level },
+        bootstrap_admin_token,
+    })
+}
+
+/// Reads a secret from a file that only its owner may read.
+fn read_secret_file(path: &Path) -> Result<String, String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(format!(
+                "{} is readable by other users; run chmod 600 on it",
+                path.display()
+            ));
+        }
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(text.trim().to_owned())
+}
+
+/// A URL with any password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
+    }
+
+    #[test]
+    fn default_config_parses_and_validates() {
+        let c = load(&Sources::default()).unwrap();
+        assert_eq!(c.http_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./herd-data"));
+        assert!(matches!(c.store, StoreConfig::Sqlite { .. }));
+    }
+
+    #[test]
+    fn env_and_flags_override_in_order() {
+        let sources = Sources {
+            file: None,
+            env: env(&[("HERD_HTTP__LISTEN", "127.0.0.1:9000"), ("HERD_HTTP__MAX_BODY_BYTES", "2048"), ("HERD_URL", "x")]),
+            flags: vec![("server", "data_dir", Value::String("/tmp/x".into()))],
+        };
+        let c = load(&sources).unwrap();
+        assert_eq!(c.http_listen.port(), 9000);
+        assert_eq!(c.api.max_body_bytes, 2048);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        let sources = Sources {
+            env: env(&[("HERD_HTTP__LISTEN", "127.0.0.1:9000")]),
+            flags: vec![("http", "listen", Value::String("127.0.0.1:9001".into()))],
+            ..Sources::default()
+        };
+        assert_eq!(load(&sources).unwrap().http_listen.port(), 9001);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("herd.toml");
+        std::fs::write(&file, "[http]\nlisten = \"nowhere\"\nbogus = 1\n[log]\nformat = \"xml\"\n[nope]\n").unwrap();
+        let sources = Sources {
+            file: Some(file),
+            env: env(&[("HERD_HTTP__MAX_BODY_BYTES", "lots"), ("HERD_STORE__URL", "mysql://x")]),
+            flags: vec![],
+        };
+        let err = load(&sources).unwrap_err().to_string();
+        for needle in ["unknown key http.bogus", "unknown section [nope]", "http.max_body_bytes must be an integer"] {
+            assert!(err.contains(needle), "{needle} missing in {err}");
+        }
+        // Type problems stop before value validation; fix them and the value problems show, all together.
+        std::fs::write(dir.path().join("herd.toml"), "[http]\nlisten = \"nowhere\"\n[log]\nformat = \"xml\"\n").unwrap();
+        let sources = Sources {
+            file: Some(dir.path().join("herd.toml")),
+            env: env(&[("HERD_STORE__URL", "mysql://x"), ("HERD_HTTP__DEFAULT_PAGE_SIZE", "0")]),
+            flags: vec![],
+        };
+        let err = load(&sources).unwrap_err();
+        assert_eq!(err.0.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+    }
+}

@@ -1,0 +1,258 @@
+//! `herd serve`: opening the store, bootstrapping access, serving HTTP, and shutting down in order.
+//!
+//! # Shutdown order
+//! When the shutdown future resolves (SIGINT/SIGTERM in the binary, a token in tests):
+//! 1. the HTTP listener stops accepting connections;
+//! 2. requests in flight run to completion (their writes commit and are acknowledged);
+//! 3. the store is closed (SQLite checkpoints its WAL, PostgreSQL connections close);
+//! 4. `run` returns.
+//!
+//! Steps 1–2 get at most `server.shutdown_timeout_secs`; past that, remaining requests are aborted
+//! (their transactions roll back, nothing half-written is visible) and the store is still closed.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use anyhow::Context as _;
+use domain::{Actor, Mutation, NewToken, Role, Timestamp, TokenHash};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use store::Store;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, StoreConfig, redact_url};
+
+/// Binds the HTTP listener, naming the address and the setting to change when it fails.
+///
+/// # Errors
+/// When the address is in use, not local, or not permitted.
+pub async fn bind_http(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::AddrInUse => "the address is already in use by another process".to_owned(),
+            std::io::ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges)".to_owned(),
+            std::io::ErrorKind::AddrNotAvailable => "the address is not one of this machine's".to_owned(),
+            _ => e.to_string(),
+        };
+        anyhow::anyhow!(
+            "cannot listen for HTTP on {addr}: {why}; choose another address with --http-listen, \
+             HERD_HTTP__LISTEN or http.listen in the config file"
+        )
+    })
+}
+
+/// Opens the configured store, running its migrations.
+///
+/// # Errors
+/// When the database cannot be opened, reached or migrated.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    match &config.store {
+        StoreConfig::Sqlite { path, synchronous, readers } => {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                create_private_dir(parent)?;
+            }
+            let mut options = store_sqlite::SqliteOptions::new(path.clone());
+            options.synchronous = *synchronous;
+            options.max_readers = *readers;
+            let store = store_sqlite::SqliteStore::open(options)
+                .await
+                .with_context(|| format!("failed to open SQLite store at {}", path.display()))?;
+            Ok(Arc::new(store))
+        }
+        StoreConfig::Postgres { url, max_connections } => {
+            let mut options = store_postgres::PostgresOptions::new(url.clone());
+            options.max_connections = *max_connections;
+            let store = store_postgres::PostgresStore::connect(options)
+                .await
+                .with_context(|| format!("failed to connect to PostgreSQL at {}", redact_url(url)))?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// Creates a directory (and parents) readable only by its owner.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).with_context(|| format!("failed to create data directory {}", dir.display()))
+}
+
+/// What bootstrap did on a fresh store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// The store already had tokens; nothing was done.
+    NotNeeded,
+    /// The admin token came from `HERD_ADMIN_TOKEN`.
+    FromEnvironment,
+    /// A token was generated and written to this file.
+    Generated(std::path::PathBuf),
+}
+
+/// Creates the first admin token when the store has none.
+///
+/// With a configured secret (`HERD_ADMIN_TOKEN`) that secret becomes the token; otherwise a random
+/// one is generated, logged once, and written to `<data-dir>/admin-token` with mode 0600.
+///
+/// # Errors
+/// When the store or the token file cannot be written.
+pub async fn bootstrap_admin(store: &dyn Store, config: &Config) -> anyhow::Result<Bootstrap> {
+    if store.token_count().await.context("failed to count API tokens")? > 0 {
+        return Ok(Bootstrap::NotNeeded);
+    }
+    let (secret, generated) = match &config.bootstrap_admin_token {
+        Some(s) => (s.clone(), false),
+        None => (http_api::auth::generate_token_secret(), true),
+    };
+    let new = NewToken {
+        id: http_api::auth::generate_token_id(),
+        name: "bootstrap-admin".to_owned(),
+        role: Role::Admin,
+        hash: TokenHash::of_secret(&secret),
+        expires_at: None,
+    };
+    let m = Mutation { actor: Actor::system(), at: Timestamp::now() };
+    store.create_token(&new, &m).await.context("failed to store the bootstrap admin token")?;
+    if !generated {
+        tracing::info!(token_id = %new.id, "created the first admin token from HERD_ADMIN_TOKEN");
+        return Ok(Bootstrap::FromEnvironment);
+    }
+    create_private_dir(&config.data_dir)?;
+    let path = config.data_dir.join("admin-token");
+    write_private_file(&path, &format!("{secret}\n"))?;
+    tracing::warn!(
+        token_id = %new.id,
+        token = %secret,
+        file = %path.display(),
+        "generated the first admin token; it is shown only this once and kept in the file (mode 0600)"
+    );
+    Ok(Bootstrap::Generated(path))
+}
+
+fn write_private_file(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path).with_context(|| format!("failed to create {}", path.display()))?;
+    f.write_all(contents.as_bytes()).with_context(|| format!("failed to write {}", path.display()))?;
+    f.sync_all().with_context(|| format!("failed to sync {}", path.display()))?;
+    Ok(())
+}
+
+/// The process-wide Prometheus recorder. The `metrics` facade is global by design; installing it
+/// once and sharing the handle lets several servers run in one test process.
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only when another recorder was installed first; ours then records nothing,
+            // which the /metrics output would show.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Runs the server on a bound listener until `shutdown` resolves, then shuts down in order.
+///
+/// # Errors
+/// When the store cannot be opened or bootstrapped, or the HTTP server fails.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = open_store(&config).await?;
+    tracing::info!(backend = store.backend_name(), "store open");
+    bootstrap_admin(store.as_ref(), &config).await?;
+
+    let state = http_api::AppState::new(Arc::clone(&store), config.api.clone()).with_metrics(metrics_handle());
+    let app = http_api::router(state);
+    let local = listener.local_addr().context("listener has no local address")?;
+    tracing::info!(http = %local, data_dir = %config.data_dir.display(), "herd is serving");
+
+    let stop_accepting = CancellationToken::new();
+    let server = {
+        let stop = stop_accepting.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        })
+    };
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
+    stop_accepting.cancel();
+    let abort = server.abort_handle();
+    match tokio::time::timeout(config.shutdown_timeout, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server failed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
+        Err(_) => {
+            tracing::warn!(timeout = ?config.shutdown_timeout, "shutdown deadline passed; aborting requests in flight");
+            abort.abort();
+        }
+    }
+    store.close().await;
+    tracing::info!("store closed; goodbye");
+    Ok(())
+}
+
+/// Installs the tracing subscriber (logs go to stderr). `RUST_LOG`, when set, wins over the
+/// configured level.
+pub fn init_tracing(log: &crate::config::LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match log.format {
+        crate::config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        crate::config::LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("received SIGINT"),
+        () = term => tracing::info!("received SIGTERM"),
+    }
+}

@@ -1,0 +1,302 @@
+//! Device groups: static groups with explicit members in `group_members`, dynamic groups with a
+//! saved filter evaluated when their devices are listed.
+
+use std::num::NonZeroU32;
+
+use domain::{
+    Device, DeviceId, Group, GroupKind, GroupName, GroupPatch, Mutation, NewAuditRecord, NewGroup,
+};
+use sqlx::{PgConnection, PgPool};
+use store::{DeviceQuery, MAX_PAGE_SIZE, Page, StoreError, StoreResult};
+
+use crate::audit::{self, begin_write};
+use crate::devices::{self, Scope};
+use crate::error::db;
+use crate::rows::{self, StoredGroup, group_columns};
+
+/// Creates a group at version 1.
+pub(crate) async fn create(pool: &PgPool, new: &NewGroup, m: &Mutation) -> StoreResult<Group> {
+    let group = Group {
+        name: new.name.clone(),
+        description: new.description.clone(),
+        kind: new.kind.clone(),
+        created_at: m.at,
+        updated_at: m.at,
+        version: 1,
+    };
+    let (kind, filter) = kind_columns(&group.kind);
+    let mut tx = begin_write(pool).await?;
+    let inserted = sqlx::query(
+        "INSERT INTO device_groups (name, description, kind, filter, created_at, updated_at, version)
+         VALUES ($1, $2, $3, $4, $5, $6, 1)
+         ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(group.name.as_str())
+    .bind(&group.description)
+    .bind(kind)
+    .bind(filter)
+    .bind(group.created_at.millis())
+    .bind(group.updated_at.millis())
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?
+    .rows_affected();
+    if inserted != 1 {
+        return Err(StoreError::AlreadyExists { kind: "group", id: group.name.to_string() });
+    }
+    let record = NewAuditRecord {
+        actor: m.actor.clone(),
+        at: m.at,
+        action: "group.create".to_owned(),
+        resource: resource(&group.name),
+        before: None,
+        after: Some(group.audit_summary()),
+    };
+    audit::append(&mut tx, &record).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(group)
+}
+
+/// Reads one group.
+pub(crate) async fn get(pool: &PgPool, name: &GroupName) -> StoreResult<Option<Group>> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        group_columns!(),
+        " FROM device_groups g WHERE g.name = $1"
+    ))
+    .bind(name.as_str())
+    .fetch_optional(pool)
+    .await
+    .map_err(db)?;
+    Ok(row.as_ref().map(rows::group).transpose()?.map(|g| g.group))
+}
+
+/// One page of groups ordered by name.
+pub(crate) async fn list(
+    pool: &PgPool,
+    after: Option<&GroupName>,
+    limit: NonZeroU32,
+) -> StoreResult<Page<Group>> {
+    let limit = limit.get().min(MAX_PAGE_SIZE);
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        group_columns!(),
+        " FROM device_groups g WHERE ($1::text IS NULL OR g.name > $1) ORDER BY g.name LIMIT $2"
+    ))
+    .bind(after.map(GroupName::as_str))
+    .bind(i64::from(limit) + 1)
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    let mut items =
+        rows.iter().map(|r| rows::group(r).map(|g| g.group)).collect::<Result<Vec<_>, _>>()?;
+    let has_more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    Ok(Page { items, has_more })
+}
+
+/// Changes a group's description or (dynamic groups only) its filter.
+pub(crate) async fn update(
+    pool: &PgPool,
+    name: &GroupName,
+    patch: &GroupPatch,
+    m: &Mutation,
+) -> StoreResult<Group> {
+    let mut tx = begin_write(pool).await?;
+    let current = get_for_update(&mut tx, name).await?;
+    let mut next = current.group.clone();
+    if let Some(description) = &patch.description {
+        next.description.clone_from(description);
+    }
+    if let Some(filter) = &patch.filter {
+        match &mut next.kind {
+            GroupKind::Dynamic(f) => *f = filter.clone(),
+            GroupKind::Static => {
+                return Err(StoreError::Conflict(format!(
+                    "group {name} is static; only dynamic groups have a filter"
+                )));
+            }
+        }
+    }
+    if next == current.group {
+        return Ok(next);
+    }
+    next.version += 1;
+    next.updated_at = m.at;
+    let (_, filter) = kind_columns(&next.kind);
+    sqlx::query(
+        "UPDATE device_groups SET description = $2, filter = $3, updated_at = $4, version = $5
+         WHERE id = $1",
+    )
+    .bind(current.key)
+    .bind(&next.description)
+    .bind(filter)
+    .bind(next.updated_at.millis())
+    .bind(rows::version_to_sql(next.version)?)
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    let record = NewAuditRecord {
+        actor: m.actor.clone(),
+        at: m.at,
+        action: "group.update".to_owned(),
+        resource: resource(name),
+        before: Some(current.group.audit_summary()),
+        after: Some(next.audit_summary()),
+    };
+    audit::append(&mut tx, &record).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(next)
+}
+
+/// Deletes a group; its memberships go with it, its devices stay.
+pub(crate) async fn delete(pool: &PgPool, name: &GroupName, m: &Mutation) -> StoreResult<()> {
+    let mut tx = begin_write(pool).await?;
+    let current = get_for_update(&mut tx, name).await?;
+    sqlx::query("DELETE FROM device_groups WHERE id = $1")
+        .bind(current.key)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    let record = NewAuditRecord {
+        actor: m.actor.clone(),
+        at: m.at,
+        action: "group.delete".to_owned(),
+        resource: resource(name),
+        before: Some(current.group.audit_summary()),
+        after: None,
+    };
+    audit::append(&mut tx, &record).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(())
+}
+
+/// Adds devices to a static group; existing members stay as they are.
+pub(crate) async fn add_members(
+    pool: &PgPool,
+    name: &GroupName,
+    ids: &[DeviceId],
+    m: &Mutation,
+) -> StoreResult<()> {
+    let mut tx = begin_write(pool).await?;
+    let group = get_static_for_update(&mut tx, name).await?;
+    let existing = devices::existing_ids(&mut tx, ids).await?;
+    if let Some(missing) = ids.iter().find(|id| !existing.contains(id.as_str())) {
+        return Err(StoreError::NotFound { kind: "device", id: missing.to_string() });
+    }
+    let ids: Vec<&str> = ids.iter().map(DeviceId::as_str).collect();
+    sqlx::query(
+        "INSERT INTO group_members (group_id, device_id)
+         SELECT $1, id FROM UNNEST($2::text[]) AS ids (id)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(group.key)
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    let record = NewAuditRecord {
+        actor: m.actor.clone(),
+        at: m.at,
+        action: "group.members.add".to_owned(),
+        resource: resource(name),
+        before: None,
+        after: Some(serde_json::json!({ "added": ids })),
+    };
+    audit::append(&mut tx, &record).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(())
+}
+
+/// Removes devices from a static group; non-members are ignored.
+pub(crate) async fn remove_members(
+    pool: &PgPool,
+    name: &GroupName,
+    ids: &[DeviceId],
+    m: &Mutation,
+) -> StoreResult<()> {
+    let mut tx = begin_write(pool).await?;
+    let group = get_static_for_update(&mut tx, name).await?;
+    let ids: Vec<&str> = ids.iter().map(DeviceId::as_str).collect();
+    sqlx::query("DELETE FROM group_members WHERE group_id = $1 AND device_id = ANY($2)")
+        .bind(group.key)
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    let record = NewAuditRecord {
+        actor: m.actor.clone(),
+        at: m.at,
+        action: "group.members.remove".to_owned(),
+        resource: resource(name),
+        before: None,
+        after: Some(serde_json::json!({ "removed": ids })),
+    };
+    audit::append(&mut tx, &record).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(())
+}
+
+/// One page of a group's devices: members of a static group, matches of a dynamic one.
+pub(crate) async fn devices(
+    pool: &PgPool,
+    name: &GroupName,
+    q: &DeviceQuery,
+) -> StoreResult<Page<Device>> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        group_columns!(),
+        " FROM device_groups g WHERE g.name = $1"
+    ))
+    .bind(name.as_str())
+    .fetch_optional(pool)
+    .await
+    .map_err(db)?;
+    let stored = row.as_ref().map(rows::group).transpose()?.ok_or_else(|| not_found(name))?;
+    match &stored.group.kind {
+        GroupKind::Static => devices::list(pool, Scope::Members(stored.key), q).await,
+        GroupKind::Dynamic(filter) => devices::list(pool, Scope::Matching(filter), q).await,
+    }
+}
+
+async fn get_for_update(conn: &mut PgConnection, name: &GroupName) -> StoreResult<StoredGroup> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        group_columns!(),
+        " FROM device_groups g WHERE g.name = $1 FOR UPDATE"
+    ))
+    .bind(name.as_str())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?;
+    row.as_ref().map(rows::group).transpose()?.ok_or_else(|| not_found(name))
+}
+
+async fn get_static_for_update(
+    conn: &mut PgConnection,
+    name: &GroupName,
+) -> StoreResult<StoredGroup> {
+    let group = get_for_update(conn, name).await?;
+    match group.group.kind {
+        GroupKind::Static => Ok(group),
+        GroupKind::Dynamic(_) => Err(StoreError::Conflict(format!(
+            "group {name} is dynamic; its members follow its filter"
+        ))),
+    }
+}
+
+/// The `kind` and `filter` columns of a group kind.
+fn kind_columns(kind: &GroupKind) -> (&'static str, Option<String>) {
+    match kind {
+        GroupKind::Static => ("static", None),
+        GroupKind::Dynamic(filter) => ("dynamic", Some(filter.to_string())),
+    }
+}
+
+fn resource(name: &GroupName) -> String {
+    format!("group/{name}")
+}
+
+fn not_found(name: &GroupName) -> StoreError {
+    StoreError::NotFound { kind: "group", id: name.to_string() }
+}

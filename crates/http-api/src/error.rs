@@ -193,7 +193,8 @@ impl IntoResponse for ApiError {
             // answer the client gets can be matched.
             tracing::error!(error = %e, source = ?e.source(), "request failed");
         }
-        let parts = ProblemParts { status: self.status(), code: self.code(), detail: self.detail() };
+        let parts =
+            ProblemParts { status: self.status(), code: self.code(), detail: self.detail() };
         let mut response = parts.status.into_response();
         response.extensions_mut().insert(parts);
         response

@@ -1,10 +1,13 @@
 //! Extractors whose failures are `ApiError`s, so that even axum's own rejections (a body over
 //! the limit, a bad path segment) come out as problem+json with a stable code.
 
+use std::convert::Infallible;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
+use domain::{DeviceId, GroupName, TokenId};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -61,8 +64,7 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(content_type) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
-    else {
+    let Some(content_type) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
     let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
@@ -70,25 +72,82 @@ fn is_json(headers: &HeaderMap) -> bool {
         || essence.strip_prefix("application/").is_some_and(|sub| sub.ends_with("+json"))
 }
 
-/// Path parameters of type `T`; a segment that does not decode is 400 `invalid_query`… of the
-/// path, reported as `invalid_body` would be misleading, so it is `ApiError::InvalidQuery`'s
-/// sibling for paths: 404 `not_found` (no resource can have such a name).
+/// A device id taken from the path (`{id}`): 400 `invalid_device_id` when it breaks the rules.
 #[derive(Debug, Clone)]
-pub(crate) struct ApiPath<T>(pub(crate) T);
+pub(crate) struct DevicePath(pub(crate) DeviceId);
 
-impl<S, T> FromRequestParts<S> for ApiPath<T>
+impl<S: Send + Sync> FromRequestParts<S> for DevicePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let raw: String = path_params(parts, state).await?.map_err(ApiError::InvalidDeviceId)?;
+        device_id(raw).map(Self)
+    }
+}
+
+/// A group name taken from the path (`{name}`): a name no group can have is 404
+/// `group_not_found`.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupPath(pub(crate) GroupName);
+
+impl<S: Send + Sync> FromRequestParts<S> for GroupPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let raw: String = path_params(parts, state).await?.map_err(ApiError::GroupNotFound)?;
+        group_name(raw).map(Self)
+    }
+}
+
+/// A group name and a device id taken from the path (`{name}/members/{device_id}`).
+#[derive(Debug, Clone)]
+pub(crate) struct MemberPath(pub(crate) GroupName, pub(crate) DeviceId);
+
+impl<S: Send + Sync> FromRequestParts<S> for MemberPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let (name, id): (String, String) =
+            path_params(parts, state).await?.map_err(ApiError::InvalidDeviceId)?;
+        Ok(Self(group_name(name)?, device_id(id)?))
+    }
+}
+
+/// A token id taken from the path (`{id}`): an id no token can have is 404 `token_not_found`.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenPath(pub(crate) TokenId);
+
+impl<S: Send + Sync> FromRequestParts<S> for TokenPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let raw: String = path_params(parts, state).await?.map_err(ApiError::TokenNotFound)?;
+        TokenId::new(raw.clone()).map(Self).map_err(|_| ApiError::TokenNotFound(raw))
+    }
+}
+
+/// Validates a device id from a path or body: 400 `invalid_device_id`.
+pub(crate) fn device_id(raw: String) -> Result<DeviceId, ApiError> {
+    DeviceId::new(raw).map_err(|e| ApiError::InvalidDeviceId(e.to_string()))
+}
+
+fn group_name(raw: String) -> Result<GroupName, ApiError> {
+    GroupName::new(raw.clone()).map_err(|_| ApiError::GroupNotFound(raw))
+}
+
+/// The route's path parameters. The inner `Err` holds why a segment does not decode (it is not
+/// percent-encoded UTF-8), for the caller to classify; the outer one is a routing bug.
+async fn path_params<S, T>(parts: &mut Parts, state: &S) -> Result<Result<T, String>, ApiError>
 where
     S: Send + Sync,
     T: DeserializeOwned + Send,
 {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match Path::<T>::from_request_parts(parts, state).await {
-            Ok(Path(value)) => Ok(Self(value)),
-            Err(rejection) if rejection.status().is_client_error() => Err(ApiError::RouteNotFound),
-            Err(rejection) => Err(ApiError::internal(rejection.body_text())),
+    match Path::<T>::from_request_parts(parts, state).await {
+        Ok(Path(value)) => Ok(Ok(value)),
+        Err(rejection) if rejection.status().is_client_error() => {
+            Ok(Err(format!("the path does not decode: {}", rejection.body_text())))
         }
+        Err(rejection) => Err(ApiError::internal(rejection.body_text())),
     }
 }
 
@@ -98,7 +157,7 @@ where
 pub(crate) struct RawQuery(pub(crate) String);
 
 impl<S: Send + Sync> FromRequestParts<S> for RawQuery {
-    type Rejection = ApiError;
+    type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         Ok(Self(parts.uri.query().unwrap_or_default().to_owned()))

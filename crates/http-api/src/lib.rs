@@ -1,5 +1,5 @@
 //! Herd's REST API: routes, request and response DTOs, authentication, problem+json errors and
-//! the OpenAPI document, as one axum [`Router`](axum::Router).
+//! the OpenAPI document, as one [`axum::Router`].
 //!
 //! - [`ApiConfig`] holds the limits of the HTTP surface; [`AppState`] is the cheap-to-clone bundle
 //!   of handles (the [`store::Store`], the config, the clock, the metrics handle) every handler
@@ -55,7 +55,7 @@ pub const DOCS_PATH: &str = "/api/docs";
 /// Unknown paths answer 404 `not_found`, known paths with another method 405
 /// `method_not_allowed`, both as problem+json.
 pub fn router(state: AppState) -> Router {
-    let (api, doc) = routes().split_for_parts();
+    let (api, doc) = routes();
     let max_body = state.config().max_body_bytes;
     api.merge(SwaggerUi::new(DOCS_PATH).url(OPENAPI_PATH, doc))
         .method_not_allowed_fallback(method_not_allowed)
@@ -69,19 +69,19 @@ pub fn router(state: AppState) -> Router {
 
 /// The OpenAPI 3.1 document of every route [`router`] serves (Swagger UI itself excepted).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().split_for_parts().1
+    routes().1
 }
 
-/// [`openapi`] as pretty-printed JSON, as served at [`OPENAPI_PATH`] and committed in
-/// `docs/openapi.json`.
+/// [`openapi`] as pretty-printed JSON: the document served at [`OPENAPI_PATH`], in the form
+/// committed as `docs/openapi.json`.
 pub fn openapi_json() -> String {
     openapi().to_pretty_json().expect("an OpenAPI document always serializes to JSON")
 }
 
 /// Every documented route, each registered together with its OpenAPI operation so the two
-/// cannot drift apart.
-fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(openapi_doc::base())
+/// cannot drift apart, and the finished document.
+fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, doc) = OpenApiRouter::with_openapi(openapi_doc::base())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
@@ -98,6 +98,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tokens::revoke_token))
         .routes(routes!(tokens::whoami))
         .routes(routes!(audit::list_audit))
+        .split_for_parts();
+    (router, openapi_doc::finish(doc))
 }
 
 async fn not_found() -> ApiError {

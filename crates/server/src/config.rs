@@ -87,7 +87,12 @@ pub struct ConfigErrors(pub Vec<String>);
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "invalid configuration ({} problem{}):", self.0.len(), if self.0.len() == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "invalid configuration ({} problem{}):",
+            self.0.len(),
+            if self.0.len() == 1 { "" } else { "s" }
+        )?;
         for p in &self.0 {
             writeln!(f, "  - {p}")?;
         }
@@ -158,14 +163,23 @@ struct RawLog {
 /// [`ConfigErrors`] listing every problem: unreadable file, unknown keys, wrong types, invalid values.
 pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
     let mut problems = Vec::new();
-    let defaults: Table = DEFAULT_CONFIG.parse().expect("the embedded default configuration is valid TOML");
+    let defaults: Table =
+        DEFAULT_CONFIG.parse().expect("the embedded default configuration is valid TOML");
     let mut merged = defaults.clone();
 
     if let Some(path) = &sources.file {
         match std::fs::read_to_string(path) {
             Ok(text) => match text.parse::<Table>() {
-                Ok(table) => overlay(&defaults, &mut merged, &table, &format!("{}", path.display()), &mut problems),
-                Err(e) => problems.push(format!("{}: not valid TOML: {}", path.display(), e.message())),
+                Ok(table) => overlay(
+                    &defaults,
+                    &mut merged,
+                    &table,
+                    &format!("{}", path.display()),
+                    &mut problems,
+                ),
+                Err(e) => {
+                    problems.push(format!("{}: not valid TOML: {}", path.display(), e.message()))
+                }
             },
             Err(e) => problems.push(format!("cannot read config file {}: {e}", path.display())),
         }
@@ -204,7 +218,11 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
         Err(e) => return Err(ConfigErrors(vec![e.to_string()])),
     };
     let admin = sources.env.iter().find(|(n, _)| n == "HERD_ADMIN_TOKEN").map(|(_, v)| v.clone());
-    let admin_file = sources.env.iter().find(|(n, _)| n == "HERD_ADMIN_TOKEN_FILE").map(|(_, v)| PathBuf::from(v));
+    let admin_file = sources
+        .env
+        .iter()
+        .find(|(n, _)| n == "HERD_ADMIN_TOKEN_FILE")
+        .map(|(_, v)| PathBuf::from(v));
     validate(raw, admin, admin_file.as_deref())
 }
 
@@ -212,7 +230,9 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
 fn env_value(text: &str) -> Value {
     match format!("v = {text}").parse::<Table>() {
         Ok(mut t) => match t.remove("v") {
-            Some(v @ (Value::Integer(_) | Value::Boolean(_) | Value::Float(_) | Value::String(_))) => v,
+            Some(
+                v @ (Value::Integer(_) | Value::Boolean(_) | Value::Float(_) | Value::String(_)),
+            ) => v,
             _ => Value::String(text.to_owned()),
         },
         Err(_) => Value::String(text.to_owned()),
@@ -220,11 +240,20 @@ fn env_value(text: &str) -> Value {
 }
 
 /// Lays `layer` over `merged`, accepting only keys the defaults have, with the defaults' types.
-fn overlay(defaults: &Table, merged: &mut Table, layer: &Table, origin: &str, problems: &mut Vec<String>) {
+fn overlay(
+    defaults: &Table,
+    merged: &mut Table,
+    layer: &Table,
+    origin: &str,
+    problems: &mut Vec<String>,
+) {
     for (section, value) in layer {
         let Some(default_section) = defaults.get(section).and_then(Value::as_table) else {
             let known: Vec<&str> = defaults.keys().map(String::as_str).collect();
-            problems.push(format!("{origin}: unknown section [{section}] (sections are {})", known.join(", ")));
+            problems.push(format!(
+                "{origin}: unknown section [{section}] (sections are {})",
+                known.join(", ")
+            ));
             continue;
         };
         let Some(table) = value.as_table() else {
@@ -241,7 +270,9 @@ fn overlay(defaults: &Table, merged: &mut Table, layer: &Table, origin: &str, pr
                 (Value::Integer(_), Value::String(s)) => match s.parse::<i64>() {
                     Ok(i) => Value::Integer(i),
                     Err(_) => {
-                        problems.push(format!("{origin}: {section}.{key} must be an integer, got {s:?}"));
+                        problems.push(format!(
+                            "{origin}: {section}.{key} must be an integer, got {s:?}"
+                        ));
                         continue;
                     }
                 },
@@ -249,7 +280,11 @@ fn overlay(defaults: &Table, merged: &mut Table, layer: &Table, origin: &str, pr
                 (Value::String(_), Value::Integer(i)) => Value::String(i.to_string()),
                 (d, v) if d.type_str() == v.type_str() => v.clone(),
                 (d, v) => {
-                    problems.push(format!("{origin}: {section}.{key} must be a {}, got a {}", d.type_str(), v.type_str()));
+                    problems.push(format!(
+                        "{origin}: {section}.{key} must be a {}, got a {}",
+                        d.type_str(),
+                        v.type_str()
+                    ));
                     continue;
                 }
             };
@@ -260,7 +295,11 @@ fn overlay(defaults: &Table, merged: &mut Table, layer: &Table, origin: &str, pr
     }
 }
 
-fn validate(raw: RawConfig, admin: Option<String>, admin_file: Option<&Path>) -> Result<Config, ConfigErrors> {
+fn validate(
+    raw: RawConfig,
+    admin: Option<String>,
+    admin_file: Option<&Path>,
+) -> Result<Config, ConfigErrors> {
     let mut problems = Vec::new();
     let mut positive = |what: &str, v: u64, max: u64| -> u64 {
         if v == 0 || v > max {
@@ -270,15 +309,22 @@ fn validate(raw: RawConfig, admin: Option<String>, admin_file: Option<&Path>) ->
             v
         }
     };
-    let shutdown_timeout = Duration::from_secs(positive("server.shutdown_timeout_secs", raw.server.shutdown_timeout_secs, 3600));
+    let shutdown_timeout = Duration::from_secs(positive(
+        "server.shutdown_timeout_secs",
+        raw.server.shutdown_timeout_secs,
+        3600,
+    ));
     let max_body_bytes = positive("http.max_body_bytes", raw.http.max_body_bytes, 1 << 30);
     let max_import_bytes = positive("http.max_import_bytes", raw.http.max_import_bytes, 1 << 40);
     let import_batch_size = positive("http.import_batch_size", raw.http.import_batch_size, 100_000);
-    let max_atomic_import_rows = positive("http.max_atomic_import_rows", raw.http.max_atomic_import_rows, 100_000_000);
-    let max_attributes_bytes = positive("http.max_attributes_bytes", raw.http.max_attributes_bytes, 1 << 24);
+    let max_atomic_import_rows =
+        positive("http.max_atomic_import_rows", raw.http.max_atomic_import_rows, 100_000_000);
+    let max_attributes_bytes =
+        positive("http.max_attributes_bytes", raw.http.max_attributes_bytes, 1 << 24);
     let default_page_size = positive("http.default_page_size", raw.http.default_page_size, 1000);
     let sqlite_readers = positive("store.sqlite_readers", raw.store.sqlite_readers, 64);
-    let postgres_max_connections = positive("store.postgres_max_connections", raw.store.postgres_max_connections, 1000);
+    let postgres_max_connections =
+        positive("store.postgres_max_connections", raw.store.postgres_max_connections, 1000);
 
     let http_listen = match raw.http.listen.parse::<SocketAddr>() {
         Ok(a) => a,
@@ -295,19 +341,36 @@ fn validate(raw: RawConfig, admin: Option<String>, admin_file: Option<&Path>) ->
         "normal" => store_sqlite::Synchronous::Normal,
         "full" => store_sqlite::Synchronous::Full,
         other => {
-            problems.push(format!("store.sqlite_synchronous must be \"normal\" or \"full\", got {other:?}"));
+            problems.push(format!(
+                "store.sqlite_synchronous must be \"normal\" or \"full\", got {other:?}"
+            ));
             store_sqlite::Synchronous::Normal
         }
     };
     let store = if raw.store.url.is_empty() {
-        StoreConfig::Sqlite { path: raw.server.data_dir.join("herd.db"), synchronous, readers: sqlite_readers as u32 }
+        StoreConfig::Sqlite {
+            path: raw.server.data_dir.join("herd.db"),
+            synchronous,
+            readers: sqlite_readers as u32,
+        }
     } else if let Some(path) = raw.store.url.strip_prefix("sqlite://") {
         if path.is_empty() {
-            problems.push("store.url: sqlite:// needs a file path, e.g. sqlite://./herd-data/herd.db".to_owned());
+            problems.push(
+                "store.url: sqlite:// needs a file path, e.g. sqlite://./herd-data/herd.db"
+                    .to_owned(),
+            );
         }
-        StoreConfig::Sqlite { path: PathBuf::from(path), synchronous, readers: sqlite_readers as u32 }
-    } else if raw.store.url.starts_with("postgres://") || raw.store.url.starts_with("postgresql://") {
-        StoreConfig::Postgres { url: raw.store.url.clone(), max_connections: postgres_max_connections as u32 }
+        StoreConfig::Sqlite {
+            path: PathBuf::from(path),
+            synchronous,
+            readers: sqlite_readers as u32,
+        }
+    } else if raw.store.url.starts_with("postgres://") || raw.store.url.starts_with("postgresql://")
+    {
+        StoreConfig::Postgres {
+            url: raw.store.url.clone(),
+            max_connections: postgres_max_connections as u32,
+        }
     } else {
         problems.push(format!(
             "store.url must start with sqlite:// or postgres://, got {:?} (flag --database-url)",
@@ -320,7 +383,9 @@ fn validate(raw: RawConfig, admin: Option<String>, admin_file: Option<&Path>) ->
         "text" => LogFormat::Text,
         "json" => LogFormat::Json,
         other => {
-            problems.push(format!("log.format must be \"text\" or \"json\", got {other:?} (flag --log-format)"));
+            problems.push(format!(
+                "log.format must be \"text\" or \"json\", got {other:?} (flag --log-format)"
+            ));
             LogFormat::Text
         }
     };
@@ -345,7 +410,10 @@ fn validate(raw: RawConfig, admin: Option<String>, admin_file: Option<&Path>) ->
     };
     if let Some(t) = &bootstrap_admin_token {
         if t.len() < 16 || t.len() > 256 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            problems.push("the admin token (HERD_ADMIN_TOKEN) must be 16 to 256 characters without spaces".to_owned());
+            problems.push(
+                "the admin token (HERD_ADMIN_TOKEN) must be 16 to 256 characters without spaces"
+                    .to_owned(),
+            );
         }
     }
 
@@ -375,7 +443,8 @@ fn read_secret_file(path: &Path) -> Result<String, String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let meta =
+            std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         if meta.permissions().mode() & 0o077 != 0 {
             return Err(format!(
                 "{} is readable by other users; run chmod 600 on it",
@@ -383,7 +452,8 @@ fn read_secret_file(path: &Path) -> Result<String, String> {
             ));
         }
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     Ok(text.trim().to_owned())
 }
 
@@ -421,7 +491,11 @@ mod tests {
     fn env_and_flags_override_in_order() {
         let sources = Sources {
             file: None,
-            env: env(&[("HERD_HTTP__LISTEN", "127.0.0.1:9000"), ("HERD_HTTP__MAX_BODY_BYTES", "2048"), ("HERD_URL", "x")]),
+            env: env(&[
+                ("HERD_HTTP__LISTEN", "127.0.0.1:9000"),
+                ("HERD_HTTP__MAX_BODY_BYTES", "2048"),
+                ("HERD_URL", "x"),
+            ]),
             flags: vec![("server", "data_dir", Value::String("/tmp/x".into()))],
         };
         let c = load(&sources).unwrap();
@@ -440,18 +514,30 @@ mod tests {
     fn every_problem_is_reported_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("herd.toml");
-        std::fs::write(&file, "[http]\nlisten = \"nowhere\"\nbogus = 1\n[log]\nformat = \"xml\"\n[nope]\n").unwrap();
+        std::fs::write(
+            &file,
+            "[http]\nlisten = \"nowhere\"\nbogus = 1\n[log]\nformat = \"xml\"\n[nope]\n",
+        )
+        .unwrap();
         let sources = Sources {
             file: Some(file),
             env: env(&[("HERD_HTTP__MAX_BODY_BYTES", "lots"), ("HERD_STORE__URL", "mysql://x")]),
             flags: vec![],
         };
         let err = load(&sources).unwrap_err().to_string();
-        for needle in ["unknown key http.bogus", "unknown section [nope]", "http.max_body_bytes must be an integer"] {
+        for needle in [
+            "unknown key http.bogus",
+            "unknown section [nope]",
+            "http.max_body_bytes must be an integer",
+        ] {
             assert!(err.contains(needle), "{needle} missing in {err}");
         }
         // Type problems stop before value validation; fix them and the value problems show, all together.
-        std::fs::write(dir.path().join("herd.toml"), "[http]\nlisten = \"nowhere\"\n[log]\nformat = \"xml\"\n").unwrap();
+        std::fs::write(
+            dir.path().join("herd.toml"),
+            "[http]\nlisten = \"nowhere\"\n[log]\nformat = \"xml\"\n",
+        )
+        .unwrap();
         let sources = Sources {
             file: Some(dir.path().join("herd.toml")),
             env: env(&[("HERD_STORE__URL", "mysql://x"), ("HERD_HTTP__DEFAULT_PAGE_SIZE", "0")]),

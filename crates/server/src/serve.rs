@@ -31,9 +31,15 @@ use crate::config::{Config, StoreConfig, redact_url};
 pub async fn bind_http(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| {
         let why = match e.kind() {
-            std::io::ErrorKind::AddrInUse => "the address is already in use by another process".to_owned(),
-            std::io::ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges)".to_owned(),
-            std::io::ErrorKind::AddrNotAvailable => "the address is not one of this machine's".to_owned(),
+            std::io::ErrorKind::AddrInUse => {
+                "the address is already in use by another process".to_owned()
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "permission denied (ports below 1024 need privileges)".to_owned()
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                "the address is not one of this machine's".to_owned()
+            }
             _ => e.to_string(),
         };
         anyhow::anyhow!(
@@ -64,9 +70,10 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         StoreConfig::Postgres { url, max_connections } => {
             let mut options = store_postgres::PostgresOptions::new(url.clone());
             options.max_connections = *max_connections;
-            let store = store_postgres::PostgresStore::connect(options)
-                .await
-                .with_context(|| format!("failed to connect to PostgreSQL at {}", redact_url(url)))?;
+            let store =
+                store_postgres::PostgresStore::connect(options).await.with_context(|| {
+                    format!("failed to connect to PostgreSQL at {}", redact_url(url))
+                })?;
             Ok(Arc::new(store))
         }
     }
@@ -84,7 +91,9 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         builder.mode(0o700);
     }
-    builder.create(dir).with_context(|| format!("failed to create data directory {}", dir.display()))
+    builder
+        .create(dir)
+        .with_context(|| format!("failed to create data directory {}", dir.display()))
 }
 
 /// What bootstrap did on a fresh store.
@@ -147,8 +156,10 @@ fn write_private_file(path: &Path, contents: &str) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut f = options.open(path).with_context(|| format!("failed to create {}", path.display()))?;
-    f.write_all(contents.as_bytes()).with_context(|| format!("failed to write {}", path.display()))?;
+    let mut f =
+        options.open(path).with_context(|| format!("failed to create {}", path.display()))?;
+    f.write_all(contents.as_bytes())
+        .with_context(|| format!("failed to write {}", path.display()))?;
     f.sync_all().with_context(|| format!("failed to sync {}", path.display()))?;
     Ok(())
 }
@@ -182,7 +193,8 @@ pub async fn run(
     tracing::info!(backend = store.backend_name(), "store open");
     bootstrap_admin(store.as_ref(), &config).await?;
 
-    let state = http_api::AppState::new(Arc::clone(&store), config.api.clone()).with_metrics(metrics_handle());
+    let state = http_api::AppState::new(Arc::clone(&store), config.api.clone())
+        .with_metrics(metrics_handle());
     let app = http_api::router(state);
     let local = listener.local_addr().context("listener has no local address")?;
     tracing::info!(http = %local, data_dir = %config.data_dir.display(), "herd is serving");
@@ -222,7 +234,11 @@ pub fn init_tracing(log: &crate::config::LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     let _ = match log.format {
         crate::config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
         crate::config::LogFormat::Text => builder.try_init(),

@@ -17,8 +17,9 @@ CREATE TABLE devices (
     version     BIGINT NOT NULL
 );
 
--- `state = $s` and `state in (…)` filters walk this index in id order.
+-- `state = $s` and `name = $n` filters walk these indexes in id order.
 CREATE INDEX devices_state_id ON devices (state, id);
+CREATE INDEX devices_name_id ON devices (name, id);
 
 CREATE TABLE device_tags (
     device_id   TEXT COLLATE "C" NOT NULL REFERENCES devices (id) ON DELETE CASCADE,
@@ -27,7 +28,8 @@ CREATE TABLE device_tags (
     PRIMARY KEY (device_id, key)
 );
 
--- `tags.k = $v`, `tags.k in (…)`, `tags.k startswith $p` and `has tags.k` filters.
+-- A top-level `tags.k = $v` drives a page from this index, which lists the matching devices in id
+-- order; the primary key serves the per-device probes of every other tag condition.
 CREATE INDEX device_tags_key_value_device ON device_tags (key, value, device_id);
 
 CREATE TABLE device_groups (
@@ -54,8 +56,6 @@ CREATE INDEX group_members_device ON group_members (device_id);
 
 CREATE TABLE api_tokens (
     id          TEXT COLLATE "C" PRIMARY KEY,
-    -- Insertion order, to break ties between tokens created in the same millisecond.
-    created_seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
     name        TEXT NOT NULL,
     role        TEXT NOT NULL,
     -- SHA-256 of the secret; the secret itself is never stored.
@@ -64,6 +64,9 @@ CREATE TABLE api_tokens (
     expires_at  BIGINT,
     revoked_at  BIGINT
 );
+
+-- Listing newest first.
+CREATE INDEX api_tokens_created ON api_tokens (created_at, id);
 
 CREATE TABLE audit_log (
     seq         BIGINT PRIMARY KEY,

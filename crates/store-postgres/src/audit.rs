@@ -43,7 +43,7 @@ pub(crate) async fn append(conn: &mut PgConnection, new: &NewAuditRecord) -> Sto
             let seq = u64::try_from(seq)
                 .ok()
                 .and_then(|s| s.checked_add(1))
-                .ok_or_else(|| PostgresError::corrupt("audit seq", format!("{seq}")))?;
+                .ok_or_else(|| PostgresError::corrupt("audit seq", &format!("{seq}")))?;
             (seq, rows::hash32(row.try_get("hash").map_err(db)?, "audit hash")?)
         }
     };
@@ -52,7 +52,7 @@ pub(crate) async fn append(conn: &mut PgConnection, new: &NewAuditRecord) -> Sto
         "INSERT INTO audit_log (seq, at, actor, action, resource, before, after, prev_hash, hash)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
-    .bind(i64::try_from(record.seq).map_err(|e| PostgresError::corrupt("audit seq", e))?)
+    .bind(i64::try_from(record.seq).map_err(|e| PostgresError::corrupt("audit seq", &e))?)
     .bind(record.at.millis())
     .bind(&record.actor)
     .bind(&record.action)

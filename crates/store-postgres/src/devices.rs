@@ -7,18 +7,18 @@
 use std::collections::HashSet;
 
 use domain::{
-    Attributes, Device, DeviceId, DevicePatch, DisplayName, Filter, ImportRow, LifecycleState,
-    Mutation, NewAuditRecord, NewDevice, Tags,
+    Device, DeviceId, DevicePatch, Filter, ImportRow, LifecycleState, Mutation, NewAuditRecord,
+    NewDevice, Tags,
 };
-use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
+use sqlx::{PgConnection, PgPool};
 use store::{
     DeviceQuery, ImportMode, ImportOutcome, MAX_PAGE_SIZE, Page, StateCounts, StoreError,
     StoreResult,
 };
 
 use crate::audit::{self, begin_write};
-use crate::error::db;
-use crate::filter_sql::push_filter;
+use crate::error::{PostgresError, db};
+use crate::filter_sql::{self, Scope};
 use crate::rows::{self, device_columns};
 
 /// Creates a device at version 1.
@@ -55,52 +55,18 @@ pub(crate) async fn get(pool: &PgPool, id: &DeviceId) -> StoreResult<Option<Devi
     row.as_ref().map(rows::device).transpose()
 }
 
-/// Which devices a listing starts from, before the query's own filter.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Scope<'a> {
-    /// Every device.
-    All,
-    /// The explicit members of the static group with this `device_groups.id`.
-    Members(i64),
-    /// The devices a dynamic group's filter matches.
-    Matching(&'a Filter),
-}
-
-/// One page of devices in `scope` ordered by id.
-pub(crate) async fn list(
+/// One page of devices of `scope` matching `filter` (not `q.filter`: the caller decides), after
+/// `q.after`, at most `q.limit` (clamped to [`MAX_PAGE_SIZE`]).
+pub(crate) async fn page(
     pool: &PgPool,
-    scope: Scope<'_>,
+    scope: Scope,
+    filter: Option<&Filter>,
     q: &DeviceQuery,
 ) -> StoreResult<Page<Device>> {
     let limit = q.limit.get().min(MAX_PAGE_SIZE);
-    let mut qb = QueryBuilder::<Postgres>::new(concat!(
-        "SELECT ",
-        device_columns!(),
-        " FROM devices d WHERE TRUE"
-    ));
-    match scope {
-        Scope::All => {}
-        Scope::Members(group) => {
-            qb.push(" AND d.id IN (SELECT m.device_id FROM group_members m WHERE m.group_id = ")
-                .push_bind(group)
-                .push(")");
-        }
-        Scope::Matching(filter) => {
-            qb.push(" AND (");
-            push_filter(&mut qb, filter);
-            qb.push(")");
-        }
-    }
-    if let Some(filter) = &q.filter {
-        qb.push(" AND (");
-        push_filter(&mut qb, filter);
-        qb.push(")");
-    }
-    if let Some(after) = &q.after {
-        qb.push(" AND d.id > ").push_bind(after.as_str());
-    }
-    qb.push(" ORDER BY d.id LIMIT ").push_bind(i64::from(limit) + 1);
-    let rows = qb.build().fetch_all(pool).await.map_err(db)?;
+    let mut qb = filter_sql::device_page(scope, filter, q.after.as_ref(), i64::from(limit) + 1);
+    // Unnamed statement: planned with the actual values (see `filter_sql`).
+    let rows = qb.build().persistent(false).fetch_all(pool).await.map_err(db)?;
     let mut items = rows.iter().map(rows::device).collect::<Result<Vec<_>, _>>()?;
     let has_more = items.len() > limit as usize;
     items.truncate(limit as usize);
@@ -118,9 +84,8 @@ pub(crate) async fn count_by_state(pool: &PgPool) -> StoreResult<StateCounts> {
     for (state, n) in rows {
         let state = state
             .parse::<LifecycleState>()
-            .map_err(|e| crate::error::PostgresError::corrupt("device state", e))?;
-        let n = u64::try_from(n)
-            .map_err(|e| crate::error::PostgresError::corrupt("device count", e))?;
+            .map_err(|e| PostgresError::corrupt("device state", &e))?;
+        let n = u64::try_from(n).map_err(|e| PostgresError::corrupt("device count", &e))?;
         counts.push((state, n));
     }
     counts.sort_by_key(|(state, _)| *state);
@@ -217,9 +182,9 @@ async fn import_row(
         }
         let device = Device {
             id: row.id.clone(),
-            name: row.patch.name.clone().unwrap_or_else(DisplayName::default),
-            tags: row.patch.tags.clone().unwrap_or_else(Tags::default),
-            attributes: row.patch.attributes.clone().unwrap_or_else(Attributes::default),
+            name: row.patch.name.clone().unwrap_or_default(),
+            tags: row.patch.tags.clone().unwrap_or_default(),
+            attributes: row.patch.attributes.clone().unwrap_or_default(),
             state,
             created_at: m.at,
             updated_at: m.at,
@@ -387,7 +352,5 @@ fn not_found(id: &DeviceId) -> StoreError {
 }
 
 fn not_initial(state: LifecycleState) -> StoreError {
-    StoreError::Conflict(format!(
-        "a new device must start as registered or active, not {state}"
-    ))
+    StoreError::Conflict(format!("a new device must start as registered or active, not {state}"))
 }

@@ -4,6 +4,8 @@
 //! [`StoreError::Backend`], so logs say what went wrong (a bad schema name, a row that no longer
 //! decodes) without the store panicking.
 
+use std::fmt;
+
 use store::StoreError;
 
 /// A failure specific to the PostgreSQL backend, reported inside [`StoreError::Backend`].
@@ -17,6 +19,9 @@ pub enum PostgresError {
     /// `max_connections` is zero: the pool could never hand out a connection.
     #[error("max_connections must be at least 1")]
     InvalidPoolSize,
+    /// The server did not accept a connection in time.
+    #[error("could not connect to PostgreSQL within {0:?}")]
+    ConnectTimeout(std::time::Duration),
     /// A stored row no longer decodes into a domain value (edited by hand, or corrupted).
     #[error("stored {what} is invalid: {reason}")]
     CorruptRow {
@@ -32,7 +37,7 @@ pub enum PostgresError {
 
 impl PostgresError {
     /// A stored value that does not decode.
-    pub(crate) fn corrupt(what: &'static str, reason: impl ToString) -> StoreError {
+    pub(crate) fn corrupt(what: &'static str, reason: &dyn fmt::Display) -> StoreError {
         StoreError::backend(Self::CorruptRow { what, reason: reason.to_string() })
     }
 }

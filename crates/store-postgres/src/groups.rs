@@ -4,14 +4,16 @@
 use std::num::NonZeroU32;
 
 use domain::{
-    Device, DeviceId, Group, GroupKind, GroupName, GroupPatch, Mutation, NewAuditRecord, NewGroup,
+    Device, DeviceId, Filter, Group, GroupKind, GroupName, GroupPatch, Mutation, NewAuditRecord,
+    NewGroup,
 };
 use sqlx::{PgConnection, PgPool};
 use store::{DeviceQuery, MAX_PAGE_SIZE, Page, StoreError, StoreResult};
 
 use crate::audit::{self, begin_write};
-use crate::devices::{self, Scope};
+use crate::devices;
 use crate::error::db;
+use crate::filter_sql::Scope;
 use crate::rows::{self, StoredGroup, group_columns};
 
 /// Creates a group at version 1.
@@ -113,7 +115,7 @@ pub(crate) async fn update(
             GroupKind::Dynamic(f) => *f = filter.clone(),
             GroupKind::Static => {
                 return Err(StoreError::Conflict(format!(
-                    "group {name} is static; only dynamic groups have a filter"
+                    "group {name} is static: it has members, not a filter"
                 )));
             }
         }
@@ -171,7 +173,8 @@ pub(crate) async fn delete(pool: &PgPool, name: &GroupName, m: &Mutation) -> Sto
     Ok(())
 }
 
-/// Adds devices to a static group; existing members stay as they are.
+/// Adds devices to a static group. The audit record lists the devices that were not members yet,
+/// in id order; when there are none, nothing is written.
 pub(crate) async fn add_members(
     pool: &PgPool,
     name: &GroupName,
@@ -185,30 +188,36 @@ pub(crate) async fn add_members(
         return Err(StoreError::NotFound { kind: "device", id: missing.to_string() });
     }
     let ids: Vec<&str> = ids.iter().map(DeviceId::as_str).collect();
-    sqlx::query(
+    let mut added: Vec<String> = sqlx::query_scalar(
         "INSERT INTO group_members (group_id, device_id)
-         SELECT $1, id FROM UNNEST($2::text[]) AS ids (id)
-         ON CONFLICT DO NOTHING",
+         SELECT DISTINCT $1::bigint, id FROM UNNEST($2::text[]) AS ids (id)
+         ON CONFLICT DO NOTHING
+         RETURNING device_id",
     )
     .bind(group.key)
     .bind(&ids)
-    .execute(&mut *tx)
+    .fetch_all(&mut *tx)
     .await
     .map_err(db)?;
+    if added.is_empty() {
+        return Ok(());
+    }
+    added.sort_unstable();
     let record = NewAuditRecord {
         actor: m.actor.clone(),
         at: m.at,
         action: "group.members.add".to_owned(),
         resource: resource(name),
         before: None,
-        after: Some(serde_json::json!({ "added": ids })),
+        after: Some(serde_json::json!({ "added": added })),
     };
     audit::append(&mut tx, &record).await?;
     tx.commit().await.map_err(db)?;
     Ok(())
 }
 
-/// Removes devices from a static group; non-members are ignored.
+/// Removes devices from a static group. The audit record lists the devices that were members, in
+/// id order; when there are none, nothing is written.
 pub(crate) async fn remove_members(
     pool: &PgPool,
     name: &GroupName,
@@ -218,19 +227,26 @@ pub(crate) async fn remove_members(
     let mut tx = begin_write(pool).await?;
     let group = get_static_for_update(&mut tx, name).await?;
     let ids: Vec<&str> = ids.iter().map(DeviceId::as_str).collect();
-    sqlx::query("DELETE FROM group_members WHERE group_id = $1 AND device_id = ANY($2)")
-        .bind(group.key)
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
+    let mut removed: Vec<String> = sqlx::query_scalar(
+        "DELETE FROM group_members WHERE group_id = $1 AND device_id = ANY($2)
+         RETURNING device_id",
+    )
+    .bind(group.key)
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db)?;
+    if removed.is_empty() {
+        return Ok(());
+    }
+    removed.sort_unstable();
     let record = NewAuditRecord {
         actor: m.actor.clone(),
         at: m.at,
         action: "group.members.remove".to_owned(),
         resource: resource(name),
         before: None,
-        after: Some(serde_json::json!({ "removed": ids })),
+        after: Some(serde_json::json!({ "removed": removed })),
     };
     audit::append(&mut tx, &record).await?;
     tx.commit().await.map_err(db)?;
@@ -253,9 +269,14 @@ pub(crate) async fn devices(
     .await
     .map_err(db)?;
     let stored = row.as_ref().map(rows::group).transpose()?.ok_or_else(|| not_found(name))?;
-    match &stored.group.kind {
-        GroupKind::Static => devices::list(pool, Scope::Members(stored.key), q).await,
-        GroupKind::Dynamic(filter) => devices::list(pool, Scope::Matching(filter), q).await,
+    match stored.group.kind {
+        GroupKind::Static => {
+            devices::page(pool, Scope::StaticGroup(stored.key), q.filter.as_ref(), q).await
+        }
+        GroupKind::Dynamic(f) => {
+            let filter = Filter::all([Some(f), q.filter.clone()].into_iter().flatten().collect());
+            devices::page(pool, Scope::All, filter.as_ref(), q).await
+        }
     }
 }
 
@@ -280,7 +301,7 @@ async fn get_static_for_update(
     match group.group.kind {
         GroupKind::Static => Ok(group),
         GroupKind::Dynamic(_) => Err(StoreError::Conflict(format!(
-            "group {name} is dynamic; its members follow its filter"
+            "group {name} is dynamic: its members are the devices its filter matches"
         ))),
     }
 }

@@ -42,8 +42,8 @@ use store::{
 
 pub use crate::error::PostgresError;
 
-use crate::devices::Scope;
 use crate::error::db;
+use crate::filter_sql::Scope;
 
 /// The migrations in `migrations/`, embedded at build time.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -145,6 +145,10 @@ impl Store for PostgresStore {
         "postgres"
     }
 
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     async fn create_device(&self, new: &NewDevice, m: &Mutation) -> StoreResult<Device> {
         devices::create(&self.pool, new, m).await
     }
@@ -154,7 +158,7 @@ impl Store for PostgresStore {
     }
 
     async fn list_devices(&self, q: &DeviceQuery) -> StoreResult<Page<Device>> {
-        devices::list(&self.pool, Scope::All, q).await
+        devices::page(&self.pool, Scope::All, q.filter.as_ref(), q).await
     }
 
     async fn count_devices_by_state(&self) -> StoreResult<StateCounts> {
@@ -271,7 +275,11 @@ fn check_schema_name(name: &str) -> StoreResult<()> {
     let ok = name.len() <= MAX_SCHEMA_LEN
         && chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if ok { Ok(()) } else { Err(StoreError::backend(PostgresError::InvalidSchema(name.to_owned()))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::backend(PostgresError::InvalidSchema(name.to_owned())))
+    }
 }
 
 /// Creates `schema` over a one-off connection (the pool's connections already point into it).
@@ -282,7 +290,7 @@ async fn create_schema(
 ) -> StoreResult<()> {
     let mut conn = tokio::time::timeout(timeout, PgConnection::connect_with(connect))
         .await
-        .map_err(|_| db(sqlx::Error::PoolTimedOut))?
+        .map_err(|_| StoreError::backend(PostgresError::ConnectTimeout(timeout)))?
         .map_err(db)?;
     // The name was checked by `check_schema_name`: lowercase letters, digits and underscores.
     let created = sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")))
@@ -331,7 +339,8 @@ mod tests {
 
     #[test]
     fn debug_hides_the_password() {
-        let mut options = PostgresOptions::new("postgres://herd:s3cret@db:5432/herd?sslmode=require");
+        let mut options =
+            PostgresOptions::new("postgres://herd:s3cret@db:5432/herd?sslmode=require");
         options.schema = Some("herd".to_owned());
         let shown = format!("{options:?}");
         assert!(!shown.contains("s3cret"), "{shown}");

@@ -54,17 +54,17 @@ pub(crate) fn device(row: &PgRow) -> Result<Device, StoreError> {
     let attributes: String = row.try_get("attributes").map_err(db)?;
     let state: String = row.try_get("state").map_err(db)?;
     let tags: serde_json::Value =
-        serde_json::from_str(&tags).map_err(|e| PostgresError::corrupt("device tags", e))?;
+        serde_json::from_str(&tags).map_err(|e| PostgresError::corrupt("device tags", &e))?;
     let attributes: serde_json::Value = serde_json::from_str(&attributes)
-        .map_err(|e| PostgresError::corrupt("device attributes", e))?;
+        .map_err(|e| PostgresError::corrupt("device attributes", &e))?;
     Ok(Device {
-        id: DeviceId::new(id).map_err(|e| PostgresError::corrupt("device id", e))?,
-        name: DisplayName::new(name).map_err(|e| PostgresError::corrupt("device name", e))?,
-        tags: Tags::from_json(&tags).map_err(|e| PostgresError::corrupt("device tags", e))?,
+        id: DeviceId::new(id).map_err(|e| PostgresError::corrupt("device id", &e))?,
+        name: DisplayName::new(name).map_err(|e| PostgresError::corrupt("device name", &e))?,
+        tags: Tags::from_json(&tags).map_err(|e| PostgresError::corrupt("device tags", &e))?,
         attributes: Attributes::from_stored(attributes),
         state: state
             .parse::<LifecycleState>()
-            .map_err(|e| PostgresError::corrupt("device state", e))?,
+            .map_err(|e| PostgresError::corrupt("device state", &e))?,
         created_at: Timestamp::from_millis(row.try_get("created_at").map_err(db)?),
         updated_at: Timestamp::from_millis(row.try_get("updated_at").map_err(db)?),
         version: version(row, "device version")?,
@@ -88,19 +88,19 @@ pub(crate) fn group(row: &PgRow) -> Result<StoredGroup, StoreError> {
     let kind = match (kind.as_str(), filter) {
         ("static", None) => GroupKind::Static,
         ("dynamic", Some(text)) => GroupKind::Dynamic(
-            Filter::parse(&text).map_err(|e| PostgresError::corrupt("group filter", e))?,
+            Filter::parse(&text).map_err(|e| PostgresError::corrupt("group filter", &e))?,
         ),
         (other, filter) => {
             return Err(PostgresError::corrupt(
                 "group kind",
-                format!("kind {other:?} with filter {filter:?}"),
+                &format!("kind {other:?} with filter {filter:?}"),
             ));
         }
     };
     Ok(StoredGroup {
         key: row.try_get("id").map_err(db)?,
         group: Group {
-            name: GroupName::new(name).map_err(|e| PostgresError::corrupt("group name", e))?,
+            name: GroupName::new(name).map_err(|e| PostgresError::corrupt("group name", &e))?,
             description: row.try_get("description").map_err(db)?,
             kind,
             created_at: Timestamp::from_millis(row.try_get("created_at").map_err(db)?),
@@ -118,9 +118,9 @@ pub(crate) fn token(row: &PgRow) -> Result<ApiToken, StoreError> {
     let expires_at: Option<i64> = row.try_get("expires_at").map_err(db)?;
     let revoked_at: Option<i64> = row.try_get("revoked_at").map_err(db)?;
     Ok(ApiToken {
-        id: TokenId::new(id).map_err(|e| PostgresError::corrupt("token id", e))?,
+        id: TokenId::new(id).map_err(|e| PostgresError::corrupt("token id", &e))?,
         name: row.try_get("name").map_err(db)?,
-        role: role.parse::<Role>().map_err(|e| PostgresError::corrupt("token role", e))?,
+        role: role.parse::<Role>().map_err(|e| PostgresError::corrupt("token role", &e))?,
         hash: TokenHash::from_bytes(hash32(hash, "token hash")?),
         created_at: Timestamp::from_millis(row.try_get("created_at").map_err(db)?),
         expires_at: expires_at.map(Timestamp::from_millis),
@@ -134,7 +134,7 @@ pub(crate) fn audit_record(row: &PgRow) -> Result<AuditRecord, StoreError> {
     let prev_hash: Vec<u8> = row.try_get("prev_hash").map_err(db)?;
     let hash: Vec<u8> = row.try_get("hash").map_err(db)?;
     Ok(AuditRecord {
-        seq: u64::try_from(seq).map_err(|e| PostgresError::corrupt("audit seq", e))?,
+        seq: u64::try_from(seq).map_err(|e| PostgresError::corrupt("audit seq", &e))?,
         at: Timestamp::from_millis(row.try_get("at").map_err(db)?),
         actor: row.try_get("actor").map_err(db)?,
         action: row.try_get("action").map_err(db)?,
@@ -149,16 +149,16 @@ pub(crate) fn audit_record(row: &PgRow) -> Result<AuditRecord, StoreError> {
 /// A 32-byte hash column.
 pub(crate) fn hash32(bytes: Vec<u8>, what: &'static str) -> Result<[u8; 32], StoreError> {
     <[u8; 32]>::try_from(bytes)
-        .map_err(|b| PostgresError::corrupt(what, format!("{} bytes, expected 32", b.len())))
+        .map_err(|b| PostgresError::corrupt(what, &format!("{} bytes, expected 32", b.len())))
 }
 
 /// A `BIGINT` version column as the domain's `u64`.
 fn version(row: &PgRow, what: &'static str) -> Result<u64, StoreError> {
     let v: i64 = row.try_get("version").map_err(db)?;
-    u64::try_from(v).map_err(|e| PostgresError::corrupt(what, e))
+    u64::try_from(v).map_err(|e| PostgresError::corrupt(what, &e))
 }
 
 /// A domain version as a `BIGINT`.
 pub(crate) fn version_to_sql(v: u64) -> Result<i64, StoreError> {
-    i64::try_from(v).map_err(|e| PostgresError::corrupt("version", e))
+    i64::try_from(v).map_err(|e| PostgresError::corrupt("version", &e))
 }

@@ -54,20 +54,21 @@ pub(crate) async fn create(pool: &PgPool, new: &NewToken, m: &Mutation) -> Store
 
 /// Finds a token by the hash of its secret.
 pub(crate) async fn by_hash(pool: &PgPool, hash: &TokenHash) -> StoreResult<Option<ApiToken>> {
-    let row = sqlx::query(concat!("SELECT ", token_columns!(), " FROM api_tokens t WHERE t.hash = $1"))
-        .bind(&hash.as_bytes()[..])
-        .fetch_optional(pool)
-        .await
-        .map_err(db)?;
+    let row =
+        sqlx::query(concat!("SELECT ", token_columns!(), " FROM api_tokens t WHERE t.hash = $1"))
+            .bind(&hash.as_bytes()[..])
+            .fetch_optional(pool)
+            .await
+            .map_err(db)?;
     row.as_ref().map(rows::token).transpose()
 }
 
-/// All tokens, newest first (ties broken by insertion order, latest first).
+/// All tokens, newest first (ties broken by id, highest first).
 pub(crate) async fn list(pool: &PgPool) -> StoreResult<Vec<ApiToken>> {
     let rows = sqlx::query(concat!(
         "SELECT ",
         token_columns!(),
-        " FROM api_tokens t ORDER BY t.created_at DESC, t.created_seq DESC"
+        " FROM api_tokens t ORDER BY t.created_at DESC, t.id DESC"
     ))
     .fetch_all(pool)
     .await
@@ -119,7 +120,7 @@ pub(crate) async fn revoke(pool: &PgPool, id: &TokenId, m: &Mutation) -> StoreRe
 pub(crate) async fn count(pool: &PgPool) -> StoreResult<u64> {
     let n: i64 =
         sqlx::query_scalar("SELECT count(*) FROM api_tokens").fetch_one(pool).await.map_err(db)?;
-    u64::try_from(n).map_err(|e| PostgresError::corrupt("token count", e))
+    u64::try_from(n).map_err(|e| PostgresError::corrupt("token count", &e))
 }
 
 fn resource(id: &TokenId) -> String {

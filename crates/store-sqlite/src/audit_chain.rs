@@ -9,6 +9,7 @@ use domain::{AuditRecord, Mutation, NewAuditRecord};
 use sqlx::SqliteConnection;
 use store::StoreResult;
 
+use crate::bulk::{self, Value};
 use crate::rows::{corrupt, db, to_i64};
 
 /// The tail of the chain as seen by one write transaction.
@@ -30,8 +31,7 @@ impl AuditChain {
             return Ok(Self { last_seq: 0, last_hash: GENESIS });
         };
         let key = seq.to_string();
-        let last_seq =
-            u64::try_from(seq).map_err(|_| corrupt("audit", &key, "negative seq"))?;
+        let last_seq = u64::try_from(seq).map_err(|_| corrupt("audit", &key, "negative seq"))?;
         let last_hash = <[u8; 32]>::try_from(hash)
             .map_err(|h| corrupt("audit", &key, format!("hash is {} bytes", h.len())))?;
         Ok(Self { last_seq, last_hash })
@@ -63,6 +63,42 @@ impl AuditChain {
         self.last_seq = r.seq;
         self.last_hash = r.hash;
         Ok(())
+    }
+}
+
+impl AuditChain {
+    /// Seals `entries` as the next records, in order, and inserts them in a few statements.
+    pub(crate) async fn append_many(
+        &mut self,
+        conn: &mut SqliteConnection,
+        entries: &[NewAuditRecord],
+    ) -> StoreResult<()> {
+        let mut values = Vec::with_capacity(entries.len() * 9);
+        for new in entries {
+            let r = AuditRecord::seal(self.last_seq + 1, self.last_hash, new);
+            values.extend([
+                Value::Int(to_i64("audit seq", r.seq)?),
+                Value::Int(r.at.millis()),
+                Value::Text(r.actor),
+                Value::Text(r.action),
+                Value::Text(r.resource),
+                Value::OptText(r.before),
+                Value::OptText(r.after),
+                Value::Blob(r.prev_hash.to_vec()),
+                Value::Blob(r.hash.to_vec()),
+            ]);
+            self.last_seq = r.seq;
+            self.last_hash = r.hash;
+        }
+        bulk::insert_rows(
+            conn,
+            "INSERT INTO audit (seq, at, actor, action, resource, before, after, prev_hash, hash)",
+            "",
+            9,
+            values,
+        )
+        .await
+        .map_err(db)
     }
 }
 

@@ -8,7 +8,8 @@
 //!     which lists the matching devices in id order;
 //!   - otherwise `devices` is walked in id order, or through `(state, id)` / `(name, id)` when a
 //!     top-level `state = …` / `name = …` lets the planner seek there; a top-level condition on `id`
-//!     (`=`, `in`, `startswith`) is a seek or a range on the primary key.
+//!     (`=`, `in`, `startswith`) is a seek or a range on the primary key, and it and `name = …`
+//!     take precedence over a tag equality.
 //! - Every other comparison is written so that it cannot be used to pick an index (`+d.state`):
 //!   an `or` or `in` over an indexed column would otherwise tempt the planner into collecting all
 //!   matches and sorting them, which is what a first page must never do.
@@ -135,16 +136,18 @@ pub(crate) fn device_page(
 
 /// The position of the top-level tag equality that should drive the page, if any.
 ///
-/// A top-level condition on the id is a better driver (a seek or a short range on the primary
-/// key), so it wins.
+/// A top-level condition on the id (a seek or a short range on the primary key) or an equality on
+/// the name (names are nearly unique) is a better driver, so it wins.
 fn tag_driver<'a>(conjuncts: &[&'a Filter]) -> Option<(usize, &'a TagKey, &'a str)> {
-    let id_driven = conjuncts.iter().any(|c| {
+    let better = conjuncts.iter().any(|c| {
         matches!(
             c,
-            Filter::Eq(Field::Id, _) | Filter::In(Field::Id, _) | Filter::StartsWith(Field::Id, _)
+            Filter::Eq(Field::Id | Field::Name, _)
+                | Filter::In(Field::Id, _)
+                | Filter::StartsWith(Field::Id, _)
         )
     });
-    if id_driven {
+    if better {
         return None;
     }
     conjuncts.iter().enumerate().find_map(|(i, c)| match c {
@@ -301,52 +304,4 @@ pub(crate) fn prefix_successor(prefix: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[track_caller]
-    fn check(filter: &str, expected: &str) {
-        let f = Filter::parse(filter).unwrap();
-        let sql = device_page(Scope::All, Some(&f), None, 51);
-        let args: Vec<String> = sql
-            .args
-            .iter()
-            .map(|a| match a {
-                Arg::Text(s) => format!("{s:?}"),
-                Arg::Int(i) => i.to_string(),
-            })
-            .collect();
-        let got = format!("{} -- [{}]", sql.text.replace(&format!("SELECT {DEVICE_COLUMNS} "), ""), args.join(", "));
-        assert_eq!(got, expected, "{filter}");
-    }
-
-    #[test]
-    fn translates() {
-        check(
-            "tags.site = 'berlin' and state = 'active'",
-            "FROM device_tags t CROSS JOIN devices d WHERE d.id = t.device_id AND t.key = ? AND t.value = ? AND +d.state = ? ORDER BY t.device_id LIMIT ? -- [\"site\", \"berlin\", \"active\", 51]",
-        );
-        check(
-            "state = 'active' and name != 'x'",
-            "FROM devices d WHERE 1 AND d.state = ? AND +d.name != ? ORDER BY d.id LIMIT ? -- [\"active\", \"x\", 51]",
-        );
-        check(
-            "id startswith 'dev-0001' and tags.site = 'b'",
-            "FROM devices d WHERE 1 AND (d.id >= ? AND d.id < ?) AND EXISTS (SELECT 1 FROM device_tags x WHERE x.device_id = d.id AND x.key = ? AND x.value = ?) ORDER BY d.id LIMIT ? -- [\"dev-0001\", \"dev-0002\", \"site\", \"b\", 51]",
-        );
-        check(
-            "state = 'retired' or not tags.a in ('x', 'y')",
-            "FROM devices d WHERE 1 AND (+d.state = ? OR NOT (EXISTS (SELECT 1 FROM device_tags x WHERE x.device_id = d.id AND x.key = ? AND x.value IN (?, ?)))) ORDER BY d.id LIMIT ? -- [\"retired\", \"a\", \"x\", \"y\", 51]",
-        );
-    }
-
-    #[test]
-    fn successors() {
-        assert_eq!(prefix_successor("dev-0001").as_deref(), Some("dev-0002"));
-        assert_eq!(prefix_successor("az").as_deref(), Some("a{"));
-        assert_eq!(prefix_successor(""), None);
-        assert_eq!(prefix_successor("a\u{10FFFF}").as_deref(), Some("b"));
-        assert_eq!(prefix_successor("\u{10FFFF}"), None);
-        assert_eq!(prefix_successor("\u{D7FF}").as_deref(), Some("\u{E000}"));
-    }
-}
+mod tests;

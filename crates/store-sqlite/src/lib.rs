@@ -14,6 +14,7 @@
 //! so a corrupt row is a [`StoreError::Backend`], never a panic.
 
 mod audit_chain;
+mod bulk;
 mod devices;
 mod filter_sql;
 mod groups;
@@ -129,9 +130,7 @@ impl SqliteStore {
             .min_connections(1)
             // Writes queue for the one connection; a long import must not time the others out.
             .acquire_timeout(Duration::from_secs(120))
-            .connect_with(
-                base.clone().create_if_missing(true).journal_mode(SqliteJournalMode::Wal),
-            )
+            .connect_with(base.clone().create_if_missing(true).journal_mode(SqliteJournalMode::Wal))
             .await
             .map_err(open_err)?;
         MIGRATOR.run(&writer).await.map_err(|source| {
@@ -295,7 +294,8 @@ impl Store for SqliteStore {
         let rows: Vec<AuditRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"
         )))
-        .bind(rows::to_i64("audit seq", after)?)
+        // No record has a sequence number beyond `i64::MAX`: nothing follows such a cursor.
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
         .bind(i64::from(limit))
         .fetch_all(&self.readers)
         .await

@@ -31,8 +31,7 @@ pub(crate) const GROUP_COLUMNS: &str =
     "name, description, kind, filter, created_at, updated_at, version";
 
 /// The `api_tokens` columns [`token_from_row`] reads.
-pub(crate) const TOKEN_COLUMNS: &str =
-    "id, name, role, hash, created_at, expires_at, revoked_at";
+pub(crate) const TOKEN_COLUMNS: &str = "id, name, role, hash, created_at, expires_at, revoked_at";
 
 /// The `audit` columns [`audit_from_row`] reads.
 pub(crate) const AUDIT_COLUMNS: &str =
@@ -54,12 +53,8 @@ pub(crate) fn to_i64(what: &'static str, value: u64) -> Result<i64, StoreError> 
 }
 
 /// A backend error for a stored row that does not hold what Herd wrote.
-pub(crate) fn corrupt(table: &'static str, key: &str, reason: impl ToString) -> StoreError {
-    StoreError::backend(SqliteError::Corrupt {
-        table,
-        key: key.to_owned(),
-        reason: reason.to_string(),
-    })
+pub(crate) fn corrupt(table: &'static str, key: &str, reason: impl Into<String>) -> StoreError {
+    StoreError::backend(SqliteError::Corrupt { table, key: key.to_owned(), reason: reason.into() })
 }
 
 fn unsigned(table: &'static str, key: &str, what: &str, v: i64) -> Result<u64, StoreError> {
@@ -147,7 +142,8 @@ pub(crate) fn audit_from_row(row: AuditRow) -> Result<AuditRecord, StoreError> {
     let (seq, at, actor, action, resource, before, after, prev_hash, hash) = row;
     let key = seq.to_string();
     let hash32 = |what: &str, h: Vec<u8>| -> Result<[u8; 32], StoreError> {
-        h.try_into().map_err(|h: Vec<u8>| corrupt("audit", &key, format!("{what} is {} bytes", h.len())))
+        h.try_into()
+            .map_err(|h: Vec<u8>| corrupt("audit", &key, format!("{what} is {} bytes", h.len())))
     };
     Ok(AuditRecord {
         seq: unsigned("audit", &key, "seq", seq)?,

@@ -45,15 +45,25 @@ impl TestServer {
         let data_dir = tempfile::tempdir().expect("temporary directory");
         let mut config = test_config(data_dir.path());
         adjust(&mut config);
-        let listener = server::serve::bind_http(config.http_listen).await.expect("bind 127.0.0.1:0");
+        let listener =
+            server::serve::bind_http(config.http_listen).await.expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
         let stop = CancellationToken::new();
         let admin_token = config.bootstrap_admin_token.clone().unwrap_or_default();
         let task = {
             let stop = stop.clone();
-            tokio::spawn(async move { server::serve::run(config, listener, async move { stop.cancelled().await }).await })
+            tokio::spawn(async move {
+                server::serve::run(config, listener, async move { stop.cancelled().await }).await
+            })
         };
-        let server = Self { base_url: format!("http://{addr}"), addr, admin_token, data_dir, stop, task: Some(task) };
+        let server = Self {
+            base_url: format!("http://{addr}"),
+            addr,
+            admin_token,
+            data_dir,
+            stop,
+            task: Some(task),
+        };
         server.wait_ready().await;
         server
     }
@@ -83,7 +93,12 @@ impl TestServer {
 
     /// Sends an authenticated GET with the admin token and returns status and JSON body.
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let r = reqwest::Client::new().get(self.url(path)).bearer_auth(&self.admin_token).send().await.unwrap();
+        let r = reqwest::Client::new()
+            .get(self.url(path))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }

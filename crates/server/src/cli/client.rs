@@ -57,7 +57,10 @@ impl Client {
 
     fn connect_error(&self, e: &reqwest::Error) -> anyhow::Error {
         if e.is_connect() {
-            anyhow!("cannot reach the Herd server at {} (is `herd serve` running? set --server or HERD_URL)", self.base)
+            anyhow!(
+                "cannot reach the Herd server at {} (is `herd serve` running? set --server or HERD_URL)",
+                self.base
+            )
         } else if e.is_timeout() {
             anyhow!("the Herd server at {} did not answer in time", self.base)
         } else {

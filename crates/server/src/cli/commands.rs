@@ -9,7 +9,9 @@ use serde_json::{Map, Value, json};
 
 use crate::cli::client::{Client, encode};
 use crate::cli::output::{self, Table};
-use crate::cli::{AuditCommand, ClientArgs, DeviceCommand, GroupCommand, ImportFormat, OutputFormat, TokenCommand};
+use crate::cli::{
+    AuditCommand, ClientArgs, DeviceCommand, GroupCommand, ImportFormat, OutputFormat, TokenCommand,
+};
 
 /// Runs `herd device …`.
 pub(crate) async fn device(cmd: DeviceCommand) -> anyhow::Result<()> {
@@ -58,7 +60,16 @@ pub(crate) async fn device(cmd: DeviceCommand) -> anyhow::Result<()> {
             let c = Client::new(&client)?;
             list_pages(&c, &client, "/api/v1/devices", query, cursor, all).await
         }
-        DeviceCommand::Update { id, name, tags, clear_tags, attributes, state, if_version, client } => {
+        DeviceCommand::Update {
+            id,
+            name,
+            tags,
+            clear_tags,
+            attributes,
+            state,
+            if_version,
+            client,
+        } => {
             let mut body = Map::new();
             if let Some(n) = name {
                 body.insert("name".into(), n.into());
@@ -75,10 +86,13 @@ pub(crate) async fn device(cmd: DeviceCommand) -> anyhow::Result<()> {
                 body.insert("state".into(), s.into());
             }
             if body.is_empty() {
-                bail!("nothing to change: give --name, --tag, --clear-tags, --attributes or --state");
+                bail!(
+                    "nothing to change: give --name, --tag, --clear-tags, --attributes or --state"
+                );
             }
             let c = Client::new(&client)?;
-            let mut req = c.request(Method::PATCH, &format!("/api/v1/devices/{}", encode(&id)))?.json(&body);
+            let mut req =
+                c.request(Method::PATCH, &format!("/api/v1/devices/{}", encode(&id)))?.json(&body);
             if let Some(v) = if_version {
                 req = req.header("If-Match", format!("\"{v}\""));
             }
@@ -94,30 +108,47 @@ pub(crate) async fn device(cmd: DeviceCommand) -> anyhow::Result<()> {
             c.send(req).await?;
             done(&client, &format!("deleted device {id}"))
         }
-        DeviceCommand::Import { file, format, atomic, client } => import(&file, format, atomic, &client).await,
+        DeviceCommand::Import { file, format, atomic, client } => {
+            import(&file, format, atomic, &client).await
+        }
     }
 }
 
-async fn import(file: &std::path::Path, format: Option<ImportFormat>, atomic: bool, client: &ClientArgs) -> anyhow::Result<()> {
+async fn import(
+    file: &std::path::Path,
+    format: Option<ImportFormat>,
+    atomic: bool,
+    client: &ClientArgs,
+) -> anyhow::Result<()> {
     let format = match format {
         Some(f) => f,
-        None => match file.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-            Some("csv") => ImportFormat::Csv,
-            Some("jsonl" | "ndjson") => ImportFormat::Jsonl,
-            _ => bail!("cannot tell the format of {} from its extension; pass --format csv or --format jsonl", file.display()),
-        },
+        None => {
+            match file.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref()
+            {
+                Some("csv") => ImportFormat::Csv,
+                Some("jsonl" | "ndjson") => ImportFormat::Jsonl,
+                _ => bail!(
+                    "cannot tell the format of {} from its extension; pass --format csv or --format jsonl",
+                    file.display()
+                ),
+            }
+        }
     };
     let (content_type, name) = match format {
         ImportFormat::Csv => ("text/csv", "csv"),
         ImportFormat::Jsonl => ("application/x-ndjson", "jsonl"),
     };
-    let f = tokio::fs::File::open(file).await.with_context(|| format!("cannot open {}", file.display()))?;
+    let f = tokio::fs::File::open(file)
+        .await
+        .with_context(|| format!("cannot open {}", file.display()))?;
     let size = f.metadata().await.map(|m| m.len()).unwrap_or(0);
     let bar = indicatif::ProgressBar::new(size);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} uploading {bytes}/{total_bytes} [{bar:30}] {bytes_per_sec}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} uploading {bytes}/{total_bytes} [{bar:30}] {bytes_per_sec}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     let progress = bar.clone();
     let stream = tokio_util::io::ReaderStream::with_capacity(f, 64 * 1024).map(move |chunk| {
@@ -146,7 +177,11 @@ async fn import(file: &std::path::Path, format: Option<ImportFormat>, atomic: bo
         n("updated"),
         n("unchanged"),
         n("rejected"),
-        if committed { "" } else { " — nothing was committed (atomic import with rejected lines)" }
+        if committed {
+            ""
+        } else {
+            " — nothing was committed (atomic import with rejected lines)"
+        }
     );
     if let Some(lines) = report.get("lines").and_then(Value::as_array).filter(|l| !l.is_empty()) {
         let mut t = Table::new(&["LINE", "ID", "REASON"]);
@@ -194,7 +229,9 @@ pub(crate) async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
                     None => "/api/v1/groups?limit=1000".to_owned(),
                 };
                 let page = c.get(&path).await?;
-                items.extend(page.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
+                items.extend(
+                    page.get("items").and_then(Value::as_array).cloned().unwrap_or_default(),
+                );
                 match page.get("next_cursor").and_then(Value::as_str) {
                     Some(next) => cursor = Some(next.to_owned()),
                     None => break,
@@ -211,7 +248,12 @@ pub(crate) async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
                 body["filter"] = f.into();
             }
             let c = Client::new(&client)?;
-            let g = c.send(c.request(Method::PATCH, &format!("/api/v1/groups/{}", encode(&name)))?.json(&body)).await?;
+            let g = c
+                .send(
+                    c.request(Method::PATCH, &format!("/api/v1/groups/{}", encode(&name)))?
+                        .json(&body),
+                )
+                .await?;
             print_groups(&client, &g, std::slice::from_ref(&g))
         }
         GroupCommand::Delete { name, client } => {
@@ -221,19 +263,32 @@ pub(crate) async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
         GroupCommand::Add { name, devices, client } => {
             let c = Client::new(&client)?;
             let n = devices.len();
-            c.post(&format!("/api/v1/groups/{}/members", encode(&name)), &json!({ "device_ids": devices })).await?;
+            c.post(
+                &format!("/api/v1/groups/{}/members", encode(&name)),
+                &json!({ "device_ids": devices }),
+            )
+            .await?;
             done(&client, &format!("added {n} device(s) to group {name}"))
         }
         GroupCommand::Remove { name, devices, client } => {
             let c = Client::new(&client)?;
             for d in &devices {
-                c.delete(&format!("/api/v1/groups/{}/members/{}", encode(&name), encode(d))).await?;
+                c.delete(&format!("/api/v1/groups/{}/members/{}", encode(&name), encode(d)))
+                    .await?;
             }
             done(&client, &format!("removed {} device(s) from group {name}", devices.len()))
         }
         GroupCommand::Devices { name, all, client } => {
             let c = Client::new(&client)?;
-            list_pages(&c, &client, &format!("/api/v1/groups/{}/devices", encode(&name)), Vec::new(), None, all).await
+            list_pages(
+                &c,
+                &client,
+                &format!("/api/v1/groups/{}/devices", encode(&name)),
+                Vec::new(),
+                None,
+                all,
+            )
+            .await
         }
     }
 }
@@ -278,7 +333,8 @@ pub(crate) async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
             output::write_raw(&t.render())
         }
         TokenCommand::Revoke { id, client } => {
-            let t = Client::new(&client)?.delete(&format!("/api/v1/tokens/{}", encode(&id))).await?;
+            let t =
+                Client::new(&client)?.delete(&format!("/api/v1/tokens/{}", encode(&id))).await?;
             if client.output == OutputFormat::Json {
                 return output::write_json(&t);
             }
@@ -289,7 +345,12 @@ pub(crate) async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
             if client.output == OutputFormat::Json {
                 return output::write_json(&me);
             }
-            output::write_raw(&format!("{} ({}), role {}", str_field(&me, "id"), str_field(&me, "name"), str_field(&me, "role")))
+            output::write_raw(&format!(
+                "{} ({}), role {}",
+                str_field(&me, "id"),
+                str_field(&me, "name"),
+                str_field(&me, "role")
+            ))
         }
     }
 }
@@ -298,7 +359,9 @@ pub(crate) async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
 pub(crate) async fn audit(cmd: AuditCommand) -> anyhow::Result<()> {
     match cmd {
         AuditCommand::List { after, limit, client } => {
-            let page = Client::new(&client)?.get(&format!("/api/v1/audit?after={after}&limit={limit}")).await?;
+            let page = Client::new(&client)?
+                .get(&format!("/api/v1/audit?after={after}&limit={limit}"))
+                .await?;
             if client.output == OutputFormat::Json {
                 return output::write_json(&page);
             }
@@ -321,12 +384,15 @@ pub(crate) async fn audit(cmd: AuditCommand) -> anyhow::Result<()> {
             let mut head = String::new();
             loop {
                 let page = c.get(&format!("/api/v1/audit?after={after}&limit=1000")).await?;
-                let items = page.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+                let items =
+                    page.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
                 for item in &items {
                     let record = record_from_json(item)?;
                     if let Err(broken) = verifier.check(&record) {
                         if client.output == OutputFormat::Json {
-                            output::write_json(&json!({"ok": false, "checked": verifier.checked(), "broken_seq": broken.seq, "reason": broken.reason}))?;
+                            output::write_json(
+                                &json!({"ok": false, "checked": verifier.checked(), "broken_seq": broken.seq, "reason": broken.reason}),
+                            )?;
                         }
                         bail!("{broken}");
                     }
@@ -338,16 +404,26 @@ pub(crate) async fn audit(cmd: AuditCommand) -> anyhow::Result<()> {
                 }
             }
             if client.output == OutputFormat::Json {
-                return output::write_json(&json!({"ok": true, "checked": verifier.checked(), "head": head}));
+                return output::write_json(
+                    &json!({"ok": true, "checked": verifier.checked(), "head": head}),
+                );
             }
-            output::write_raw(&format!("audit chain intact: {} record(s) verified, head {head}", verifier.checked()))
+            output::write_raw(&format!(
+                "audit chain intact: {} record(s) verified, head {head}",
+                verifier.checked()
+            ))
         }
     }
 }
 
 /// Rebuilds an [`AuditRecord`] from its API form, re-serializing `before`/`after` as the server did.
 fn record_from_json(v: &Value) -> anyhow::Result<AuditRecord> {
-    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned).with_context(|| format!("audit record without {k}"));
+    let s = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .with_context(|| format!("audit record without {k}"))
+    };
     let hash = |k: &str| -> anyhow::Result<[u8; 32]> {
         let bytes = hex::decode(s(k)?).with_context(|| format!("audit {k} is not hex"))?;
         bytes.try_into().map_err(|_| anyhow::anyhow!("audit {k} is not 32 bytes"))
@@ -379,8 +455,7 @@ async fn list_pages(
     all: bool,
 ) -> anyhow::Result<()> {
     let mut items = Vec::new();
-    let mut next = None;
-    loop {
+    let next = loop {
         let mut q = query.clone();
         if let Some(cur) = &cursor {
             q.push(format!("cursor={}", encode(cur)));
@@ -388,12 +463,12 @@ async fn list_pages(
         let url = if q.is_empty() { path.to_owned() } else { format!("{path}?{}", q.join("&")) };
         let page = c.get(&url).await?;
         items.extend(page.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
-        next = page.get("next_cursor").and_then(Value::as_str).map(str::to_owned);
-        match (&next, all) {
-            (Some(n), true) => cursor = Some(n.clone()),
-            _ => break,
+        let next = page.get("next_cursor").and_then(Value::as_str).map(str::to_owned);
+        match (next, all) {
+            (Some(n), true) => cursor = Some(n),
+            (next, _) => break next,
         }
-    }
+    };
     let whole = json!({ "items": items, "next_cursor": next });
     print_devices(client, &whole, &items)?;
     if let (Some(n), OutputFormat::Table) = (next, client.output) {
@@ -444,7 +519,12 @@ fn print_groups(client: &ClientArgs, whole: &Value, items: &[Value]) -> anyhow::
     }
     let mut t = Table::new(&["NAME", "KIND", "FILTER", "DESCRIPTION"]);
     for g in items {
-        t.row(vec![str_field(g, "name"), str_field(g, "kind"), str_field(g, "filter"), str_field(g, "description")]);
+        t.row(vec![
+            str_field(g, "name"),
+            str_field(g, "kind"),
+            str_field(g, "filter"),
+            str_field(g, "description"),
+        ]);
     }
     output::write_raw(&t.render())
 }
@@ -466,7 +546,12 @@ fn str_field(v: &Value, k: &str) -> String {
 
 fn tags_text(tags: Option<&Value>) -> String {
     tags.and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .unwrap_or_default()
 }
 

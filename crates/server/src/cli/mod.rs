@@ -112,6 +112,7 @@ pub enum DeviceCommand {
         /// Initial state: registered (default) or active.
         #[arg(long)]
         state: Option<String>,
+        /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -119,6 +120,7 @@ pub enum DeviceCommand {
     Get {
         /// Device id.
         id: String,
+        /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -145,6 +147,7 @@ pub enum DeviceCommand {
         /// Fetch every page.
         #[arg(long)]
         all: bool,
+        /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -170,6 +173,7 @@ pub enum DeviceCommand {
         /// Only if the device is still at this version (optimistic concurrency).
         #[arg(long, value_name = "VERSION")]
         if_version: Option<u64>,
+        /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -180,6 +184,7 @@ pub enum DeviceCommand {
         /// Only if the device is still at this version.
         #[arg(long, value_name = "VERSION")]
         if_version: Option<u64>,
+        /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -193,6 +198,7 @@ pub enum DeviceCommand {
         /// All or nothing: when any line is rejected, nothing is written.
         #[arg(long)]
         atomic: bool,
+        /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -220,6 +226,7 @@ pub enum GroupCommand {
         /// Make it dynamic: members are the devices this filter matches.
         #[arg(long)]
         filter: Option<String>,
+        /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -227,11 +234,13 @@ pub enum GroupCommand {
     Get {
         /// Group name.
         name: String,
+        /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,
     },
     /// List groups.
     List {
+        /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -245,6 +254,7 @@ pub enum GroupCommand {
         /// New filter (dynamic groups).
         #[arg(long)]
         filter: Option<String>,
+        /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -252,6 +262,7 @@ pub enum GroupCommand {
     Delete {
         /// Group name.
         name: String,
+        /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -262,6 +273,7 @@ pub enum GroupCommand {
         /// Device ids.
         #[arg(required = true)]
         devices: Vec<String>,
+        /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -272,6 +284,7 @@ pub enum GroupCommand {
         /// Device ids.
         #[arg(required = true)]
         devices: Vec<String>,
+        /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -282,6 +295,7 @@ pub enum GroupCommand {
         /// Fetch every page.
         #[arg(long)]
         all: bool,
+        /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -301,11 +315,13 @@ pub enum TokenCommand {
         /// Expire after this many days.
         #[arg(long, value_name = "DAYS")]
         expires_in_days: Option<u32>,
+        /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,
     },
     /// List tokens (never their secrets).
     List {
+        /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -313,11 +329,13 @@ pub enum TokenCommand {
     Revoke {
         /// Token id (tok_…).
         id: String,
+        /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Show the token in use.
     Whoami {
+        /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -334,11 +352,13 @@ pub enum AuditCommand {
         /// How many records.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Check the whole hash chain and name the first broken record.
     Verify {
+        /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,
     },

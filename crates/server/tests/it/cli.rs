@@ -48,7 +48,17 @@ impl Cli<'_> {
 async fn device_lifecycle_through_the_cli() {
     let server = TestServer::start().await;
     let cli = Cli { server: &server };
-    let d = cli.json(&["device", "create", "pump-1", "--name", "Pump", "--tag", "site=berlin", "--attributes", r#"{"fw":"1.0"}"#]);
+    let d = cli.json(&[
+        "device",
+        "create",
+        "pump-1",
+        "--name",
+        "Pump",
+        "--tag",
+        "site=berlin",
+        "--attributes",
+        r#"{"fw":"1.0"}"#,
+    ]);
     assert_eq!(d["state"], "registered");
     assert_eq!(d["tags"]["site"], "berlin");
     assert_eq!(d["attributes"]["fw"], "1.0");
@@ -58,16 +68,23 @@ async fn device_lifecycle_through_the_cli() {
 
     let d = cli.json(&["device", "update", "pump-1", "--state", "active", "--if-version", "1"]);
     assert_eq!((d["state"].as_str(), d["version"].as_u64()), (Some("active"), Some(2)));
-    let err = cli.fails(&["device", "update", "pump-1", "--name", "x", "--if-version", "1"], Some(&server.admin_token));
+    let err = cli.fails(
+        &["device", "update", "pump-1", "--name", "x", "--if-version", "1"],
+        Some(&server.admin_token),
+    );
     assert!(err.contains("precondition_failed") && err.contains("412"), "{err}");
-    let err = cli.fails(&["device", "update", "pump-1", "--state", "registered"], Some(&server.admin_token));
+    let err = cli
+        .fails(&["device", "update", "pump-1", "--state", "registered"], Some(&server.admin_token));
     assert!(err.contains("illegal_transition"), "{err}");
 
     let got = cli.json(&["device", "get", "pump-1"]);
     assert_eq!(got["version"], 2);
     cli.ok(&["device", "delete", "pump-1"]);
     let err = cli.fails(&["device", "get", "pump-1"], Some(&server.admin_token));
-    assert!(err.starts_with("error: ") && err.contains("device_not_found") && err.contains("404"), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("device_not_found") && err.contains("404"),
+        "{err}"
+    );
     server.stop().await;
 }
 
@@ -82,7 +99,9 @@ async fn errors_are_clear_without_a_token_or_server() {
     let err = cli.fails(&["device", "create", "bad id"], Some(&server.admin_token));
     assert!(err.contains("invalid_device_id"), "{err}");
     server.stop().await;
-    let out = tokio::task::block_in_place(|| herd(&["device", "list"], &[("HERD_URL", "http://127.0.0.1:9"), ("HERD_TOKEN", "x")]));
+    let out = tokio::task::block_in_place(|| {
+        herd(&["device", "list"], &[("HERD_URL", "http://127.0.0.1:9"), ("HERD_TOKEN", "x")])
+    });
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("cannot reach the Herd server"), "{}", stderr(&out));
 }
@@ -98,7 +117,8 @@ async fn groups_and_tokens_through_the_cli() {
     cli.ok(&["group", "create", "picked"]);
     cli.ok(&["group", "add", "picked", "b-1", "a-2"]);
     let members = cli.json(&["group", "devices", "line-a"]);
-    let ids: Vec<&str> = members["items"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> =
+        members["items"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["a-1", "a-2"]);
     let members = cli.json(&["group", "devices", "picked"]);
     assert_eq!(members["items"].as_array().unwrap().len(), 2);
@@ -115,7 +135,11 @@ async fn groups_and_tokens_through_the_cli() {
     let err = viewer.fails(&["device", "create", "nope"], Some(&secret));
     assert!(err.contains("forbidden") && err.contains("403"), "{err}");
     let tokens = cli.json(&["token", "list"]);
-    let id = tokens["items"].as_array().unwrap().iter().find(|t| t["name"] == "reader").unwrap()["id"].as_str().unwrap().to_owned();
+    let id =
+        tokens["items"].as_array().unwrap().iter().find(|t| t["name"] == "reader").unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
     cli.ok(&["token", "revoke", &id]);
     let err = viewer.fails(&["device", "list"], Some(&secret));
     assert!(err.contains("401"), "{err}");
@@ -131,18 +155,38 @@ async fn import_of_100k_devices_reports_counts() {
     let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
     writeln!(f, "id,name,state,tag.site,attributes").unwrap();
     for i in 0..100_000 {
-        writeln!(f, "dev-{i:06},\"Device {i}, rack {}\",active,site-{},\"{{\"\"slot\"\":{i}}}\"", i % 40, i % 10).unwrap();
+        writeln!(
+            f,
+            "dev-{i:06},\"Device {i}, rack {}\",active,site-{},\"{{\"\"slot\"\":{i}}}\"",
+            i % 40,
+            i % 10
+        )
+        .unwrap();
     }
     writeln!(f, "bad id,x,active,,").unwrap();
     drop(f);
     let out = cli.run(&["device", "import", path.to_str().unwrap()], Some(&server.admin_token));
     let text = stdout(&out);
-    assert!(text.contains("created 100000, updated 0, unchanged 0, rejected 1"), "{text}\n{}", stderr(&out));
-    assert!(text.contains("100002") && text.contains("bad id"), "the rejected line is reported: {text}");
+    assert!(
+        text.contains("created 100000, updated 0, unchanged 0, rejected 1"),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    assert!(
+        text.contains("100002") && text.contains("invalid device id"),
+        "the rejected line is reported: {text}"
+    );
     assert_eq!(out.status.code(), Some(1), "rejected lines make the command fail");
     let (_, summary) = server.get("/api/v1/inventory/summary").await;
     assert_eq!(summary["total"], 100_000);
-    let page = cli.json(&["device", "list", "--filter", "tags.site = 'site-3' and state = 'active'", "--limit", "5"]);
+    let page = cli.json(&[
+        "device",
+        "list",
+        "--filter",
+        "tags.site = 'site-3' and state = 'active'",
+        "--limit",
+        "5",
+    ]);
     assert_eq!(page["items"][0]["id"], "dev-000003");
     assert_eq!(page["items"][0]["attributes"]["slot"], 3);
     server.stop().await;
@@ -164,7 +208,10 @@ async fn audit_verify_names_a_tampered_record() {
     // Alter record 3 behind Herd's back, directly in the SQLite file.
     let url = format!("sqlite://{}", server.database_path().display());
     let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
-    let changed = sqlx::query("UPDATE audit SET actor = 'mallory' WHERE seq = 3").execute(&mut conn).await.unwrap();
+    let changed = sqlx::query("UPDATE audit SET actor = 'mallory' WHERE seq = 3")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(changed.rows_affected(), 1);
     drop(conn);
     let err = cli.fails(&["audit", "verify"], Some(&server.admin_token));

@@ -17,7 +17,12 @@ struct Serving {
 
 fn spawn_serve(args: &[&str], env: &[(&str, &str)]) -> Serving {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herd"));
-    cmd.arg("serve").args(args).arg("--log-format").arg("json").stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.arg("serve")
+        .args(args)
+        .arg("--log-format")
+        .arg("json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     for (k, _) in std::env::vars() {
         if k.starts_with("HERD_") {
             cmd.env_remove(k);
@@ -39,7 +44,9 @@ fn spawn_serve(args: &[&str], env: &[(&str, &str)]) -> Serving {
     });
     let mut seen = Vec::new();
     let addr = loop {
-        let line = lines.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("herd serve did not start; it logged:\n{}", seen.join("\n")));
+        let line = lines.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+            panic!("herd serve did not start; it logged:\n{}", seen.join("\n"))
+        });
         if line.contains("herd is serving") {
             let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
             break v["http"].as_str().expect("http field").to_owned();
@@ -54,14 +61,19 @@ impl Serving {
         let pid = self.child.id().to_string();
         let ok = Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success();
         assert!(ok, "kill -TERM failed");
-        for _ in 0..600 {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
+        // The process closes stderr when it exits; until then, keep draining its log lines.
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return self.child.wait().expect("wait");
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    panic!("herd serve did not exit within 60 s of SIGTERM");
+                }
             }
-            let _ = self.lines.recv_timeout(Duration::from_millis(100));
         }
-        let _ = self.child.kill();
-        panic!("herd serve did not exit after SIGTERM");
     }
 }
 
@@ -72,11 +84,12 @@ impl Drop for Serving {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn serves_on_embedded_default_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let serving = spawn_serve(&["--data-dir", data.to_str().unwrap(), "--http-listen", "127.0.0.1:0"], &[]);
+    let serving =
+        spawn_serve(&["--data-dir", data.to_str().unwrap(), "--http-listen", "127.0.0.1:0"], &[]);
     let base = format!("http://{}", serving.addr);
 
     let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
@@ -93,7 +106,12 @@ async fn serves_on_embedded_default_and_stops_on_sigterm() {
     }
     let token = std::fs::read_to_string(&token_file).unwrap().trim().to_owned();
     assert!(token.starts_with("herd_") && token.len() == 5 + 64, "{token}");
-    let r = reqwest::Client::new().get(format!("{base}/api/v1/devices")).bearer_auth(&token).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .get(format!("{base}/api/v1/devices"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     let status = tokio::task::block_in_place(|| serving.terminate());
@@ -112,14 +130,18 @@ async fn admin_token_from_environment_and_restart_keeps_data() {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let out = tokio::task::block_in_place(|| herd(&["device", "create", "kept-1"], &env));
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(!dir.path().join("admin-token").exists(), "no token file when the token came from the environment");
+    assert!(
+        !dir.path().join("admin-token").exists(),
+        "no token file when the token came from the environment"
+    );
     assert!(tokio::task::block_in_place(|| serving.terminate()).success());
 
     // A second start on the same data: the device is there, bootstrap does not run again.
     let serving = spawn_serve(&args, &[]);
     let env = [("HERD_URL", format!("http://{}", serving.addr)), ("HERD_TOKEN", secret.to_owned())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let out = tokio::task::block_in_place(|| herd(&["device", "get", "kept-1", "-o", "json"], &env));
+    let out =
+        tokio::task::block_in_place(|| herd(&["device", "get", "kept-1", "-o", "json"], &env));
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!dir.path().join("admin-token").exists());
     assert!(tokio::task::block_in_place(|| serving.terminate()).success());
@@ -130,10 +152,14 @@ fn port_in_use_names_the_port_and_the_setting() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let out = herd(&["serve", "--data-dir", dir.path().to_str().unwrap(), "--http-listen", &addr], &[]);
+    let out =
+        herd(&["serve", "--data-dir", dir.path().to_str().unwrap(), "--http-listen", &addr], &[]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains(&addr) && err.contains("already in use") && err.contains("--http-listen"), "{err}");
+    assert!(
+        err.contains(&addr) && err.contains("already in use") && err.contains("--http-listen"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -141,7 +167,8 @@ fn invalid_configuration_lists_every_problem_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("herd.toml");
     std::fs::write(&file, "[http]\nlisten = \"localhost\"\n[log]\nformat = \"xml\"\n").unwrap();
-    let out = herd(&["serve", "--config", file.to_str().unwrap()], &[("HERD_STORE__URL", "mysql://db")]);
+    let out =
+        herd(&["serve", "--config", file.to_str().unwrap()], &[("HERD_STORE__URL", "mysql://db")]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
     for needle in ["3 problems", "http.listen", "log.format", "store.url"] {

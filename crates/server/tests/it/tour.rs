@@ -47,7 +47,12 @@ fn tour_commands() -> Vec<String> {
     let body = &block[open + 3..];
     let body = &body[body.find('\n').expect("fence line") + 1..];
     let close = body.find("```").expect("tour block closes");
-    body[..close].lines().map(str::trim).filter(|l| l.starts_with("herd ")).map(str::to_owned).collect()
+    body[..close]
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("herd "))
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
@@ -68,7 +73,12 @@ async fn readme_tour_runs() {
         let words = shell_words(line);
         let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
         let out = tokio::task::block_in_place(|| herd(&args, &env));
-        assert!(out.status.success(), "`{line}` failed:\nstdout: {}\nstderr: {}", stdout(&out), stderr(&out));
+        assert!(
+            out.status.success(),
+            "`{line}` failed:\nstdout: {}\nstderr: {}",
+            stdout(&out),
+            stderr(&out)
+        );
     }
     server.stop().await;
 }

@@ -1,0 +1,345 @@
+//! `/api/v1/devices`: create, list, read, change and delete devices, with `ETag`/`If-Match`
+//! optimistic concurrency on the device's version.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderName, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use domain::{
+    Attributes, Device, DevicePatch, DisplayName, InvalidInput, LifecycleState, NewDevice, Tags,
+};
+use serde::{Deserialize, Serialize};
+use store::Page;
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::auth::{Caller, Operator, Viewer};
+use crate::error::{ApiError, Problem};
+use crate::extract::{DevicePath, IfMatch, JsonBody, RawQuery, device_id, etag};
+use crate::paging::{DeviceListParams, encode_cursor};
+
+/// A device as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Device)]
+pub(crate) struct DeviceDto {
+    /// Unique id: 1–128 characters of `[A-Za-z0-9._:-]`.
+    #[schema(example = "sensor-01")]
+    id: String,
+    /// Display name (may be empty).
+    name: String,
+    /// Labels: up to 64 `key: value` pairs.
+    tags: BTreeMap<String, String>,
+    /// Free-form JSON object.
+    #[schema(value_type = Object)]
+    attributes: serde_json::Value,
+    /// Lifecycle state.
+    state: StateDto,
+    /// When the device was created (RFC 3339).
+    #[schema(example = "2026-11-26T12:00:00Z")]
+    created_at: String,
+    /// When the device last changed (RFC 3339).
+    updated_at: String,
+    /// Incremented on every change; the `ETag` is this number in quotes.
+    version: u64,
+}
+
+impl From<&Device> for DeviceDto {
+    fn from(d: &Device) -> Self {
+        Self {
+            id: d.id.as_str().to_owned(),
+            name: d.name.as_str().to_owned(),
+            tags: d.tags.iter().map(|(k, v)| (k.as_str().to_owned(), v.to_owned())).collect(),
+            attributes: d.attributes.as_json().clone(),
+            state: d.state.into(),
+            created_at: d.created_at.to_rfc3339(),
+            updated_at: d.updated_at.to_rfc3339(),
+            version: d.version,
+        }
+    }
+}
+
+/// A device's lifecycle state. `registered → active ⇄ suspended`, any of those →
+/// `decommissioned → retired`.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = LifecycleState)]
+pub(crate) enum StateDto {
+    /// Known to the registry, never activated.
+    Registered,
+    /// In service.
+    Active,
+    /// Temporarily barred from connecting.
+    Suspended,
+    /// Out of service, history kept.
+    Decommissioned,
+    /// Terminal.
+    Retired,
+}
+
+impl From<LifecycleState> for StateDto {
+    fn from(s: LifecycleState) -> Self {
+        match s {
+            LifecycleState::Registered => Self::Registered,
+            LifecycleState::Active => Self::Active,
+            LifecycleState::Suspended => Self::Suspended,
+            LifecycleState::Decommissioned => Self::Decommissioned,
+            LifecycleState::Retired => Self::Retired,
+        }
+    }
+}
+
+/// One page of devices.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DevicePage {
+    /// The devices, ordered by id.
+    items: Vec<DeviceDto>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    next_cursor: Option<String>,
+}
+
+impl From<Page<Device>> for DevicePage {
+    fn from(page: Page<Device>) -> Self {
+        let next_cursor = if page.has_more {
+            page.items.last().map(|d| encode_cursor(d.id.as_str()))
+        } else {
+            None
+        };
+        Self { items: page.items.iter().map(DeviceDto::from).collect(), next_cursor }
+    }
+}
+
+/// The body of `POST /api/v1/devices`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateDevice {
+    /// Unique id: 1–128 characters of `[A-Za-z0-9._:-]`.
+    #[schema(example = "sensor-01")]
+    id: String,
+    /// Display name (default empty).
+    name: Option<String>,
+    /// Labels (default none).
+    tags: Option<BTreeMap<String, String>>,
+    /// A JSON object (default `{}`), at most 16 KiB by default.
+    #[schema(value_type = Option<Object>)]
+    attributes: Option<serde_json::Value>,
+    /// `registered` (default) or `active`.
+    #[schema(value_type = Option<StateDto>)]
+    state: Option<String>,
+}
+
+/// The body of `PATCH /api/v1/devices/{id}`: the fields present replace the current ones.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateDevice {
+    /// New display name.
+    name: Option<String>,
+    /// New tags (replace all tags).
+    tags: Option<BTreeMap<String, String>>,
+    /// New attributes (replace all attributes).
+    #[schema(value_type = Option<Object>)]
+    attributes: Option<serde_json::Value>,
+    /// New lifecycle state; must be reachable from the current one.
+    #[schema(value_type = Option<StateDto>)]
+    state: Option<String>,
+}
+
+/// Validates the optional device fields of a request or import line into a patch.
+///
+/// # Errors
+/// The first rule broken.
+pub(crate) fn device_patch(
+    name: Option<String>,
+    tags: Option<BTreeMap<String, String>>,
+    attributes: Option<serde_json::Value>,
+    state: Option<&str>,
+    max_attributes_bytes: usize,
+) -> Result<DevicePatch, InvalidInput> {
+    Ok(DevicePatch {
+        name: name.map(DisplayName::new).transpose()?,
+        tags: tags.map(Tags::new).transpose()?,
+        attributes: attributes.map(|a| Attributes::new(a, max_attributes_bytes)).transpose()?,
+        state: state.map(str::parse).transpose()?,
+    })
+}
+
+/// A device response: the device as JSON with its `ETag`.
+fn device_response(status: StatusCode, device: &Device) -> Response {
+    let mut headers = vec![(header::ETAG, etag(device.version))];
+    if status == StatusCode::CREATED {
+        let location: (HeaderName, String) =
+            (header::LOCATION, format!("/api/v1/devices/{}", device.id));
+        headers.push(location);
+    }
+    let mut response = (status, Json(DeviceDto::from(device))).into_response();
+    for (name, value) in headers {
+        if let Ok(value) = value.parse() {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}
+
+/// Register a device.
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices",
+    tag = "devices",
+    request_body = CreateDevice,
+    security(("bearer" = ["operator"])),
+    responses(
+        (status = 201, description = "Created; `ETag` holds the version, `Location` the URL", body = DeviceDto),
+        (status = 400, description = "Malformed body or invalid device id", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`device_exists`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub(crate) async fn create_device(
+    caller: Caller<Operator>,
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<CreateDevice>,
+) -> Result<Response, ApiError> {
+    let id = device_id(body.id)?;
+    let patch = device_patch(
+        body.name,
+        body.tags,
+        body.attributes,
+        body.state.as_deref(),
+        state.config().max_attributes_bytes,
+    )?;
+    let initial = patch.state.unwrap_or(LifecycleState::Registered);
+    if !initial.is_initial() {
+        return Err(ApiError::ValidationFailed(format!(
+            "a new device starts as registered or active, not {initial}"
+        )));
+    }
+    let new = NewDevice {
+        id,
+        name: patch.name.unwrap_or_default(),
+        tags: patch.tags.unwrap_or_default(),
+        attributes: patch.attributes.unwrap_or_default(),
+        state: initial,
+    };
+    let device = state.store().create_device(&new, &state.mutation_by(&caller.token)).await?;
+    Ok(device_response(StatusCode::CREATED, &device))
+}
+
+/// List devices, one page at a time, ordered by id.
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices",
+    tag = "devices",
+    params(DeviceListParams),
+    security(("bearer" = ["viewer"])),
+    responses(
+        (status = 200, description = "One page of devices", body = DevicePage),
+        (status = 400, description = "`invalid_filter`, `invalid_cursor`, `invalid_query`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed` (state, tag, limit)", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub(crate) async fn list_devices(
+    _caller: Caller<Viewer>,
+    State(state): State<AppState>,
+    query: RawQuery,
+) -> Result<Json<DevicePage>, ApiError> {
+    let q = DeviceListParams::parse(&query)?.into_query(state.config().page_size())?;
+    let page = state.store().list_devices(&q).await?;
+    Ok(Json(page.into()))
+}
+
+/// Read one device.
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{id}",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    security(("bearer" = ["viewer"])),
+    responses(
+        (status = 200, description = "The device; `ETag` holds its version", body = DeviceDto),
+        (status = 400, description = "`invalid_device_id`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`device_not_found`", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub(crate) async fn get_device(
+    _caller: Caller<Viewer>,
+    State(state): State<AppState>,
+    DevicePath(id): DevicePath,
+) -> Result<Response, ApiError> {
+    let device =
+        state.store().device(&id).await?.ok_or_else(|| ApiError::DeviceNotFound(id.to_string()))?;
+    Ok(device_response(StatusCode::OK, &device))
+}
+
+/// Change a device's name, tags, attributes or lifecycle state.
+///
+/// With `If-Match: "<version>"` the change applies only to that version (412 otherwise).
+#[utoipa::path(
+    patch,
+    path = "/api/v1/devices/{id}",
+    tag = "devices",
+    params(
+        ("id" = String, Path, description = "Device id"),
+        ("If-Match" = Option<String>, Header, description = "`\"<version>\"` from the ETag, or `*`"),
+    ),
+    request_body = UpdateDevice,
+    security(("bearer" = ["operator"])),
+    responses(
+        (status = 200, description = "The changed device; `ETag` holds its version", body = DeviceDto),
+        (status = 400, description = "Malformed body or invalid device id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`device_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`illegal_transition`", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`precondition_failed`: the device changed since", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub(crate) async fn update_device(
+    caller: Caller<Operator>,
+    State(state): State<AppState>,
+    DevicePath(id): DevicePath,
+    if_match: IfMatch,
+    JsonBody(body): JsonBody<UpdateDevice>,
+) -> Result<Response, ApiError> {
+    let patch = device_patch(
+        body.name,
+        body.tags,
+        body.attributes,
+        body.state.as_deref(),
+        state.config().max_attributes_bytes,
+    )?;
+    let device = state
+        .store()
+        .update_device(&id, &patch, if_match.expected(), &state.mutation_by(&caller.token))
+        .await?;
+    Ok(device_response(StatusCode::OK, &device))
+}
+
+/// Delete a device and its group memberships (its audit history stays).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/devices/{id}",
+    tag = "devices",
+    params(
+        ("id" = String, Path, description = "Device id"),
+        ("If-Match" = Option<String>, Header, description = "`\"<version>\"` from the ETag, or `*`"),
+    ),
+    security(("bearer" = ["operator"])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "`invalid_device_id`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`device_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`precondition_failed`", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub(crate) async fn delete_device(
+    caller: Caller<Operator>,
+    State(state): State<AppState>,
+    DevicePath(id): DevicePath,
+    if_match: IfMatch,
+) -> Result<StatusCode, ApiError> {
+    state
+        .store()
+        .delete_device(&id, if_match.expected(), &state.mutation_by(&caller.token))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

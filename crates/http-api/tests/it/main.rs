@@ -1,0 +1,13 @@
+//! Integration tests of the HTTP API: the router called as a `tower::Service` over a real
+//! SQLite store in a temporary directory, one module per area.
+
+mod api;
+mod audit;
+mod bad_input;
+mod devices;
+mod groups;
+mod health;
+mod import;
+mod matrix;
+mod openapi;
+mod tokens;

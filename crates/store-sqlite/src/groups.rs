@@ -1,0 +1,292 @@
+//! Device groups: static ones with explicit members, dynamic ones with a saved filter.
+
+use std::collections::BTreeSet;
+use std::num::NonZeroU32;
+
+use domain::{
+    Device, DeviceId, Filter, Group, GroupKind, GroupName, GroupPatch, Mutation, NewGroup,
+};
+use sqlx::SqliteConnection;
+use store::{DeviceQuery, MAX_PAGE_SIZE, Page, StoreError, StoreResult};
+
+use crate::SqliteStore;
+use crate::audit_chain::{AuditChain, entry};
+use crate::devices;
+use crate::filter_sql::Scope;
+use crate::rows::{GROUP_COLUMNS, GroupRow, db, group_from_row, is_unique_violation, to_i64};
+
+/// Creates a group at version 1.
+pub(crate) async fn create(s: &SqliteStore, new: &NewGroup, m: &Mutation) -> StoreResult<Group> {
+    let group = Group {
+        name: new.name.clone(),
+        description: new.description.clone(),
+        kind: new.kind.clone(),
+        created_at: m.at,
+        updated_at: m.at,
+        version: 1,
+    };
+    let (kind, filter) = kind_columns(&group.kind);
+    let mut tx = s.begin_write().await?;
+    sqlx::query(
+        "INSERT INTO groups (name, description, kind, filter, created_at, updated_at, version) \
+         VALUES (?, ?, ?, ?, ?, ?, 1)",
+    )
+    .bind(group.name.as_str())
+    .bind(&group.description)
+    .bind(kind)
+    .bind(filter)
+    .bind(m.at.millis())
+    .bind(m.at.millis())
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::AlreadyExists { kind: "group", id: group.name.to_string() }
+        } else {
+            db(e)
+        }
+    })?;
+    let mut chain = AuditChain::load(&mut tx).await?;
+    chain
+        .append(
+            &mut tx,
+            &entry(m, "group.create", resource(&group.name), None, Some(group.audit_summary())),
+        )
+        .await?;
+    tx.commit().await.map_err(db)?;
+    Ok(group)
+}
+
+/// Reads one group.
+pub(crate) async fn get(
+    conn: &mut SqliteConnection,
+    name: &GroupName,
+) -> StoreResult<Option<Group>> {
+    let row: Option<GroupRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {GROUP_COLUMNS} FROM groups WHERE name = ?"
+    )))
+    .bind(name.as_str())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?;
+    row.map(group_from_row).transpose()
+}
+
+/// One page of groups in name order.
+pub(crate) async fn list(
+    conn: &mut SqliteConnection,
+    after: Option<&GroupName>,
+    limit: NonZeroU32,
+) -> StoreResult<Page<Group>> {
+    let limit = limit.get().min(MAX_PAGE_SIZE);
+    let rows: Vec<GroupRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {GROUP_COLUMNS} FROM groups WHERE name > ? ORDER BY name LIMIT ?"
+    )))
+    .bind(after.map_or("", GroupName::as_str))
+    .bind(i64::from(limit) + 1)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    let mut items = rows.into_iter().map(group_from_row).collect::<StoreResult<Vec<_>>>()?;
+    let has_more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    Ok(Page { items, has_more })
+}
+
+/// Changes a group's description or filter; a patch that changes nothing writes nothing.
+pub(crate) async fn update(
+    s: &SqliteStore,
+    name: &GroupName,
+    patch: &GroupPatch,
+    m: &Mutation,
+) -> StoreResult<Group> {
+    let mut tx = s.begin_write().await?;
+    let old = get(&mut tx, name).await?.ok_or_else(|| not_found(name))?;
+    let mut new = old.clone();
+    if let Some(description) = &patch.description {
+        new.description.clone_from(description);
+    }
+    if let Some(filter) = &patch.filter {
+        match &mut new.kind {
+            GroupKind::Dynamic(f) => f.clone_from(filter),
+            GroupKind::Static => {
+                return Err(StoreError::Conflict(format!(
+                    "group {name} is static: it has members, not a filter"
+                )));
+            }
+        }
+    }
+    if new == old {
+        return Ok(old);
+    }
+    new.version = old.version + 1;
+    new.updated_at = m.at;
+    let (_, filter) = kind_columns(&new.kind);
+    sqlx::query(
+        "UPDATE groups SET description = ?, filter = ?, updated_at = ?, version = ? WHERE name = ?",
+    )
+    .bind(&new.description)
+    .bind(filter)
+    .bind(m.at.millis())
+    .bind(to_i64("group version", new.version)?)
+    .bind(name.as_str())
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    let mut chain = AuditChain::load(&mut tx).await?;
+    chain
+        .append(
+            &mut tx,
+            &entry(
+                m,
+                "group.update",
+                resource(name),
+                Some(old.audit_summary()),
+                Some(new.audit_summary()),
+            ),
+        )
+        .await?;
+    tx.commit().await.map_err(db)?;
+    Ok(new)
+}
+
+/// Deletes a group and its memberships (not its devices).
+pub(crate) async fn delete(s: &SqliteStore, name: &GroupName, m: &Mutation) -> StoreResult<()> {
+    let mut tx = s.begin_write().await?;
+    let old = get(&mut tx, name).await?.ok_or_else(|| not_found(name))?;
+    sqlx::query("DELETE FROM groups WHERE name = ?")
+        .bind(name.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    let mut chain = AuditChain::load(&mut tx).await?;
+    chain
+        .append(&mut tx, &entry(m, "group.delete", resource(name), Some(old.audit_summary()), None))
+        .await?;
+    tx.commit().await.map_err(db)
+}
+
+/// Adds devices to a static group. The audit record lists the devices that were not members yet,
+/// in id order; when there are none, nothing is written.
+pub(crate) async fn add_members(
+    s: &SqliteStore,
+    name: &GroupName,
+    ids: &[DeviceId],
+    m: &Mutation,
+) -> StoreResult<()> {
+    let mut tx = s.begin_write().await?;
+    static_group(&mut tx, name).await?;
+    for id in ids {
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM devices WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound { kind: "device", id: id.to_string() });
+        }
+    }
+    let mut added = BTreeSet::new();
+    for id in ids {
+        let done = sqlx::query(
+            "INSERT INTO group_members (group_name, device_id) VALUES (?, ?) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(name.as_str())
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 1 {
+            added.insert(id.as_str());
+        }
+    }
+    if added.is_empty() {
+        return Ok(());
+    }
+    let after = serde_json::json!({ "added": added });
+    let mut chain = AuditChain::load(&mut tx).await?;
+    chain
+        .append(&mut tx, &entry(m, "group.members.add", resource(name), None, Some(after)))
+        .await?;
+    tx.commit().await.map_err(db)
+}
+
+/// Removes devices from a static group. The audit record lists the devices that were members, in
+/// id order; when there are none, nothing is written.
+pub(crate) async fn remove_members(
+    s: &SqliteStore,
+    name: &GroupName,
+    ids: &[DeviceId],
+    m: &Mutation,
+) -> StoreResult<()> {
+    let mut tx = s.begin_write().await?;
+    static_group(&mut tx, name).await?;
+    let mut removed = BTreeSet::new();
+    for id in ids {
+        let done = sqlx::query("DELETE FROM group_members WHERE group_name = ? AND device_id = ?")
+            .bind(name.as_str())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 1 {
+            removed.insert(id.as_str());
+        }
+    }
+    if removed.is_empty() {
+        return Ok(());
+    }
+    let after = serde_json::json!({ "removed": removed });
+    let mut chain = AuditChain::load(&mut tx).await?;
+    chain
+        .append(&mut tx, &entry(m, "group.members.remove", resource(name), None, Some(after)))
+        .await?;
+    tx.commit().await.map_err(db)
+}
+
+/// One page of a group's devices, narrowed by `q.filter`.
+pub(crate) async fn devices(
+    conn: &mut SqliteConnection,
+    name: &GroupName,
+    q: &DeviceQuery,
+) -> StoreResult<Page<Device>> {
+    let group = get(conn, name).await?.ok_or_else(|| not_found(name))?;
+    match group.kind {
+        GroupKind::Static => {
+            devices::page(conn, Scope::StaticGroup(name), q.filter.as_ref(), q).await
+        }
+        GroupKind::Dynamic(f) => {
+            let filter = Filter::all([Some(f), q.filter.clone()].into_iter().flatten().collect());
+            devices::page(conn, Scope::All, filter.as_ref(), q).await
+        }
+    }
+}
+
+/// Checks that `name` is a static group.
+async fn static_group(conn: &mut SqliteConnection, name: &GroupName) -> StoreResult<()> {
+    let group = get(conn, name).await?.ok_or_else(|| not_found(name))?;
+    match group.kind {
+        GroupKind::Static => Ok(()),
+        GroupKind::Dynamic(_) => Err(StoreError::Conflict(format!(
+            "group {name} is dynamic: its members are the devices its filter matches"
+        ))),
+    }
+}
+
+/// The `kind` and `filter` columns of a group.
+fn kind_columns(kind: &GroupKind) -> (&'static str, Option<String>) {
+    match kind {
+        GroupKind::Static => ("static", None),
+        GroupKind::Dynamic(f) => ("dynamic", Some(f.to_string())),
+    }
+}
+
+/// The audit resource of a group.
+fn resource(name: &GroupName) -> String {
+    format!("group/{name}")
+}
+
+fn not_found(name: &GroupName) -> StoreError {
+    StoreError::NotFound { kind: "group", id: name.to_string() }
+}

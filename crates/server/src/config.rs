@@ -408,13 +408,13 @@ fn validate(
         },
         (None, None) => None,
     };
-    if let Some(t) = &bootstrap_admin_token {
-        if t.len() < 16 || t.len() > 256 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            problems.push(
-                "the admin token (HERD_ADMIN_TOKEN) must be 16 to 256 characters without spaces"
-                    .to_owned(),
-            );
-        }
+    if let Some(t) = &bootstrap_admin_token
+        && (t.len() < 16 || t.len() > 256 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        problems.push(
+            "the admin token (HERD_ADMIN_TOKEN) must be 16 to 256 characters without spaces"
+                .to_owned(),
+        );
     }
 
     if !problems.is_empty() {

@@ -7,7 +7,8 @@
 //! Run with `cargo bench -p store-sqlite --bench filtered_page`.
 //!
 //! The fleet: ids `dev-0000000` …; tag `site` one of 10 cities, `floor` one of 5, `fw` one of 3;
-//! states spread over registered, active, suspended and decommissioned (a quarter each).
+//! states spread over registered, active, suspended and decommissioned (a quarter each); no device
+//! is retired, so the `sparse` rows ask for pages that few or no devices fill.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -30,8 +31,11 @@ const STATES: [LifecycleState; 4] = [
 ];
 /// Rows per `import_devices` call.
 const BATCH: usize = 20_000;
-/// Timed runs per filter, after a few untimed ones.
+/// Timed runs per filter, after a few untimed ones: up to `RUNS`, at least `MIN_RUNS`, and no
+/// more once a filter has taken `BUDGET` (slow filters would otherwise take minutes).
 const RUNS: usize = 200;
+const MIN_RUNS: usize = 50;
+const BUDGET: Duration = Duration::from_secs(3);
 const PAGE: u32 = 50;
 
 #[expect(clippy::print_stdout, reason = "a benchmark reports on stdout")]
@@ -72,12 +76,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("tag startswith", Some("tags.fw startswith '1.'"), None),
             ("has tag + not", Some("has tags.floor and not state = 'active'"), None),
             ("name startswith", Some("name startswith 'Sensor 12'"), None),
+            // Sparse: few or no devices match, so the page walks far before it fills.
+            ("sparse: tag + state", Some("tags.site = 'berlin' and state = 'retired'"), None),
+            ("sparse: name prefix", Some("name startswith 'Sensor 99999'"), None),
+            ("sparse: tag value", Some("tags.site = 'nowhere'"), None),
             ("tag + state, middle page", Some("tags.site = 'berlin' and state = 'active'"), Some(middle.as_str())),
             ("none, middle page", None, Some(middle.as_str())),
         ];
 
-        println!("| filter | expression | rows | median | p99 |");
-        println!("|---|---|---:|---:|---:|");
+        println!("| filter | expression | rows | runs | median | p99 |");
+        println!("|---|---|---:|---:|---:|---:|");
         for (label, filter, after) in cases {
             let filter = filter.map(Filter::parse).transpose()?;
             let q = DeviceQuery {
@@ -85,13 +93,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 after: after.map(DeviceId::new).transpose()?,
                 limit: NonZeroU32::new(PAGE).ok_or("page size is zero")?,
             };
-            let (rows, median, p99) = time_page(&*store, &q).await?;
+            let (rows, runs, median, p99) = time_page(&*store, &q).await?;
             let expr = filter.map_or_else(|| "—".to_owned(), |f| format!("`{f}`"));
             let expr = match after {
                 Some(a) => format!("{expr} after `{a}`"),
                 None => expr,
             };
-            println!("| {label} | {expr} | {rows} | {} | {} |", ms(median), ms(p99));
+            println!("| {label} | {expr} | {rows} | {runs} | {} | {} |", ms(median), ms(p99));
         }
 
         let started = Instant::now();
@@ -152,26 +160,27 @@ async fn build_fleet(
     Ok(applied)
 }
 
-/// Times `RUNS` executions of the query; returns the page length, median and 99th percentile.
+/// Times executions of the query; returns the page length, the number of runs, their median and
+/// 99th percentile.
 async fn time_page(
     store: &dyn Store,
     q: &DeviceQuery,
-) -> Result<(usize, Duration, Duration), Box<dyn std::error::Error>> {
+) -> Result<(usize, usize, Duration, Duration), Box<dyn std::error::Error>> {
     let mut rows = 0;
     for _ in 0..5 {
         rows = store.list_devices(q).await?.items.len();
     }
     let mut samples = Vec::with_capacity(RUNS);
-    for _ in 0..RUNS {
+    let all = Instant::now();
+    while samples.len() < RUNS && (samples.len() < MIN_RUNS || all.elapsed() < BUDGET) {
         let started = Instant::now();
         let page = store.list_devices(q).await?;
         samples.push(started.elapsed());
         std::hint::black_box(page);
     }
     samples.sort();
-    let median = samples[RUNS / 2];
-    let p99 = samples[(RUNS * 99).div_ceil(100) - 1];
-    Ok((rows, median, p99))
+    let n = samples.len();
+    Ok((rows, n, samples[n / 2], samples[(n * 99).div_ceil(100) - 1]))
 }
 
 fn ms(d: Duration) -> String {

@@ -250,15 +250,16 @@ pub(crate) async fn devices(
     conn: &mut SqliteConnection,
     name: &GroupName,
     q: &DeviceQuery,
+    sparse_bound: u32,
 ) -> StoreResult<Page<Device>> {
     let group = get(conn, name).await?.ok_or_else(|| not_found(name))?;
     match group.kind {
         GroupKind::Static => {
-            devices::page(conn, Scope::StaticGroup(name), q.filter.as_ref(), q).await
+            devices::page(conn, Scope::StaticGroup(name), q.filter.as_ref(), q, sparse_bound).await
         }
         GroupKind::Dynamic(f) => {
             let filter = Filter::all([Some(f), q.filter.clone()].into_iter().flatten().collect());
-            devices::page(conn, Scope::All, filter.as_ref(), q).await
+            devices::page(conn, Scope::All, filter.as_ref(), q, sparse_bound).await
         }
     }
 }

@@ -10,7 +10,9 @@
 //!
 //! Devices keep their tags twice: as JSON on the row (read back with the device) and one row per
 //! tag in `device_tags` (what filters search). `filter_sql` turns a [`domain::Filter`] into an
-//! index-backed page query; `rows` reads rows back through the domain's validating constructors,
+//! index-backed page query (`devices` picks which index drives it); imports are judged in memory
+//! and written in multi-row statements (`bulk`); `audit_chain` seals each change's audit record in
+//! the change's transaction; `rows` reads rows back through the domain's validating constructors,
 //! so a corrupt row is a [`StoreError::Backend`], never a panic.
 
 mod audit_chain;
@@ -103,6 +105,9 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Connections for reads only.
     readers: SqlitePool,
+    /// Below how many matches a filter condition drives a page through its own index; see
+    /// `devices::choose_driver`. Tests set 0 to exercise the ordered drivers on small data.
+    sparse_bound: u32,
 }
 
 impl SqliteStore {
@@ -142,7 +147,7 @@ impl SqliteStore {
             .await
             .map_err(open_err)?;
         tracing::debug!(path = %options.path.display(), "opened sqlite store");
-        Ok(Self { writer, readers })
+        Ok(Self { writer, readers, sparse_bound: devices::SPARSE_BOUND })
     }
 
     /// Closes every connection, waiting for those in use to be returned. Call at shutdown after
@@ -174,6 +179,10 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    async fn close(&self) {
+        SqliteStore::close(self).await;
+    }
+
     async fn create_device(&self, new: &NewDevice, m: &Mutation) -> StoreResult<Device> {
         devices::create(self, new, m).await
     }
@@ -183,7 +192,14 @@ impl Store for SqliteStore {
     }
 
     async fn list_devices(&self, q: &DeviceQuery) -> StoreResult<Page<Device>> {
-        devices::page(&mut *self.read().await?, filter_sql::Scope::All, q.filter.as_ref(), q).await
+        devices::page(
+            &mut *self.read().await?,
+            filter_sql::Scope::All,
+            q.filter.as_ref(),
+            q,
+            self.sparse_bound,
+        )
+        .await
     }
 
     async fn count_devices_by_state(&self) -> StoreResult<StateCounts> {
@@ -266,7 +282,7 @@ impl Store for SqliteStore {
     }
 
     async fn group_devices(&self, name: &GroupName, q: &DeviceQuery) -> StoreResult<Page<Device>> {
-        groups::devices(&mut *self.read().await?, name, q).await
+        groups::devices(&mut *self.read().await?, name, q, self.sparse_bound).await
     }
 
     async fn create_token(&self, new: &NewToken, m: &Mutation) -> StoreResult<ApiToken> {
@@ -303,3 +319,6 @@ impl Store for SqliteStore {
         rows.into_iter().map(audit_from_row).collect()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,6 +3,12 @@
 //! [`TestServer`] runs the real server in-process: HTTP on `127.0.0.1:0`, SQLite in a temporary
 //! directory, a known admin token, shutdown when stopped or dropped. Clients are real HTTP clients.
 
+// The standing exception of STYLE.md: test helpers fail loudly.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers panic on failure, like the tests that call them"
+)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -71,10 +77,10 @@ impl TestServer {
     async fn wait_ready(&self) {
         let client = reqwest::Client::new();
         for _ in 0..500 {
-            if let Ok(r) = client.get(self.url("/readyz")).send().await {
-                if r.status().is_success() {
-                    return;
-                }
+            if let Ok(r) = client.get(self.url("/readyz")).send().await
+                && r.status().is_success()
+            {
+                return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }

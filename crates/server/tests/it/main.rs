@@ -2,6 +2,7 @@
 //! server, and the `herd serve` process itself (startup, configuration errors, shutdown).
 
 mod cli;
+mod postgres;
 mod process;
 mod tour;
 

@@ -8,7 +8,8 @@ use crate::{SqliteOptions, SqliteStore};
 #[track_caller]
 fn check(filter: &str, expected: &str) {
     let f = Filter::parse(filter).unwrap();
-    let sql = device_page(Scope::All, Some(&f), None, 51);
+    let driver = default_driver(&conjuncts(Some(&f)));
+    let sql = device_page(Scope::All, Some(&f), None, 51, driver);
     let args: Vec<String> = sql
         .args
         .iter()
@@ -29,7 +30,7 @@ fn check(filter: &str, expected: &str) {
 fn translates() {
     check(
         "tags.site = 'berlin' and state = 'active'",
-        "FROM device_tags t CROSS JOIN devices d WHERE d.id = t.device_id AND t.key = ? AND t.value = ? AND +d.state = ? ORDER BY t.device_id LIMIT ? -- [\"site\", \"berlin\", \"active\", 51]",
+        "FROM device_tags t NOT INDEXED CROSS JOIN devices d WHERE d.id = t.device_id AND t.key = ? AND t.value = ? AND +d.state = ? ORDER BY t.device_id LIMIT ? -- [\"site\", \"berlin\", \"active\", 51]",
     );
     check(
         "state = 'active' and name != 'x'",
@@ -142,7 +143,92 @@ async fn pages_are_index_backed() {
     ];
     for (scope, filter, expected) in cases {
         let f = filter.map(|f| Filter::parse(f).unwrap());
-        let sql = device_page(*scope, f.as_ref(), Some(&after), 51);
+        let driver = default_driver(&conjuncts(f.as_ref()));
+        let sql = device_page(*scope, f.as_ref(), Some(&after), 51, driver);
         assert_eq!(plan(&store, sql).await, expected.join("\n"), "{scope:?} {filter:?}");
     }
+}
+
+/// A sparse driver reads the condition's index and sorts the few devices it finds.
+#[tokio::test]
+async fn sparse_pages_read_the_condition_index() {
+    const ID_SEEK: &str = "SEARCH d USING INDEX sqlite_autoindex_devices_1 (id=?)";
+    const SORT: &str = "USE TEMP B-TREE FOR ORDER BY";
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(SqliteOptions::new(dir.path().join("plan.db"))).await.unwrap();
+    let after = DeviceId::new("dev-0000500").unwrap();
+    let cases: &[(&str, Driver, &[&str])] = &[
+        // A rare state beats a common tag: the walk seeks the state's index, still in id order.
+        (
+            "tags.site = 'berlin' and state = 'retired'",
+            Driver::Walk,
+            &[
+                "SEARCH d USING INDEX devices_state_id (state=? AND id>?)",
+                "SEARCH x EXISTS USING COVERING INDEX device_tags_device_key \
+                 (device_id=? AND key=? AND value=?)",
+            ],
+        ),
+        (
+            "state = 'active' and tags.site in ('oslo', 'rome')",
+            Driver::Sparse(1),
+            &["SEARCH t USING PRIMARY KEY (key=? AND value=? AND device_id>?)", ID_SEEK, SORT],
+        ),
+        (
+            "tags.fw startswith '1.' and state = 'active'",
+            Driver::Sparse(0),
+            &["SEARCH t USING PRIMARY KEY (key=? AND value>? AND value<?)", ID_SEEK, SORT],
+        ),
+        ("has tags.x", Driver::Sparse(0), &["SEARCH t USING PRIMARY KEY (key=?)", ID_SEEK, SORT]),
+        (
+            "name startswith 'Sensor 99' and state = 'active'",
+            Driver::Sparse(0),
+            &["SEARCH d USING INDEX devices_name_id (name>? AND name<?)", SORT],
+        ),
+        (
+            "state in ('retired', 'suspended') and tags.a = 'b'",
+            Driver::Sparse(0),
+            &[
+                "SEARCH d USING INDEX devices_state_id (state=? AND id>?)",
+                "SEARCH x EXISTS USING COVERING INDEX device_tags_device_key \
+                 (device_id=? AND key=? AND value=?)",
+                SORT,
+            ],
+        ),
+        (
+            "name in ('a', 'b')",
+            Driver::Sparse(0),
+            &["SEARCH d USING INDEX devices_name_id (name=? AND id>?)", SORT],
+        ),
+    ];
+    for (filter, driver, expected) in cases {
+        let f = Filter::parse(filter).unwrap();
+        let sql = device_page(Scope::All, Some(&f), Some(&after), 51, *driver);
+        assert_eq!(plan(&store, sql).await, expected.join("\n"), "{filter} {driver:?}");
+    }
+}
+
+/// Probes are offered for the conditions an index can find, and none when the id decides.
+#[test]
+fn probes_cover_indexed_conditions() {
+    let probe_drivers = |filter: &str| {
+        let f = Filter::parse(filter).unwrap();
+        probes(&conjuncts(Some(&f)), 1000).into_iter().map(|p| p.driver).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        probe_drivers(
+            "tags.a = 'x' and state = 'active' and (name = 'n' or has tags.b) and has tags.c \
+             and name startswith 'p' and state in ('active') and tags.d startswith 'q'"
+        ),
+        [
+            Driver::TagEq(0),
+            Driver::Walk,
+            Driver::Sparse(3),
+            Driver::Sparse(4),
+            Driver::Sparse(5),
+            Driver::Sparse(6)
+        ]
+    );
+    assert_eq!(probe_drivers("tags.a = 'x' and id startswith 'd'"), []);
+    assert_eq!(probe_drivers("tags.a = 'x' and name = 'n'"), []);
+    assert_eq!(probe_drivers("tags.a = 'x' or state = 'active'"), []);
 }

@@ -18,7 +18,7 @@ use crate::AppState;
 use crate::auth::{Caller, Operator, Viewer};
 use crate::error::{ApiError, Problem};
 use crate::extract::{DevicePath, IfMatch, JsonBody, RawQuery, device_id, etag};
-use crate::paging::{DeviceListParams, encode_cursor};
+use crate::paging::{DeviceListParams, next_cursor};
 
 /// A device as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -101,11 +101,7 @@ pub(crate) struct DevicePage {
 
 impl From<Page<Device>> for DevicePage {
     fn from(page: Page<Device>) -> Self {
-        let next_cursor = if page.has_more {
-            page.items.last().map(|d| encode_cursor(d.id.as_str()))
-        } else {
-            None
-        };
+        let next_cursor = next_cursor(&page, |d| d.id.as_str());
         Self { items: page.items.iter().map(DeviceDto::from).collect(), next_cursor }
     }
 }

@@ -14,7 +14,7 @@ use crate::auth::{Caller, Operator, Viewer};
 use crate::devices::DevicePage;
 use crate::error::{ApiError, Problem};
 use crate::extract::{GroupPath, JsonBody, MemberPath, RawQuery, device_id};
-use crate::paging::{DeviceListParams, PageParams, encode_cursor, group_cursor, page_limit};
+use crate::paging::{DeviceListParams, PageParams, group_cursor, next_cursor, page_limit};
 
 /// Longest group description, in characters.
 const MAX_DESCRIPTION_CHARS: usize = 1024;
@@ -176,11 +176,7 @@ pub(crate) async fn list_groups(
     let after = params.cursor.as_deref().map(group_cursor).transpose()?;
     let limit = page_limit(params.limit.unwrap_or(state.config().page_size()));
     let page = state.store().list_groups(after.as_ref(), limit).await?;
-    let next_cursor = if page.has_more {
-        page.items.last().map(|g| encode_cursor(g.name.as_str()))
-    } else {
-        None
-    };
+    let next_cursor = next_cursor(&page, |g| g.name.as_str());
     Ok(Json(GroupPage { items: page.items.iter().map(GroupDto::from).collect(), next_cursor }))
 }
 

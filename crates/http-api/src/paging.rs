@@ -7,7 +7,7 @@
 use std::num::NonZeroU32;
 
 use domain::{DeviceId, Field, Filter, GroupName, LifecycleState, TagKey};
-use store::DeviceQuery;
+use store::{DeviceQuery, Page};
 use utoipa::IntoParams;
 
 use crate::error::ApiError;
@@ -15,8 +15,14 @@ use crate::extract::{RawQuery, parse_limit, set_once, unknown_parameter};
 
 const CURSOR_PREFIX: &str = "c1";
 
+/// The `next_cursor` of a page: the cursor after its last item's `key` when more items follow,
+/// `None` on the last page.
+pub(crate) fn next_cursor<T>(page: &Page<T>, key: impl FnOnce(&T) -> &str) -> Option<String> {
+    if page.has_more { page.items.last().map(|last| encode_cursor(key(last))) } else { None }
+}
+
 /// The cursor that continues after `key`.
-pub(crate) fn encode_cursor(key: &str) -> String {
+fn encode_cursor(key: &str) -> String {
     format!("{CURSOR_PREFIX}{}", hex::encode(key))
 }
 

@@ -200,17 +200,10 @@ pub(crate) async fn create_token(
         expires_at,
     };
     let t = state.store().create_token(&new, &m).await?;
+    let TokenDto { id, name, role, created_at, expires_at, revoked_at } = TokenDto::from(&t);
     Ok((
         StatusCode::CREATED,
-        Json(CreatedTokenDto {
-            id: t.id.as_str().to_owned(),
-            name: t.name.clone(),
-            role: t.role.into(),
-            created_at: t.created_at.to_rfc3339(),
-            expires_at: t.expires_at.map(|e| e.to_rfc3339()),
-            revoked_at: t.revoked_at.map(|r| r.to_rfc3339()),
-            token: secret,
-        }),
+        Json(CreatedTokenDto { id, name, role, created_at, expires_at, revoked_at, token: secret }),
     ))
 }
 

@@ -8,7 +8,7 @@
 use std::num::NonZeroU32;
 
 use domain::audit::GENESIS;
-use domain::{AuditRecord, NewAuditRecord};
+use domain::{AuditRecord, Mutation, NewAuditRecord};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 use store::{MAX_PAGE_SIZE, StoreError, StoreResult};
 
@@ -65,6 +65,34 @@ pub(crate) async fn append(conn: &mut PgConnection, new: &NewAuditRecord) -> Sto
     .await
     .map_err(db)?;
     Ok(())
+}
+
+/// Appends `new` to the chain inside `tx` (from [`begin_write`]), then commits `tx`: the last step
+/// of every write that makes one audited change.
+pub(crate) async fn append_and_commit(
+    mut tx: Transaction<'static, Postgres>,
+    new: &NewAuditRecord,
+) -> StoreResult<()> {
+    append(&mut tx, new).await?;
+    tx.commit().await.map_err(db)
+}
+
+/// The audit record of a change made under `m` to `resource`, with its state `before` and `after`.
+pub(crate) fn record(
+    m: &Mutation,
+    action: &str,
+    resource: String,
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+) -> NewAuditRecord {
+    NewAuditRecord {
+        actor: m.actor.clone(),
+        at: m.at,
+        action: action.to_owned(),
+        resource,
+        before,
+        after,
+    }
 }
 
 /// Records with `seq > after`, oldest first, at most `limit` (clamped to [`MAX_PAGE_SIZE`]).

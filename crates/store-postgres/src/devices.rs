@@ -40,8 +40,7 @@ pub(crate) async fn create(pool: &PgPool, new: &NewDevice, m: &Mutation) -> Stor
     if !insert(&mut tx, &device).await? {
         return Err(StoreError::AlreadyExists { kind: "device", id: device.id.to_string() });
     }
-    audit::append(&mut tx, &created_record(&device, m)).await?;
-    tx.commit().await.map_err(db)?;
+    audit::append_and_commit(tx, &created_record(&device, m)).await?;
     Ok(device)
 }
 
@@ -112,8 +111,7 @@ pub(crate) async fn update(
     next.version += 1;
     next.updated_at = m.at;
     write_update(&mut tx, &current, &next).await?;
-    audit::append(&mut tx, &updated_record(&current, &next, m)).await?;
-    tx.commit().await.map_err(db)?;
+    audit::append_and_commit(tx, &updated_record(&current, &next, m)).await?;
     Ok(next)
 }
 
@@ -132,17 +130,14 @@ pub(crate) async fn delete(
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-    let record = NewAuditRecord {
-        actor: m.actor.clone(),
-        at: m.at,
-        action: "device.delete".to_owned(),
-        resource: resource(&current.id),
-        before: Some(current.audit_summary()),
-        after: None,
-    };
-    audit::append(&mut tx, &record).await?;
-    tx.commit().await.map_err(db)?;
-    Ok(())
+    let record = audit::record(
+        m,
+        "device.delete",
+        resource(&current.id),
+        Some(current.audit_summary()),
+        None,
+    );
+    audit::append_and_commit(tx, &record).await
 }
 
 /// Imports rows in one transaction.
@@ -322,25 +317,17 @@ fn check_version(current: &Device, expected: Option<u64>) -> StoreResult<()> {
 }
 
 fn created_record(d: &Device, m: &Mutation) -> NewAuditRecord {
-    NewAuditRecord {
-        actor: m.actor.clone(),
-        at: m.at,
-        action: "device.create".to_owned(),
-        resource: resource(&d.id),
-        before: None,
-        after: Some(d.audit_summary()),
-    }
+    audit::record(m, "device.create", resource(&d.id), None, Some(d.audit_summary()))
 }
 
 fn updated_record(before: &Device, after: &Device, m: &Mutation) -> NewAuditRecord {
-    NewAuditRecord {
-        actor: m.actor.clone(),
-        at: m.at,
-        action: "device.update".to_owned(),
-        resource: resource(&after.id),
-        before: Some(before.audit_summary()),
-        after: Some(after.audit_summary()),
-    }
+    audit::record(
+        m,
+        "device.update",
+        resource(&after.id),
+        Some(before.audit_summary()),
+        Some(after.audit_summary()),
+    )
 }
 
 fn resource(id: &DeviceId) -> String {

@@ -4,10 +4,9 @@
 use std::num::NonZeroU32;
 
 use domain::{
-    Device, DeviceId, Filter, Group, GroupKind, GroupName, GroupPatch, Mutation, NewAuditRecord,
-    NewGroup,
+    Device, DeviceId, Filter, Group, GroupKind, GroupName, GroupPatch, Mutation, NewGroup,
 };
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use store::{DeviceQuery, MAX_PAGE_SIZE, Page, StoreError, StoreResult};
 
 use crate::audit::{self, begin_write};
@@ -46,31 +45,15 @@ pub(crate) async fn create(pool: &PgPool, new: &NewGroup, m: &Mutation) -> Store
     if inserted != 1 {
         return Err(StoreError::AlreadyExists { kind: "group", id: group.name.to_string() });
     }
-    let record = NewAuditRecord {
-        actor: m.actor.clone(),
-        at: m.at,
-        action: "group.create".to_owned(),
-        resource: resource(&group.name),
-        before: None,
-        after: Some(group.audit_summary()),
-    };
-    audit::append(&mut tx, &record).await?;
-    tx.commit().await.map_err(db)?;
+    let record =
+        audit::record(m, "group.create", resource(&group.name), None, Some(group.audit_summary()));
+    audit::append_and_commit(tx, &record).await?;
     Ok(group)
 }
 
 /// Reads one group.
 pub(crate) async fn get(pool: &PgPool, name: &GroupName) -> StoreResult<Option<Group>> {
-    let row = sqlx::query(concat!(
-        "SELECT ",
-        group_columns!(),
-        " FROM device_groups g WHERE g.name = $1"
-    ))
-    .bind(name.as_str())
-    .fetch_optional(pool)
-    .await
-    .map_err(db)?;
-    Ok(row.as_ref().map(rows::group).transpose()?.map(|g| g.group))
+    Ok(get_stored(pool, name).await?.map(|g| g.group))
 }
 
 /// One page of groups ordered by name.
@@ -138,16 +121,14 @@ pub(crate) async fn update(
     .execute(&mut *tx)
     .await
     .map_err(db)?;
-    let record = NewAuditRecord {
-        actor: m.actor.clone(),
-        at: m.at,
-        action: "group.update".to_owned(),
-        resource: resource(name),
-        before: Some(current.group.audit_summary()),
-        after: Some(next.audit_summary()),
-    };
-    audit::append(&mut tx, &record).await?;
-    tx.commit().await.map_err(db)?;
+    let record = audit::record(
+        m,
+        "group.update",
+        resource(name),
+        Some(current.group.audit_summary()),
+        Some(next.audit_summary()),
+    );
+    audit::append_and_commit(tx, &record).await?;
     Ok(next)
 }
 
@@ -160,17 +141,9 @@ pub(crate) async fn delete(pool: &PgPool, name: &GroupName, m: &Mutation) -> Sto
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-    let record = NewAuditRecord {
-        actor: m.actor.clone(),
-        at: m.at,
-        action: "group.delete".to_owned(),
-        resource: resource(name),
-        before: Some(current.group.audit_summary()),
-        after: None,
-    };
-    audit::append(&mut tx, &record).await?;
-    tx.commit().await.map_err(db)?;
-    Ok(())
+    let record =
+        audit::record(m, "group.delete", resource(name), Some(current.group.audit_summary()), None);
+    audit::append_and_commit(tx, &record).await
 }
 
 /// Adds devices to a static group. The audit record lists the devices that were not members yet,
@@ -187,33 +160,11 @@ pub(crate) async fn add_members(
     if let Some(missing) = ids.iter().find(|id| !existing.contains(id.as_str())) {
         return Err(StoreError::NotFound { kind: "device", id: missing.to_string() });
     }
-    let ids: Vec<&str> = ids.iter().map(DeviceId::as_str).collect();
-    let mut added: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO group_members (group_id, device_id)
+    let statement = "INSERT INTO group_members (group_id, device_id)
          SELECT DISTINCT $1::bigint, id FROM UNNEST($2::text[]) AS ids (id)
          ON CONFLICT DO NOTHING
-         RETURNING device_id",
-    )
-    .bind(group.key)
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(db)?;
-    if added.is_empty() {
-        return Ok(());
-    }
-    added.sort_unstable();
-    let record = NewAuditRecord {
-        actor: m.actor.clone(),
-        at: m.at,
-        action: "group.members.add".to_owned(),
-        resource: resource(name),
-        before: None,
-        after: Some(serde_json::json!({ "added": added })),
-    };
-    audit::append(&mut tx, &record).await?;
-    tx.commit().await.map_err(db)?;
-    Ok(())
+         RETURNING device_id";
+    change_members(tx, &group, ids, m, statement, "group.members.add", "added").await
 }
 
 /// Removes devices from a static group. The audit record lists the devices that were members, in
@@ -226,31 +177,9 @@ pub(crate) async fn remove_members(
 ) -> StoreResult<()> {
     let mut tx = begin_write(pool).await?;
     let group = get_static_for_update(&mut tx, name).await?;
-    let ids: Vec<&str> = ids.iter().map(DeviceId::as_str).collect();
-    let mut removed: Vec<String> = sqlx::query_scalar(
-        "DELETE FROM group_members WHERE group_id = $1 AND device_id = ANY($2)
-         RETURNING device_id",
-    )
-    .bind(group.key)
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(db)?;
-    if removed.is_empty() {
-        return Ok(());
-    }
-    removed.sort_unstable();
-    let record = NewAuditRecord {
-        actor: m.actor.clone(),
-        at: m.at,
-        action: "group.members.remove".to_owned(),
-        resource: resource(name),
-        before: None,
-        after: Some(serde_json::json!({ "removed": removed })),
-    };
-    audit::append(&mut tx, &record).await?;
-    tx.commit().await.map_err(db)?;
-    Ok(())
+    let statement = "DELETE FROM group_members WHERE group_id = $1 AND device_id = ANY($2)
+         RETURNING device_id";
+    change_members(tx, &group, ids, m, statement, "group.members.remove", "removed").await
 }
 
 /// One page of a group's devices: members of a static group, matches of a dynamic one.
@@ -259,16 +188,7 @@ pub(crate) async fn devices(
     name: &GroupName,
     q: &DeviceQuery,
 ) -> StoreResult<Page<Device>> {
-    let row = sqlx::query(concat!(
-        "SELECT ",
-        group_columns!(),
-        " FROM device_groups g WHERE g.name = $1"
-    ))
-    .bind(name.as_str())
-    .fetch_optional(pool)
-    .await
-    .map_err(db)?;
-    let stored = row.as_ref().map(rows::group).transpose()?.ok_or_else(|| not_found(name))?;
+    let stored = get_stored(pool, name).await?.ok_or_else(|| not_found(name))?;
     match stored.group.kind {
         GroupKind::Static => {
             devices::page(pool, Scope::StaticGroup(stored.key), q.filter.as_ref(), q).await
@@ -278,6 +198,49 @@ pub(crate) async fn devices(
             devices::page(pool, Scope::All, filter.as_ref(), q).await
         }
     }
+}
+
+/// Runs `statement` in `tx` with the group's key and `ids` as `$1` and `$2`; it returns the ids of
+/// the member rows it changed. Those ids are audited in id order as `{ key: [...] }` under
+/// `action`, and `tx` commits. When no row changed, nothing is written: `tx` is dropped, which
+/// rolls it back.
+async fn change_members(
+    mut tx: Transaction<'static, Postgres>,
+    group: &StoredGroup,
+    ids: &[DeviceId],
+    m: &Mutation,
+    statement: &'static str,
+    action: &str,
+    key: &str,
+) -> StoreResult<()> {
+    let ids: Vec<&str> = ids.iter().map(DeviceId::as_str).collect();
+    let mut changed: Vec<String> = sqlx::query_scalar(statement)
+        .bind(group.key)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+    if changed.is_empty() {
+        return Ok(());
+    }
+    changed.sort_unstable();
+    let after = serde_json::json!({ key: changed });
+    let record = audit::record(m, action, resource(&group.group.name), None, Some(after));
+    audit::append_and_commit(tx, &record).await
+}
+
+/// Reads one group with its `device_groups.id` key, without locking it.
+async fn get_stored(pool: &PgPool, name: &GroupName) -> StoreResult<Option<StoredGroup>> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        group_columns!(),
+        " FROM device_groups g WHERE g.name = $1"
+    ))
+    .bind(name.as_str())
+    .fetch_optional(pool)
+    .await
+    .map_err(db)?;
+    row.as_ref().map(rows::group).transpose()
 }
 
 async fn get_for_update(conn: &mut PgConnection, name: &GroupName) -> StoreResult<StoredGroup> {

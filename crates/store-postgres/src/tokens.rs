@@ -1,6 +1,6 @@
 //! Operator API tokens in `api_tokens`: only the SHA-256 of each secret is stored.
 
-use domain::{ApiToken, Mutation, NewAuditRecord, NewToken, TokenHash, TokenId};
+use domain::{ApiToken, Mutation, NewToken, TokenHash, TokenId};
 use sqlx::PgPool;
 use store::{StoreError, StoreResult};
 
@@ -39,16 +39,9 @@ pub(crate) async fn create(pool: &PgPool, new: &NewToken, m: &Mutation) -> Store
     if inserted != 1 {
         return Err(StoreError::AlreadyExists { kind: "token", id: token.id.to_string() });
     }
-    let record = NewAuditRecord {
-        actor: m.actor.clone(),
-        at: m.at,
-        action: "token.create".to_owned(),
-        resource: resource(&token.id),
-        before: None,
-        after: Some(token.audit_summary()),
-    };
-    audit::append(&mut tx, &record).await?;
-    tx.commit().await.map_err(db)?;
+    let record =
+        audit::record(m, "token.create", resource(&token.id), None, Some(token.audit_summary()));
+    audit::append_and_commit(tx, &record).await?;
     Ok(token)
 }
 
@@ -103,16 +96,14 @@ pub(crate) async fn revoke(pool: &PgPool, id: &TokenId, m: &Mutation) -> StoreRe
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-    let record = NewAuditRecord {
-        actor: m.actor.clone(),
-        at: m.at,
-        action: "token.revoke".to_owned(),
-        resource: resource(id),
-        before: Some(current.audit_summary()),
-        after: Some(revoked.audit_summary()),
-    };
-    audit::append(&mut tx, &record).await?;
-    tx.commit().await.map_err(db)?;
+    let record = audit::record(
+        m,
+        "token.revoke",
+        resource(id),
+        Some(current.audit_summary()),
+        Some(revoked.audit_summary()),
+    );
+    audit::append_and_commit(tx, &record).await?;
     Ok(revoked)
 }
 

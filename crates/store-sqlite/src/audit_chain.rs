@@ -6,7 +6,7 @@
 
 use domain::audit::GENESIS;
 use domain::{AuditRecord, Mutation, NewAuditRecord};
-use sqlx::SqliteConnection;
+use sqlx::{Sqlite, SqliteConnection, Transaction};
 use store::StoreResult;
 
 use crate::bulk::{self, Value};
@@ -100,6 +100,17 @@ impl AuditChain {
         .await
         .map_err(db)
     }
+}
+
+/// Appends `new` to the chain inside `tx`, then commits `tx`: the last step of every write that
+/// makes one audited change.
+pub(crate) async fn append_and_commit(
+    mut tx: Transaction<'static, Sqlite>,
+    new: &NewAuditRecord,
+) -> StoreResult<()> {
+    let mut chain = AuditChain::load(&mut tx).await?;
+    chain.append(&mut tx, new).await?;
+    tx.commit().await.map_err(db)
 }
 
 /// An audit entry for a change made under `m`.

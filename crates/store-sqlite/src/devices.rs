@@ -12,10 +12,10 @@ use store::{
 };
 
 use crate::SqliteStore;
-use crate::audit_chain::{AuditChain, entry};
+use crate::audit_chain::{AuditChain, append_and_commit, entry};
 use crate::bulk::{self, Value};
 use crate::filter_sql::{self, Arg, DEVICE_COLUMNS, Driver, Scope, Sql};
-use crate::rows::{DeviceRow, db, device_from_row, is_unique_violation, to_i64};
+use crate::rows::{DeviceRow, db, device_from_row, to_i64, unique_or_db};
 
 /// Creates a device at version 1.
 pub(crate) async fn create(s: &SqliteStore, new: &NewDevice, m: &Mutation) -> StoreResult<Device> {
@@ -34,14 +34,11 @@ pub(crate) async fn create(s: &SqliteStore, new: &NewDevice, m: &Mutation) -> St
     };
     let mut tx = s.begin_write().await?;
     insert(&mut tx, &device).await?;
-    let mut chain = AuditChain::load(&mut tx).await?;
-    chain
-        .append(
-            &mut tx,
-            &entry(m, "device.create", resource(&device.id), None, Some(device.audit_summary())),
-        )
-        .await?;
-    tx.commit().await.map_err(db)?;
+    append_and_commit(
+        tx,
+        &entry(m, "device.create", resource(&device.id), None, Some(device.audit_summary())),
+    )
+    .await?;
     Ok(device)
 }
 
@@ -161,20 +158,17 @@ pub(crate) async fn update(
     new.version = old.version + 1;
     new.updated_at = m.at;
     rewrite(&mut tx, &new, new.tags != old.tags).await?;
-    let mut chain = AuditChain::load(&mut tx).await?;
-    chain
-        .append(
-            &mut tx,
-            &entry(
-                m,
-                "device.update",
-                resource(id),
-                Some(old.audit_summary()),
-                Some(new.audit_summary()),
-            ),
-        )
-        .await?;
-    tx.commit().await.map_err(db)?;
+    append_and_commit(
+        tx,
+        &entry(
+            m,
+            "device.update",
+            resource(id),
+            Some(old.audit_summary()),
+            Some(new.audit_summary()),
+        ),
+    )
+    .await?;
     Ok(new)
 }
 
@@ -192,11 +186,8 @@ pub(crate) async fn delete(
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-    let mut chain = AuditChain::load(&mut tx).await?;
-    chain
-        .append(&mut tx, &entry(m, "device.delete", resource(id), Some(old.audit_summary()), None))
-        .await?;
-    tx.commit().await.map_err(db)
+    append_and_commit(tx, &entry(m, "device.delete", resource(id), Some(old.audit_summary()), None))
+        .await
 }
 
 /// Imports rows in one transaction; see [`store::Store::import_devices`].
@@ -398,13 +389,7 @@ async fn insert(conn: &mut SqliteConnection, d: &Device) -> StoreResult<()> {
     .bind(to_i64("device version", d.version)?)
     .execute(&mut *conn)
     .await
-    .map_err(|e| {
-        if is_unique_violation(&e) {
-            StoreError::AlreadyExists { kind: "device", id: d.id.to_string() }
-        } else {
-            db(e)
-        }
-    })?;
+    .map_err(unique_or_db("device", &d.id))?;
     insert_tags(conn, d).await
 }
 

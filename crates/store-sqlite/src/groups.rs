@@ -6,14 +6,14 @@ use std::num::NonZeroU32;
 use domain::{
     Device, DeviceId, Filter, Group, GroupKind, GroupName, GroupPatch, Mutation, NewGroup,
 };
-use sqlx::SqliteConnection;
+use sqlx::{Sqlite, SqliteConnection, Transaction};
 use store::{DeviceQuery, MAX_PAGE_SIZE, Page, StoreError, StoreResult};
 
 use crate::SqliteStore;
-use crate::audit_chain::{AuditChain, entry};
+use crate::audit_chain::{append_and_commit, entry};
 use crate::devices;
 use crate::filter_sql::Scope;
-use crate::rows::{GROUP_COLUMNS, GroupRow, db, group_from_row, is_unique_violation, to_i64};
+use crate::rows::{GROUP_COLUMNS, GroupRow, db, group_from_row, to_i64, unique_or_db};
 
 /// Creates a group at version 1.
 pub(crate) async fn create(s: &SqliteStore, new: &NewGroup, m: &Mutation) -> StoreResult<Group> {
@@ -39,21 +39,12 @@ pub(crate) async fn create(s: &SqliteStore, new: &NewGroup, m: &Mutation) -> Sto
     .bind(m.at.millis())
     .execute(&mut *tx)
     .await
-    .map_err(|e| {
-        if is_unique_violation(&e) {
-            StoreError::AlreadyExists { kind: "group", id: group.name.to_string() }
-        } else {
-            db(e)
-        }
-    })?;
-    let mut chain = AuditChain::load(&mut tx).await?;
-    chain
-        .append(
-            &mut tx,
-            &entry(m, "group.create", resource(&group.name), None, Some(group.audit_summary())),
-        )
-        .await?;
-    tx.commit().await.map_err(db)?;
+    .map_err(unique_or_db("group", &group.name))?;
+    append_and_commit(
+        tx,
+        &entry(m, "group.create", resource(&group.name), None, Some(group.audit_summary())),
+    )
+    .await?;
     Ok(group)
 }
 
@@ -133,20 +124,17 @@ pub(crate) async fn update(
     .execute(&mut *tx)
     .await
     .map_err(db)?;
-    let mut chain = AuditChain::load(&mut tx).await?;
-    chain
-        .append(
-            &mut tx,
-            &entry(
-                m,
-                "group.update",
-                resource(name),
-                Some(old.audit_summary()),
-                Some(new.audit_summary()),
-            ),
-        )
-        .await?;
-    tx.commit().await.map_err(db)?;
+    append_and_commit(
+        tx,
+        &entry(
+            m,
+            "group.update",
+            resource(name),
+            Some(old.audit_summary()),
+            Some(new.audit_summary()),
+        ),
+    )
+    .await?;
     Ok(new)
 }
 
@@ -159,11 +147,11 @@ pub(crate) async fn delete(s: &SqliteStore, name: &GroupName, m: &Mutation) -> S
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-    let mut chain = AuditChain::load(&mut tx).await?;
-    chain
-        .append(&mut tx, &entry(m, "group.delete", resource(name), Some(old.audit_summary()), None))
-        .await?;
-    tx.commit().await.map_err(db)
+    append_and_commit(
+        tx,
+        &entry(m, "group.delete", resource(name), Some(old.audit_summary()), None),
+    )
+    .await
 }
 
 /// Adds devices to a static group. The audit record lists the devices that were not members yet,
@@ -186,30 +174,9 @@ pub(crate) async fn add_members(
             return Err(StoreError::NotFound { kind: "device", id: id.to_string() });
         }
     }
-    let mut added = BTreeSet::new();
-    for id in ids {
-        let done = sqlx::query(
-            "INSERT INTO group_members (group_name, device_id) VALUES (?, ?) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(name.as_str())
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        if done.rows_affected() == 1 {
-            added.insert(id.as_str());
-        }
-    }
-    if added.is_empty() {
-        return Ok(());
-    }
-    let after = serde_json::json!({ "added": added });
-    let mut chain = AuditChain::load(&mut tx).await?;
-    chain
-        .append(&mut tx, &entry(m, "group.members.add", resource(name), None, Some(after)))
-        .await?;
-    tx.commit().await.map_err(db)
+    let statement = "INSERT INTO group_members (group_name, device_id) VALUES (?, ?) \
+                     ON CONFLICT DO NOTHING";
+    change_members(tx, name, ids, m, statement, "group.members.add", "added").await
 }
 
 /// Removes devices from a static group. The audit record lists the devices that were members, in
@@ -222,27 +189,8 @@ pub(crate) async fn remove_members(
 ) -> StoreResult<()> {
     let mut tx = s.begin_write().await?;
     static_group(&mut tx, name).await?;
-    let mut removed = BTreeSet::new();
-    for id in ids {
-        let done = sqlx::query("DELETE FROM group_members WHERE group_name = ? AND device_id = ?")
-            .bind(name.as_str())
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        if done.rows_affected() == 1 {
-            removed.insert(id.as_str());
-        }
-    }
-    if removed.is_empty() {
-        return Ok(());
-    }
-    let after = serde_json::json!({ "removed": removed });
-    let mut chain = AuditChain::load(&mut tx).await?;
-    chain
-        .append(&mut tx, &entry(m, "group.members.remove", resource(name), None, Some(after)))
-        .await?;
-    tx.commit().await.map_err(db)
+    let statement = "DELETE FROM group_members WHERE group_name = ? AND device_id = ?";
+    change_members(tx, name, ids, m, statement, "group.members.remove", "removed").await
 }
 
 /// One page of a group's devices, narrowed by `q.filter`.
@@ -262,6 +210,37 @@ pub(crate) async fn devices(
             devices::page(conn, Scope::All, filter.as_ref(), q, sparse_bound).await
         }
     }
+}
+
+/// Runs `statement` (binding the group name, then a device id) once per id in `tx`, then audits
+/// the ids whose row it changed, in id order as `{ key: [...] }` under `action`, and commits. When
+/// it changed no row, nothing is written: `tx` is dropped, which rolls it back.
+async fn change_members(
+    mut tx: Transaction<'static, Sqlite>,
+    name: &GroupName,
+    ids: &[DeviceId],
+    m: &Mutation,
+    statement: &'static str,
+    action: &str,
+    key: &str,
+) -> StoreResult<()> {
+    let mut changed = BTreeSet::new();
+    for id in ids {
+        let done = sqlx::query(statement)
+            .bind(name.as_str())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 1 {
+            changed.insert(id.as_str());
+        }
+    }
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let after = serde_json::json!({ key: changed });
+    append_and_commit(tx, &entry(m, action, resource(name), None, Some(after))).await
 }
 
 /// Checks that `name` is a static group.

@@ -3,6 +3,7 @@
 //! Stored data is read back through the same validating constructors as input, so a row that was
 //! altered outside Herd becomes a [`StoreError::Backend`] naming the table, never a panic.
 
+use std::fmt;
 use std::str::FromStr;
 
 use domain::{
@@ -42,8 +43,23 @@ pub(crate) fn db(e: sqlx::Error) -> StoreError {
     StoreError::backend(e)
 }
 
+/// For `.map_err` on an insert: a `UNIQUE` or `PRIMARY KEY` violation becomes
+/// [`StoreError::AlreadyExists`] for the `kind` with `id`, any other error a backend failure.
+pub(crate) fn unique_or_db(
+    kind: &'static str,
+    id: impl fmt::Display,
+) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| {
+        if is_unique_violation(&e) {
+            StoreError::AlreadyExists { kind, id: id.to_string() }
+        } else {
+            db(e)
+        }
+    }
+}
+
 /// Whether an error is a `UNIQUE` or `PRIMARY KEY` violation.
-pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 

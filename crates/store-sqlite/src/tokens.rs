@@ -5,8 +5,8 @@ use sqlx::SqliteConnection;
 use store::{StoreError, StoreResult};
 
 use crate::SqliteStore;
-use crate::audit_chain::{AuditChain, entry};
-use crate::rows::{TOKEN_COLUMNS, TokenRow, db, is_unique_violation, token_from_row};
+use crate::audit_chain::{append_and_commit, entry};
+use crate::rows::{TOKEN_COLUMNS, TokenRow, db, token_from_row, unique_or_db};
 
 /// Stores a new token.
 pub(crate) async fn create(s: &SqliteStore, new: &NewToken, m: &Mutation) -> StoreResult<ApiToken> {
@@ -32,21 +32,12 @@ pub(crate) async fn create(s: &SqliteStore, new: &NewToken, m: &Mutation) -> Sto
     .bind(token.expires_at.map(|t| t.millis()))
     .execute(&mut *tx)
     .await
-    .map_err(|e| {
-        if is_unique_violation(&e) {
-            StoreError::AlreadyExists { kind: "token", id: token.id.to_string() }
-        } else {
-            db(e)
-        }
-    })?;
-    let mut chain = AuditChain::load(&mut tx).await?;
-    chain
-        .append(
-            &mut tx,
-            &entry(m, "token.create", resource(&token.id), None, Some(token.audit_summary())),
-        )
-        .await?;
-    tx.commit().await.map_err(db)?;
+    .map_err(unique_or_db("token", &token.id))?;
+    append_and_commit(
+        tx,
+        &entry(m, "token.create", resource(&token.id), None, Some(token.audit_summary())),
+    )
+    .await?;
     Ok(token)
 }
 
@@ -100,20 +91,17 @@ pub(crate) async fn revoke(s: &SqliteStore, id: &TokenId, m: &Mutation) -> Store
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-    let mut chain = AuditChain::load(&mut tx).await?;
-    chain
-        .append(
-            &mut tx,
-            &entry(
-                m,
-                "token.revoke",
-                resource(id),
-                Some(old.audit_summary()),
-                Some(new.audit_summary()),
-            ),
-        )
-        .await?;
-    tx.commit().await.map_err(db)?;
+    append_and_commit(
+        tx,
+        &entry(
+            m,
+            "token.revoke",
+            resource(id),
+            Some(old.audit_summary()),
+            Some(new.audit_summary()),
+        ),
+    )
+    .await?;
     Ok(new)
 }
 

@@ -19,18 +19,7 @@ pub(crate) async fn device(cmd: DeviceCommand) -> anyhow::Result<()> {
         DeviceCommand::Create { id, name, tags, attributes, state, client } => {
             let mut body = Map::new();
             body.insert("id".into(), id.into());
-            if let Some(n) = name {
-                body.insert("name".into(), n.into());
-            }
-            if !tags.is_empty() {
-                body.insert("tags".into(), parse_tags(&tags)?);
-            }
-            if let Some(a) = attributes {
-                body.insert("attributes".into(), parse_json_object(&a)?);
-            }
-            if let Some(s) = state {
-                body.insert("state".into(), s.into());
-            }
+            insert_device_fields(&mut body, name, &tags, attributes, state)?;
             let c = Client::new(&client)?;
             let d = c.post("/api/v1/devices", &Value::Object(body)).await?;
             print_devices(&client, &d, std::slice::from_ref(&d))
@@ -71,19 +60,10 @@ pub(crate) async fn device(cmd: DeviceCommand) -> anyhow::Result<()> {
             client,
         } => {
             let mut body = Map::new();
-            if let Some(n) = name {
-                body.insert("name".into(), n.into());
-            }
+            let tags = if clear_tags { &[][..] } else { &tags[..] };
+            insert_device_fields(&mut body, name, tags, attributes, state)?;
             if clear_tags {
                 body.insert("tags".into(), json!({}));
-            } else if !tags.is_empty() {
-                body.insert("tags".into(), parse_tags(&tags)?);
-            }
-            if let Some(a) = attributes {
-                body.insert("attributes".into(), parse_json_object(&a)?);
-            }
-            if let Some(s) = state {
-                body.insert("state".into(), s.into());
             }
             if body.is_empty() {
                 bail!(
@@ -91,20 +71,15 @@ pub(crate) async fn device(cmd: DeviceCommand) -> anyhow::Result<()> {
                 );
             }
             let c = Client::new(&client)?;
-            let mut req =
-                c.request(Method::PATCH, &format!("/api/v1/devices/{}", encode(&id)))?.json(&body);
-            if let Some(v) = if_version {
-                req = req.header("If-Match", format!("\"{v}\""));
-            }
+            let req = c.request(Method::PATCH, &format!("/api/v1/devices/{}", encode(&id)))?;
+            let req = if_version_matches(req.json(&body), if_version);
             let d = c.send(req).await?;
             print_devices(&client, &d, std::slice::from_ref(&d))
         }
         DeviceCommand::Delete { id, if_version, client } => {
             let c = Client::new(&client)?;
-            let mut req = c.request(Method::DELETE, &format!("/api/v1/devices/{}", encode(&id)))?;
-            if let Some(v) = if_version {
-                req = req.header("If-Match", format!("\"{v}\""));
-            }
+            let req = c.request(Method::DELETE, &format!("/api/v1/devices/{}", encode(&id)))?;
+            let req = if_version_matches(req, if_version);
             c.send(req).await?;
             done(&client, &format!("deleted device {id}"))
         }
@@ -205,13 +180,7 @@ async fn import(
 pub(crate) async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
     match cmd {
         GroupCommand::Create { name, description, filter, client } => {
-            let mut body = json!({ "name": name });
-            if let Some(d) = description {
-                body["description"] = d.into();
-            }
-            if let Some(f) = filter {
-                body["filter"] = f.into();
-            }
+            let body = with_group_fields(json!({ "name": name }), description, filter);
             let g = Client::new(&client)?.post("/api/v1/groups", &body).await?;
             print_groups(&client, &g, std::slice::from_ref(&g))
         }
@@ -229,9 +198,7 @@ pub(crate) async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
                     None => "/api/v1/groups?limit=1000".to_owned(),
                 };
                 let page = c.get(&path).await?;
-                items.extend(
-                    page.get("items").and_then(Value::as_array).cloned().unwrap_or_default(),
-                );
+                items.extend(page_items(&page));
                 match page.get("next_cursor").and_then(Value::as_str) {
                     Some(next) => cursor = Some(next.to_owned()),
                     None => break,
@@ -240,13 +207,7 @@ pub(crate) async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
             print_groups(&client, &json!({ "items": items }), &items)
         }
         GroupCommand::Update { name, description, filter, client } => {
-            let mut body = json!({});
-            if let Some(d) = description {
-                body["description"] = d.into();
-            }
-            if let Some(f) = filter {
-                body["filter"] = f.into();
-            }
+            let body = with_group_fields(json!({}), description, filter);
             let c = Client::new(&client)?;
             let g = c
                 .send(
@@ -318,7 +279,7 @@ pub(crate) async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
             if client.output == OutputFormat::Json {
                 return output::write_json(&list);
             }
-            let items = list.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+            let items = page_items(&list);
             let mut t = Table::new(&["ID", "NAME", "ROLE", "CREATED", "EXPIRES", "REVOKED"]);
             for i in &items {
                 t.row(vec![
@@ -366,7 +327,7 @@ pub(crate) async fn audit(cmd: AuditCommand) -> anyhow::Result<()> {
                 return output::write_json(&page);
             }
             let mut t = Table::new(&["SEQ", "AT", "ACTOR", "ACTION", "RESOURCE"]);
-            for r in page.get("items").and_then(Value::as_array).cloned().unwrap_or_default() {
+            for r in page_items(&page) {
                 t.row(vec![
                     r.get("seq").map(Value::to_string).unwrap_or_default(),
                     str_field(&r, "at"),
@@ -384,8 +345,7 @@ pub(crate) async fn audit(cmd: AuditCommand) -> anyhow::Result<()> {
             let mut head = String::new();
             loop {
                 let page = c.get(&format!("/api/v1/audit?after={after}&limit=1000")).await?;
-                let items =
-                    page.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+                let items = page_items(&page);
                 for item in &items {
                     let record = record_from_json(item)?;
                     if let Err(broken) = verifier.check(&record) {
@@ -462,7 +422,7 @@ async fn list_pages(
         }
         let url = if q.is_empty() { path.to_owned() } else { format!("{path}?{}", q.join("&")) };
         let page = c.get(&url).await?;
-        items.extend(page.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
+        items.extend(page_items(&page));
         let next = page.get("next_cursor").and_then(Value::as_str).map(str::to_owned);
         match (next, all) {
             (Some(n), true) => cursor = Some(n),
@@ -534,6 +494,61 @@ fn done(client: &ClientArgs, message: &str) -> anyhow::Result<()> {
         return output::write_json(&json!({ "ok": true }));
     }
     output::write_raw(message)
+}
+
+/// Adds the fields `device create` and `device update` share to a request body, each only when
+/// given (no tags: no `tags` field).
+fn insert_device_fields(
+    body: &mut Map<String, Value>,
+    name: Option<String>,
+    tags: &[String],
+    attributes: Option<String>,
+    state: Option<String>,
+) -> anyhow::Result<()> {
+    if let Some(n) = name {
+        body.insert("name".into(), n.into());
+    }
+    if !tags.is_empty() {
+        body.insert("tags".into(), parse_tags(tags)?);
+    }
+    if let Some(a) = attributes {
+        body.insert("attributes".into(), parse_json_object(&a)?);
+    }
+    if let Some(s) = state {
+        body.insert("state".into(), s.into());
+    }
+    Ok(())
+}
+
+/// `body` with the `description` and `filter` of `group create` and `group update`, when given.
+fn with_group_fields(
+    mut body: Value,
+    description: Option<String>,
+    filter: Option<String>,
+) -> Value {
+    if let Some(d) = description {
+        body["description"] = d.into();
+    }
+    if let Some(f) = filter {
+        body["filter"] = f.into();
+    }
+    body
+}
+
+/// Makes `req` apply only to that version of the device (`If-Match`), when `--if-version` is given.
+fn if_version_matches(
+    req: reqwest::RequestBuilder,
+    if_version: Option<u64>,
+) -> reqwest::RequestBuilder {
+    match if_version {
+        Some(v) => req.header("If-Match", format!("\"{v}\"")),
+        None => req,
+    }
+}
+
+/// The `items` of a list response (none when it has no `items` array).
+fn page_items(page: &Value) -> Vec<Value> {
+    page.get("items").and_then(Value::as_array).cloned().unwrap_or_default()
 }
 
 fn str_field(v: &Value, k: &str) -> String {

@@ -77,6 +77,16 @@ impl Serving {
     }
 }
 
+impl Serving {
+    /// Kills the process with SIGKILL: no shutdown code runs.
+    fn kill9(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-KILL", &pid]).status().expect("kill").success());
+        let status = self.child.wait().expect("wait");
+        assert!(!status.success());
+    }
+}
+
 impl Drop for Serving {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -119,8 +129,9 @@ async fn serves_on_embedded_default_and_stops_on_sigterm() {
     assert!(data.join("herd.db").exists());
 }
 
+/// Acknowledged writes survive kill -9: a 2xx is sent after the transaction committed.
 #[tokio::test(flavor = "multi_thread")]
-async fn admin_token_from_environment_and_restart_keeps_data() {
+async fn admin_token_from_environment_and_acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
     let secret = "herd_env_supplied_secret_123456";
@@ -134,14 +145,22 @@ async fn admin_token_from_environment_and_restart_keeps_data() {
         !dir.path().join("admin-token").exists(),
         "no token file when the token came from the environment"
     );
-    assert!(tokio::task::block_in_place(|| serving.terminate()).success());
+    let out = tokio::task::block_in_place(|| {
+        herd(&["device", "update", "kept-1", "--state", "active"], &env)
+    });
+    assert!(out.status.success(), "{}", stderr(&out));
+    tokio::task::block_in_place(|| serving.kill9());
 
-    // A second start on the same data: the device is there, bootstrap does not run again.
+    // A second start on the same data: the acknowledged writes are there, bootstrap does not run again.
     let serving = spawn_serve(&args, &[]);
     let env = [("HERD_URL", format!("http://{}", serving.addr)), ("HERD_TOKEN", secret.to_owned())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let out =
         tokio::task::block_in_place(|| herd(&["device", "get", "kept-1", "-o", "json"], &env));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let device: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!((device["state"].as_str(), device["version"].as_u64()), (Some("active"), Some(2)));
+    let out = tokio::task::block_in_place(|| herd(&["audit", "verify"], &env));
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!dir.path().join("admin-token").exists());
     assert!(tokio::task::block_in_place(|| serving.terminate()).success());

@@ -103,6 +103,10 @@ impl Drop for SchemaGuard {
             runtime.block_on(async {
                 let Ok(options) = PgConnectOptions::from_str(&url) else { return };
                 let Ok(mut conn) = PgConnection::connect_with(&options).await else { return };
+                // This thread blocks the test's runtime while it waits. A transaction the store
+                // dropped mid-test rolls back from a task on that runtime, so waiting for its locks
+                // could wait forever: give up after a few seconds and leave the schema to the sweep.
+                let _ = sqlx::query("SET lock_timeout = '5s'").execute(&mut conn).await;
                 drop_schema(&mut conn, &schema).await;
                 let _ = conn.close().await;
             });

@@ -5,12 +5,14 @@
 //! - [`Filter`] is the parsed device filter expression (`tags.site = 'berlin' and state = 'active'`);
 //!   stores translate it to their own query language, [`Filter::matches`] evaluates it in memory.
 //! - [`Group`] is a static (explicit members) or dynamic (saved filter) set of devices.
-//! - [`Role`], [`ApiToken`] and [`TokenHash`] describe operator access.
+//! - [`Role`], [`ApiToken`] and [`TokenHash`] describe operator access; [`DeviceCredential`] is
+//!   what a device presents when it connects (its secret is kept only as a [`TokenHash`]).
 //! - [`AuditRecord`] and [`audit::chain_hash`] define the hash-chained audit log; [`audit::verify_chain`]
 //!   finds the first broken link.
 //! - [`Mutation`] says who changes something and when; every write to the store carries one.
 
 pub mod audit;
+pub mod credential;
 pub mod device;
 pub mod filter;
 pub mod group;
@@ -18,6 +20,9 @@ pub mod timestamp;
 pub mod token;
 
 pub use audit::{AuditRecord, NewAuditRecord};
+pub use credential::{
+    AccessChangeReason, CredentialId, DeviceAccessChange, DeviceCredential, NewDeviceCredential,
+};
 pub use device::{
     Attributes, Device, DeviceId, DevicePatch, DisplayName, IllegalTransition, ImportRow,
     LifecycleState, NewDevice, TagKey, Tags,

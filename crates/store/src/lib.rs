@@ -15,9 +15,9 @@ use std::num::NonZeroU32;
 
 use async_trait::async_trait;
 use domain::{
-    ApiToken, AuditRecord, Device, DeviceId, DevicePatch, Filter, Group, GroupName, GroupPatch,
-    IllegalTransition, ImportRow, LifecycleState, Mutation, NewDevice, NewGroup, NewToken,
-    TokenHash, TokenId,
+    ApiToken, AuditRecord, CredentialId, Device, DeviceCredential, DeviceId, DevicePatch, Filter,
+    Group, GroupName, GroupPatch, IllegalTransition, ImportRow, LifecycleState, Mutation,
+    NewDevice, NewDeviceCredential, NewGroup, NewToken, TokenHash, TokenId,
 };
 
 /// Largest page any list call returns.
@@ -258,6 +258,42 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// How many tokens exist (revoked included); zero means a fresh store that needs bootstrap.
     async fn token_count(&self) -> StoreResult<u64>;
+
+    // ---- device credentials ----
+
+    /// Stores a new credential for an existing device (the secret is never stored, only its hash).
+    /// Audited as `device.credential.create` on resource `device/<id>`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when the device does not exist, [`StoreError::AlreadyExists`] (kind
+    /// `credential`) when the id or hash is taken.
+    async fn create_device_credential(
+        &self,
+        new: &NewDeviceCredential,
+        m: &Mutation,
+    ) -> StoreResult<DeviceCredential>;
+
+    /// Finds a credential by the hash of its secret (revoked and expired ones too; the caller
+    /// decides). This is the lookup behind every device CONNECT: it must be index-backed.
+    async fn device_credential_by_hash(
+        &self,
+        hash: &TokenHash,
+    ) -> StoreResult<Option<DeviceCredential>>;
+
+    /// A device's credentials, newest first, revoked ones included.
+    async fn device_credentials(&self, device: &DeviceId) -> StoreResult<Vec<DeviceCredential>>;
+
+    /// Revokes one of a device's credentials (revoking twice keeps the first time and writes no
+    /// audit record). Audited as `device.credential.revoke`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (kind `credential`) when the device has no such credential.
+    async fn revoke_device_credential(
+        &self,
+        device: &DeviceId,
+        id: &CredentialId,
+        m: &Mutation,
+    ) -> StoreResult<DeviceCredential>;
 
     // ---- audit ----
 

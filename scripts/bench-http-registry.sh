@@ -18,11 +18,12 @@ python3 - "$N" > "$WORK/fleet.csv" <<'PY'
 import sys
 n = int(sys.argv[1])
 sites = ["berlin","paris","rome","madrid","vienna","prague","oslo","lisbon","dublin","athens"]
-states = ["registered","active","suspended","decommissioned"]
+# New devices may start only as registered or active (the lifecycle rule).
+states = ["registered","active"]
 out = sys.stdout
 out.write("id,name,state,tag.site,tag.floor,attributes\n")
 for i in range(n):
-    out.write(f'dev-{i:07d},Sensor {i},{states[(i // 10) % 4]},{sites[i % 10]},{i % 5},"{{""slot"":{i}}}"\n')
+    out.write(f'dev-{i:07d},Sensor {i},{states[(i // 10) % 2]},{sites[i % 10]},{i % 5},"{{""slot"":{i}}}"\n')
 PY
 
 "$HERD" serve --data-dir "$WORK/data" --http-listen 127.0.0.1:0 --log-format json 2> "$WORK/serve.log" &
@@ -33,7 +34,8 @@ export HERD_URL=http://$ADDR HERD_TOKEN=$(cat "$WORK/data/admin-token")
 
 SIZE=$(du -h "$WORK/fleet.csv" | cut -f1)
 START=$(date +%s.%N)
-"$HERD" device import "$WORK/fleet.csv" | head -n 1
+"$HERD" device import "$WORK/fleet.csv" > "$WORK/import.txt"
+head -n 1 "$WORK/import.txt"
 END=$(date +%s.%N)
 python3 -c "print(f'import of $N devices ($SIZE CSV) over HTTP: {($END-$START):.1f} s, {$N/($END-$START):.0f} devices/s')"
 

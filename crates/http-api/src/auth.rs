@@ -7,13 +7,16 @@
 //! compared again in constant time. Every way of failing (no header, not a bearer token, unknown,
 //! revoked, expired) is the same 401 `unauthorized` with `WWW-Authenticate: Bearer`; a valid
 //! token whose role is too weak is 403 `forbidden`.
+//!
+//! Device credential secrets are made the same way with their own prefix, `hdc_`; devices present
+//! them over MQTT, never here.
 
 use std::marker::PhantomData;
 
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
-use domain::{ApiToken, Role, TokenHash, TokenId};
+use domain::{ApiToken, CredentialId, Role, TokenHash, TokenId};
 use rand::TryRngCore;
 use rand::rngs::OsRng;
 use subtle::ConstantTimeEq;
@@ -41,6 +44,28 @@ pub fn generate_token_secret() -> String {
 /// When the operating system cannot provide random bytes.
 pub fn generate_token_id() -> TokenId {
     TokenId::from_random(random_bytes::<8>())
+}
+
+/// The prefix of every device credential secret, distinct from [`TOKEN_PREFIX`] so a device
+/// secret is never mistaken for an operator token (and scanners can tell them apart).
+pub const CREDENTIAL_PREFIX: &str = "hdc_";
+
+/// A new device credential secret: `hdc_` and 64 lowercase hex digits from 32 bytes of the OS
+/// random number generator. Shown to the operator once; only its [`TokenHash`] is stored.
+///
+/// # Panics
+/// When the operating system cannot provide random bytes.
+pub fn generate_credential_secret() -> String {
+    format!("{CREDENTIAL_PREFIX}{}", hex::encode(random_bytes::<32>()))
+}
+
+/// A new credential id (`cred_` and 16 hex digits) from 8 random bytes of the OS random number
+/// generator.
+///
+/// # Panics
+/// When the operating system cannot provide random bytes.
+pub fn generate_credential_id() -> CredentialId {
+    CredentialId::from_random(random_bytes::<8>())
 }
 
 fn random_bytes<const N: usize>() -> [u8; N] {
@@ -163,6 +188,16 @@ mod tests {
         assert!(hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{a}");
         assert_ne!(a, b);
         assert!(TokenId::new(generate_token_id().as_str()).is_ok());
+    }
+
+    #[test]
+    fn credential_secrets_have_the_documented_shape() {
+        let a = generate_credential_secret();
+        let hex = a.strip_prefix(CREDENTIAL_PREFIX).unwrap();
+        assert_eq!(hex.len(), 64);
+        assert!(hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{a}");
+        assert_ne!(a, generate_credential_secret());
+        assert!(CredentialId::new(generate_credential_id().as_str()).is_ok());
     }
 
     #[test]

@@ -8,7 +8,8 @@ use axum::extract::State;
 use axum::http::{HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use domain::{
-    Attributes, Device, DevicePatch, DisplayName, InvalidInput, LifecycleState, NewDevice, Tags,
+    AccessChangeReason, Attributes, Device, DevicePatch, DisplayName, InvalidInput, LifecycleState,
+    NewDevice, Tags,
 };
 use serde::{Deserialize, Serialize};
 use store::Page;
@@ -307,6 +308,9 @@ pub(crate) async fn update_device(
         .store()
         .update_device(&id, &patch, if_match.expected(), &state.mutation_by(&caller.token))
         .await?;
+    if patch.state.is_some_and(|s| s != LifecycleState::Active) {
+        state.access_changed(id, AccessChangeReason::NotActive).await;
+    }
     Ok(device_response(StatusCode::OK, &device))
 }
 
@@ -337,5 +341,6 @@ pub(crate) async fn delete_device(
         .store()
         .delete_device(&id, if_match.expected(), &state.mutation_by(&caller.token))
         .await?;
+    state.access_changed(id, AccessChangeReason::Deleted).await;
     Ok(StatusCode::NO_CONTENT)
 }

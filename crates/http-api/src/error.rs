@@ -87,6 +87,9 @@ pub(crate) enum ApiError {
     /// No token with this id.
     #[error("token {0} not found")]
     TokenNotFound(String),
+    /// The device has no credential with this id.
+    #[error("credential {0} not found")]
+    CredentialNotFound(String),
     /// A device with this id exists already.
     #[error("device {0} already exists")]
     DeviceExists(String),
@@ -119,7 +122,8 @@ impl ApiError {
             | Self::MetricsDisabled
             | Self::DeviceNotFound(_)
             | Self::GroupNotFound(_)
-            | Self::TokenNotFound(_) => StatusCode::NOT_FOUND,
+            | Self::TokenNotFound(_)
+            | Self::CredentialNotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::MalformedJson(_)
             | Self::InvalidBody(_)
@@ -166,6 +170,7 @@ impl ApiError {
             Self::DeviceNotFound(_) => "device_not_found",
             Self::GroupNotFound(_) => "group_not_found",
             Self::TokenNotFound(_) => "token_not_found",
+            Self::CredentialNotFound(_) => "credential_not_found",
             Self::DeviceExists(_) => "device_exists",
             Self::GroupExists(_) => "group_exists",
             Self::Conflict(_) => "conflict",
@@ -207,6 +212,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { kind: "device", id } => Self::DeviceNotFound(id),
             StoreError::NotFound { kind: "group", id } => Self::GroupNotFound(id),
             StoreError::NotFound { kind: "token", id } => Self::TokenNotFound(id),
+            StoreError::NotFound { kind: "credential", id } => Self::CredentialNotFound(id),
             StoreError::AlreadyExists { kind: "device", id } => Self::DeviceExists(id),
             StoreError::AlreadyExists { kind: "group", id } => Self::GroupExists(id),
             StoreError::VersionMismatch { expected, current } => Self::PreconditionFailed(format!(

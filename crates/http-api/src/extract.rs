@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
-use domain::{DeviceId, GroupName, TokenId};
+use domain::{CredentialId, DeviceId, GroupName, TokenId};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -123,6 +123,25 @@ impl<S: Send + Sync> FromRequestParts<S> for TokenPath {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let raw: String = path_params(parts, state).await?.map_err(ApiError::TokenNotFound)?;
         TokenId::new(raw.clone()).map(Self).map_err(|_| ApiError::TokenNotFound(raw))
+    }
+}
+
+/// A device id and one of its credential ids taken from the path
+/// (`{id}/credentials/{credential_id}`): a bad device id is 400 `invalid_device_id`, an id no
+/// credential can have is 404 `credential_not_found`.
+#[derive(Debug, Clone)]
+pub(crate) struct CredentialPath(pub(crate) DeviceId, pub(crate) CredentialId);
+
+impl<S: Send + Sync> FromRequestParts<S> for CredentialPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let (id, credential): (String, String) =
+            path_params(parts, state).await?.map_err(ApiError::InvalidDeviceId)?;
+        let id = device_id(id)?;
+        let credential = CredentialId::new(credential.clone())
+            .map_err(|_| ApiError::CredentialNotFound(credential))?;
+        Ok(Self(id, credential))
     }
 }
 

@@ -9,6 +9,9 @@
 //! When an atomic import is abandoned, the lines that were valid are reported `unchanged` with a
 //! reason saying they were not applied, so that the counts describe what happened to the
 //! registry and the line results still add up to the number of lines.
+//!
+//! After each committed batch, the devices it moved away from `active` are reported on the
+//! access-change channel (see `state`), so their live sessions end.
 
 mod csv;
 mod jsonl;
@@ -19,7 +22,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
-use domain::{DeviceId, ImportRow};
+use domain::{AccessChangeReason, DeviceId, ImportRow, LifecycleState};
 use futures_util::StreamExt;
 use serde::Serialize;
 use store::{ImportMode, ImportOutcome};
@@ -400,6 +403,7 @@ impl<'a> Importer<'a> {
     async fn write_batch(&mut self) -> Result<(), ApiError> {
         let rows = std::mem::take(&mut self.rows);
         let outcomes = self.write(&rows, ImportMode::BestEffort).await?;
+        self.report_access_changes(&rows, &outcomes).await;
         for (row, outcome) in rows.iter().zip(outcomes) {
             self.record_outcome(row, outcome);
         }
@@ -441,6 +445,7 @@ impl<'a> Importer<'a> {
                 self.abandon(rows, Some(outcomes));
                 false
             } else {
+                self.report_access_changes(&rows, &outcomes).await;
                 for (row, outcome) in rows.iter().zip(outcomes) {
                     self.record_outcome(row, outcome);
                 }
@@ -450,6 +455,26 @@ impl<'a> Importer<'a> {
         self.lines.sort_by_key(|l| l.line);
         let [created, updated, unchanged, rejected] = self.counts;
         Ok(ImportReport { created, updated, unchanged, rejected, committed, lines: self.lines })
+    }
+
+    /// Sends an access-change event for each device a committed batch moved away from `active`.
+    ///
+    /// Outcomes do not carry the resulting state, so the rows say it: a row that sets a state
+    /// and whose outcome is `updated` set that state. The last such row of a device decides,
+    /// because the batch was one transaction: a device suspended and reactivated within it never
+    /// lost access as far as anyone could see.
+    async fn report_access_changes(&self, rows: &[ImportRow], outcomes: &[ImportOutcome]) {
+        let mut lost = BTreeMap::new();
+        for (row, outcome) in rows.iter().zip(outcomes) {
+            if let (ImportOutcome::Updated, Some(s)) = (outcome, row.patch.state) {
+                lost.insert(&row.id, s != LifecycleState::Active);
+            }
+        }
+        for (id, lost) in lost {
+            if lost {
+                self.state.access_changed(id.clone(), AccessChangeReason::NotActive).await;
+            }
+        }
     }
 
     /// Reports the rows of an atomic import that will not be written: those the store rejected

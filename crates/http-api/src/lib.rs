@@ -2,11 +2,11 @@
 //! the OpenAPI document, as one [`axum::Router`].
 //!
 //! - [`ApiConfig`] holds the limits of the HTTP surface; [`AppState`] is the cheap-to-clone bundle
-//!   of handles (the [`store::Store`], the config, the clock, the metrics handle) every handler
-//!   receives.
+//!   of handles (the [`store::Store`], the config, the clock, the metrics handle, the optional
+//!   access-change channel) every handler receives.
 //! - [`router`] builds the whole surface: health and metrics endpoints, the `/api/v1` resources
-//!   (one module each: `devices`, `inventory`, `import`, `groups`, `tokens`, `audit`), the
-//!   OpenAPI document and Swagger UI.
+//!   (one module each: `devices`, `credentials`, `inventory`, `import`, `groups`, `tokens`,
+//!   `audit`), the OpenAPI document and Swagger UI.
 //! - Every failure is one `ApiError` (module `error`) that renders as `application/problem+json`
 //!   with a stable `code`; the request middleware (module `instrument`) gives each request an id,
 //!   a tracing span and metrics, and fills the request id into problem bodies.
@@ -18,6 +18,7 @@
 pub mod auth;
 
 mod audit;
+mod credentials;
 mod devices;
 mod error;
 mod extract;
@@ -87,6 +88,8 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(health::metrics))
         .routes(routes!(devices::create_device, devices::list_devices))
         .routes(routes!(devices::get_device, devices::update_device, devices::delete_device))
+        .routes(routes!(credentials::create_credential, credentials::list_credentials))
+        .routes(routes!(credentials::revoke_credential))
         .routes(routes!(import::import_devices))
         .routes(routes!(inventory::summary))
         .routes(routes!(groups::create_group, groups::list_groups))

@@ -1,11 +1,35 @@
 //! The API's configuration and the shared state handed to every handler.
+//!
+//! # Access-change events
+//!
+//! Some REST writes must end a device's live MQTT sessions: a PATCH (or an import line) that
+//! moves a device to a state other than `active`, deleting a device, revoking one of its
+//! credentials. The API does not know about MQTT; instead, when [`AppState::with_access_events`]
+//! gave it a channel, it sends a [`DeviceAccessChange`] there for each such change, and whoever
+//! holds the receiver (the server's MQTT gateway) closes the device's connections.
+//!
+//! - An event is sent only after the store committed the change, never for a failed or rolled
+//!   back write (a request that answers with an error sends nothing).
+//! - The channel is bounded and events are never dropped: the handler awaits room in the channel
+//!   (`send().await`), so a slow receiver slows down the requests that revoke access rather than
+//!   losing events. The response is sent after the event is queued.
+//! - When the receiver is gone (the server is shutting down) the event is logged and the request
+//!   still succeeds: the change is committed, and a reconnecting device is checked again anyway.
+//! - An event may be sent for a device that had no live session, or that an import moved away from
+//!   `active` and back within one batch; receivers treat events as "check this device again".
+//! - Cancellation: when a client drops the connection after the commit but before the event is
+//!   queued, the handler is cancelled and the event is lost; the device's session then survives
+//!   until it reconnects, when the gateway checks its state and credential again.
 
 use std::fmt;
 use std::sync::Arc;
 
-use domain::{Actor, ApiToken, Mutation, Timestamp};
+use domain::{
+    AccessChangeReason, Actor, ApiToken, DeviceAccessChange, DeviceId, Mutation, Timestamp,
+};
 use metrics_exporter_prometheus::PrometheusHandle;
 use store::Store;
+use tokio::sync::mpsc;
 
 /// The wall clock the API reads: token expiry checks and the time of every write.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -64,6 +88,8 @@ pub struct AppState {
     config: Arc<ApiConfig>,
     clock: Clock,
     metrics: Option<PrometheusHandle>,
+    /// Where access-change events go (see the module docs); `None`: nowhere.
+    access_events: Option<mpsc::Sender<DeviceAccessChange>>,
 }
 
 impl fmt::Debug for AppState {
@@ -72,6 +98,7 @@ impl fmt::Debug for AppState {
             .field("store", &self.store)
             .field("config", &self.config)
             .field("metrics", &self.metrics.is_some())
+            .field("access_events", &self.access_events.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -79,7 +106,13 @@ impl fmt::Debug for AppState {
 impl AppState {
     /// State over a store with the given limits, the system clock and no metrics endpoint.
     pub fn new(store: Arc<dyn Store>, config: ApiConfig) -> Self {
-        Self { store, config: Arc::new(config), clock: Arc::new(Timestamp::now), metrics: None }
+        Self {
+            store,
+            config: Arc::new(config),
+            clock: Arc::new(Timestamp::now),
+            metrics: None,
+            access_events: None,
+        }
     }
 
     /// Serves `GET /metrics` from this Prometheus handle (without one it answers 404).
@@ -94,6 +127,28 @@ impl AppState {
     pub fn with_clock(mut self, clock: Arc<dyn Fn() -> Timestamp + Send + Sync>) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// Sends a [`DeviceAccessChange`] to `tx` after every committed write that must end a
+    /// device's live sessions (see the module docs for when, and for the overload policy: a full
+    /// channel makes those requests wait, it never loses events). Without it no events are sent.
+    #[must_use]
+    pub fn with_access_events(mut self, tx: mpsc::Sender<DeviceAccessChange>) -> Self {
+        self.access_events = Some(tx);
+        self
+    }
+
+    /// Reports that `device_id` lost (some of) its access, after the change was committed.
+    /// Waits for room in the channel; logs and carries on when its receiver is gone.
+    pub(crate) async fn access_changed(&self, device_id: DeviceId, reason: AccessChangeReason) {
+        let Some(tx) = &self.access_events else { return };
+        if let Err(e) = tx.send(DeviceAccessChange { device_id, reason }).await {
+            tracing::warn!(
+                device_id = %e.0.device_id,
+                reason = ?e.0.reason,
+                "access change not delivered: its receiver is gone"
+            );
+        }
     }
 
     pub(crate) fn store(&self) -> &dyn Store {

@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use domain::{ApiToken, NewToken, Role, TokenHash};
+use domain::{ApiToken, NewToken, Role, Timestamp, TokenHash};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -145,6 +145,42 @@ fn token_name(raw: String) -> Result<String, ApiError> {
     Ok(raw)
 }
 
+/// When a secret created at `now` stops working, from the optional `expires_at` (RFC 3339, in
+/// the future) and `expires_in_days` (1 to 36500) of a create request: at most one may be given,
+/// and with neither it never expires. Shared by API tokens and device credentials.
+///
+/// # Errors
+/// 422 `validation_failed` when both are given or either is out of range.
+pub(crate) fn expiry(
+    expires_at: Option<&str>,
+    expires_in_days: Option<u32>,
+    now: Timestamp,
+) -> Result<Option<Timestamp>, ApiError> {
+    match (expires_at, expires_in_days) {
+        (Some(_), Some(_)) => Err(ApiError::ValidationFailed(
+            "give expires_at or expires_in_days, not both".to_owned(),
+        )),
+        (Some(at), None) => {
+            let at = Timestamp::parse_rfc3339(at)?;
+            if at <= now {
+                return Err(ApiError::ValidationFailed(
+                    "expires_at must be in the future".to_owned(),
+                ));
+            }
+            Ok(Some(at))
+        }
+        (None, Some(days)) => {
+            if !(1..=MAX_EXPIRES_IN_DAYS).contains(&days) {
+                return Err(ApiError::ValidationFailed(format!(
+                    "expires_in_days must be between 1 and {MAX_EXPIRES_IN_DAYS}"
+                )));
+            }
+            Ok(Some(Timestamp::from_millis(now.millis() + i64::from(days) * MILLIS_PER_DAY)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// Create a token. The response holds its secret, which is never shown again.
 #[utoipa::path(
     post,
@@ -166,31 +202,7 @@ pub(crate) async fn create_token(
     let name = token_name(body.name)?;
     let role: Role = body.role.parse()?;
     let m = state.mutation_by(&caller.token);
-    let expires_at = match (body.expires_at, body.expires_in_days) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::ValidationFailed(
-                "give expires_at or expires_in_days, not both".to_owned(),
-            ));
-        }
-        (Some(at), None) => {
-            let at = domain::Timestamp::parse_rfc3339(&at)?;
-            if at <= m.at {
-                return Err(ApiError::ValidationFailed(
-                    "expires_at must be in the future".to_owned(),
-                ));
-            }
-            Some(at)
-        }
-        (None, Some(days)) => {
-            if !(1..=MAX_EXPIRES_IN_DAYS).contains(&days) {
-                return Err(ApiError::ValidationFailed(format!(
-                    "expires_in_days must be between 1 and {MAX_EXPIRES_IN_DAYS}"
-                )));
-            }
-            Some(domain::Timestamp::from_millis(m.at.millis() + i64::from(days) * MILLIS_PER_DAY))
-        }
-        (None, None) => None,
-    };
+    let expires_at = expiry(body.expires_at.as_deref(), body.expires_in_days, m.at)?;
     let secret = generate_token_secret();
     let new = NewToken {
         id: generate_token_id(),

@@ -99,6 +99,8 @@ pub(crate) enum Command {
     },
     /// An in-process subscription.
     SubscribeInternal { filter: TopicFilter, reply: oneshot::Sender<mpsc::Receiver<Arc<Message>>> },
+    /// Close the live connection of `client_id`, if any; the reply says whether there was one.
+    DisconnectClient { client_id: ClientId, reason: ReasonCode, reply: oneshot::Sender<bool> },
 }
 
 /// The broker's answer to a routed message.
@@ -123,6 +125,8 @@ pub(crate) struct ConnLink {
 pub(crate) enum Control {
     /// Another connection with the same client identifier took the session ([MQTT-3.1.4-3]).
     TakenOver,
+    /// The server closes the connection with this reason (sent in a v5 DISCONNECT).
+    Disconnect(ReasonCode),
 }
 
 #[derive(Debug)]
@@ -263,7 +267,27 @@ impl Broker {
                 self.internal.insert(id, (filter, tx));
                 let _ = reply.send(rx);
             }
+            Command::DisconnectClient { client_id, reason, reply } => {
+                let _ = reply.send(self.disconnect_client(&client_id, reason));
+            }
         }
+    }
+
+    /// Tells the live connection of `client_id` to close with `reason`; returns whether there was one.
+    fn disconnect_client(&mut self, client_id: &ClientId, reason: ReasonCode) -> bool {
+        let Some(entry) = self.by_client.get(client_id).and_then(|id| self.sessions.get_mut(id))
+        else {
+            return false;
+        };
+        // A connection waiting to take the session over was authenticated before this decision:
+        // dropping its request refuses it (it gets CONNACK 0x89 Server busy and may retry, which
+        // authenticates it again).
+        entry.waiting = None;
+        let Some(link) = &entry.link else { return false };
+        // The control channel holds one notice. When it is full, a takeover notice is already
+        // waiting and the connection is ending anyway.
+        let _ = link.control.try_send(Control::Disconnect(reason));
+        true
     }
 
     fn allocate_id(&mut self) -> SubscriberId {
@@ -622,6 +646,30 @@ impl BrokerHandle {
         A: Authenticator,
     {
         crate::connection::serve(self.clone(), io, peer, authenticator)
+    }
+
+    /// Closes the live connection of the client `client_id`, as a server-initiated disconnect: a v5
+    /// client gets DISCONNECT with `reason` (such as [`ReasonCode::AdministrativeAction`]), a v3.1.1
+    /// client sees its socket close. Its will is published as for any connection that ends without a
+    /// normal DISCONNECT ([MQTT-3.1.2-8]), and its session stays or ends by its expiry interval.
+    ///
+    /// Returns whether the client had a live connection. A connection still in its CONNECT (not yet
+    /// holding its session) is not affected; callers that revoke access must also make the
+    /// [`Authenticator`] refuse the client's next CONNECT.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError::Stopped`] when the broker task has stopped.
+    pub async fn disconnect_client(
+        &self,
+        client_id: &str,
+        reason: ReasonCode,
+    ) -> Result<bool, BrokerError> {
+        // A string that is no valid client identifier cannot name a connected client.
+        let Ok(client_id) = ClientId::new(client_id) else { return Ok(false) };
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::DisconnectClient { client_id, reason, reply }).await?;
+        rx.await.map_err(|_| BrokerError::Stopped)
     }
 
     /// The configuration the broker runs with.

@@ -305,6 +305,8 @@ enum End {
     Client { publish_will: bool },
     /// Another connection took the session over.
     TakenOver,
+    /// The server closed the connection with this reason ([`BrokerHandle::disconnect_client`]).
+    Server(ReasonCode),
     /// The server is shutting down.
     Shutdown,
     /// Something went wrong.
@@ -427,6 +429,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         match event {
             Event::Shutdown => return Ok(Some(End::Shutdown)),
             Event::Control(Some(Control::TakenOver)) => return Ok(Some(End::TakenOver)),
+            Event::Control(Some(Control::Disconnect(reason))) => {
+                return Ok(Some(End::Server(reason)));
+            }
             // The broker dropped its side: it has stopped, normally because of a shutdown.
             Event::Control(None) | Event::Outbound(None) => {
                 if self.handle.shutdown_token().is_cancelled() {
@@ -854,6 +859,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             End::Client { publish_will } => (None, publish_will, Ok(())),
             End::TakenOver => (Some(ReasonCode::SessionTakenOver), true, Ok(())),
             End::Shutdown => (Some(ReasonCode::ServerShuttingDown), true, Ok(())),
+            // Server-initiated: the will is published ([MQTT-3.1.2-8]); v3.1.1 just closes.
+            End::Server(reason) => (Some(reason), true, Ok(())),
             End::Error(error) => {
                 let reason = match &error {
                     ConnectionError::Protocol(code) => Some(*code),

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::{NonZeroU16, NonZeroU32};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,10 +37,23 @@ pub struct Config {
     pub api: http_api::ApiConfig,
     /// Storage backend.
     pub store: StoreConfig,
+    /// The MQTT device gateway.
+    pub mqtt: MqttConfig,
     /// Log output.
     pub log: LogConfig,
     /// The first admin token's secret, when it is given rather than generated (`HERD_ADMIN_TOKEN`).
     pub bootstrap_admin_token: Option<String>,
+}
+
+/// The MQTT device gateway: where it listens and the broker's limits.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// MQTT over TCP listener address; `None` (an empty `mqtt.listen`) disables MQTT.
+    pub listen: Option<SocketAddr>,
+    /// Most MQTT connections at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// Limits of the broker core.
+    pub broker: mqtt_broker::BrokerConfig,
 }
 
 /// Which backend stores Herd's state, and its settings.
@@ -119,6 +133,7 @@ struct RawConfig {
     server: RawServer,
     http: RawHttp,
     store: RawStore,
+    mqtt: RawMqtt,
     log: RawLog,
 }
 
@@ -148,6 +163,23 @@ struct RawStore {
     sqlite_synchronous: String,
     sqlite_readers: u64,
     postgres_max_connections: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    listen: String,
+    max_connections: u64,
+    connect_timeout_secs: u64,
+    max_packet_size: u64,
+    max_keep_alive_secs: u64,
+    receive_maximum: u64,
+    max_inflight: u64,
+    max_queued_messages: u64,
+    max_subscriptions_per_session: u64,
+    max_session_expiry_secs: u64,
+    max_retained_messages: u64,
+    outbound_buffer_bytes: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -326,6 +358,8 @@ fn validate(
     let postgres_max_connections =
         positive("store.postgres_max_connections", raw.store.postgres_max_connections, 1000);
 
+    let mqtt = validate_mqtt(&raw.mqtt, &mut problems);
+
     let http_listen = match raw.http.listen.parse::<SocketAddr>() {
         Ok(a) => a,
         Err(_) => {
@@ -433,9 +467,80 @@ fn validate(
             default_page_size: default_page_size as u32,
         },
         store,
+        mqtt,
         log: LogConfig { format, level: raw.log.level },
         bootstrap_admin_token,
     })
+}
+
+/// Validates the `[mqtt]` section, adding what is wrong to `problems`.
+fn validate_mqtt(raw: &RawMqtt, problems: &mut Vec<String>) -> MqttConfig {
+    let listen = if raw.listen.trim().is_empty() {
+        None
+    } else if let Ok(a) = raw.listen.parse::<SocketAddr>() {
+        Some(a)
+    } else {
+        problems.push(format!(
+            "mqtt.listen: {:?} is not an address like 127.0.0.1:1883, nor empty to disable MQTT \
+             (flag --mqtt-listen, env HERD_MQTT__LISTEN)",
+            raw.listen
+        ));
+        None
+    };
+    let mut range = |what: &str, v: u64, min: u64, max: u64| -> u64 {
+        if (min..=max).contains(&v) {
+            v
+        } else {
+            problems.push(format!("{what} must be between {min} and {max}, got {v}"));
+            min.max(1)
+        }
+    };
+    let max_connections = range("mqtt.max_connections", raw.max_connections, 1, 1_000_000);
+    let connect_timeout = range("mqtt.connect_timeout_secs", raw.connect_timeout_secs, 1, 3600);
+    let max_packet_size = range(
+        "mqtt.max_packet_size",
+        raw.max_packet_size,
+        64,
+        u64::from(mqtt_codec::MAX_PACKET_SIZE),
+    );
+    let max_keep_alive = range("mqtt.max_keep_alive_secs", raw.max_keep_alive_secs, 0, 65_535);
+    let receive_maximum = range("mqtt.receive_maximum", raw.receive_maximum, 1, 65_535);
+    let max_inflight = range("mqtt.max_inflight", raw.max_inflight, 1, 65_535);
+    let max_queued_messages =
+        range("mqtt.max_queued_messages", raw.max_queued_messages, 0, 10_000_000);
+    let max_subscriptions =
+        range("mqtt.max_subscriptions_per_session", raw.max_subscriptions_per_session, 1, 100_000);
+    let max_session_expiry =
+        range("mqtt.max_session_expiry_secs", raw.max_session_expiry_secs, 0, u64::from(u32::MAX));
+    let max_retained =
+        range("mqtt.max_retained_messages", raw.max_retained_messages, 0, 100_000_000);
+    let outbound_buffer =
+        range("mqtt.outbound_buffer_bytes", raw.outbound_buffer_bytes, 1024, 1 << 30);
+
+    let broker = mqtt_broker::BrokerConfig {
+        connect_timeout: Duration::from_secs(connect_timeout),
+        max_keep_alive: u16::try_from(max_keep_alive).unwrap_or(u16::MAX),
+        max_packet_size: nonzero_u32(max_packet_size),
+        receive_maximum: nonzero_u16(receive_maximum),
+        max_inflight: nonzero_u16(max_inflight),
+        max_queued_messages: max_queued_messages as usize,
+        max_subscriptions_per_session: max_subscriptions as usize,
+        max_session_expiry: u32::try_from(max_session_expiry).unwrap_or(u32::MAX),
+        max_retained_messages: max_retained as usize,
+        outbound_buffer_high_water: outbound_buffer as usize,
+        ..mqtt_broker::BrokerConfig::default()
+    };
+    MqttConfig { listen, max_connections: max_connections as usize, broker }
+}
+
+/// `v`, already checked to be between 1 and `u32::MAX`.
+fn nonzero_u32(v: u64) -> NonZeroU32 {
+    NonZeroU32::new(u32::try_from(v).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN)
+}
+
+/// `v`, already checked to be between 1 and `u16::MAX`.
+fn nonzero_u16(v: u64) -> NonZeroU16 {
+    NonZeroU16::new(u16::try_from(v).unwrap_or(u16::MAX)).unwrap_or(NonZeroU16::MIN)
 }
 
 /// Reads a secret from a file that only its owner may read.
@@ -545,6 +650,34 @@ mod tests {
         };
         let err = load(&sources).unwrap_err();
         assert_eq!(err.0.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn mqtt_is_off_by_default_and_configurable() {
+        let c = load(&Sources::default()).unwrap();
+        assert_eq!(c.mqtt.listen, None);
+        assert_eq!(c.mqtt.broker.max_packet_size.get(), 1_048_576);
+        let sources = Sources {
+            env: env(&[("HERD_MQTT__LISTEN", "127.0.0.1:1883"), ("HERD_MQTT__MAX_INFLIGHT", "8")]),
+            flags: vec![("mqtt", "max_connections", Value::Integer(5))],
+            ..Sources::default()
+        };
+        let c = load(&sources).unwrap();
+        assert_eq!(c.mqtt.listen, Some("127.0.0.1:1883".parse().unwrap()));
+        assert_eq!(c.mqtt.broker.max_inflight.get(), 8);
+        assert_eq!(c.mqtt.max_connections, 5);
+        let sources = Sources {
+            env: env(&[
+                ("HERD_MQTT__LISTEN", "port 1883"),
+                ("HERD_MQTT__MAX_CONNECTIONS", "0"),
+                ("HERD_MQTT__MAX_PACKET_SIZE", "10"),
+                ("HERD_MQTT__MAX_KEEP_ALIVE_SECS", "70000"),
+            ]),
+            ..Sources::default()
+        };
+        let err = load(&sources).unwrap_err();
+        assert_eq!(err.0.len(), 4, "{err}");
+        assert!(err.to_string().contains("--mqtt-listen"), "{err}");
     }
 
     #[test]

@@ -3,11 +3,14 @@
 //! - [`config`] turns the default file, a `--config` file, `HERD_SECTION__KEY` variables and flags
 //!   into a validated [`config::Config`], reporting every problem at once.
 //! - [`serve`] opens the store, bootstraps the first admin token, serves the REST API from
-//!   `http-api`, and shuts down in a fixed order ([`serve::run`] takes a bound listener and a
+//!   `http-api` and MQTT through the gateway, and shuts down in a fixed order ([`serve::run`] takes bound listeners and a
 //!   shutdown future, so tests bind port 0 and stop it when they like).
+//! - [`gateway`] is the MQTT device gateway: the listener, device authentication and per-device
+//!   ACLs on top of `mqtt-broker`.
 //! - [`cli`] is the command line: `herd serve` and the operator commands, which talk to a server's
 //!   REST API like any other client.
 
 pub mod cli;
 pub mod config;
+pub mod gateway;
 pub mod serve;

@@ -1,14 +1,18 @@
-//! `herd serve`: opening the store, bootstrapping access, serving HTTP, and shutting down in order.
+//! `herd serve`: opening the store, bootstrapping access, serving HTTP and MQTT, and shutting down in
+//! order.
 //!
 //! # Shutdown order
 //! When the shutdown future resolves (SIGINT/SIGTERM in the binary, a token in tests):
-//! 1. the HTTP listener stops accepting connections;
-//! 2. requests in flight run to completion (their writes commit and are acknowledged);
-//! 3. the store is closed (SQLite checkpoints its WAL, PostgreSQL connections close);
-//! 4. `run` returns.
+//! 1. the HTTP and MQTT listeners stop accepting connections;
+//! 2. the broker tells every MQTT client DISCONNECT 0x8B (Server shutting down; v3.1.1 clients see
+//!    the socket close), the connection tasks end and the broker task stops;
+//! 3. HTTP requests in flight run to completion (their writes commit and are acknowledged);
+//! 4. the store is closed (SQLite checkpoints its WAL, PostgreSQL connections close);
+//! 5. `run` returns.
 //!
-//! Steps 1–2 get at most `server.shutdown_timeout_secs`; past that, remaining requests are aborted
-//! (their transactions roll back, nothing half-written is visible) and the store is still closed.
+//! Steps 1–3 share one deadline, `server.shutdown_timeout_secs`; past it, remaining MQTT connections
+//! are dropped and remaining requests are aborted (their transactions roll back, nothing half-written
+//! is visible), and the store is still closed.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,11 +22,15 @@ use std::sync::{Arc, OnceLock};
 use anyhow::Context as _;
 use domain::{Actor, Mutation, NewToken, Role, Timestamp, TokenHash};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use mqtt_broker::Broker;
 use store::Store;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, StoreConfig, redact_url};
+use crate::gateway;
 
 /// Binds the HTTP listener, naming the address and the setting to change when it fails.
 ///
@@ -187,26 +195,64 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Runs the server on a bound listener until `shutdown` resolves, then shuts down in order.
+/// Runs the server on bound listeners (HTTP, and MQTT when `mqtt` is given) until `shutdown`
+/// resolves, then shuts down in the order of the module documentation.
 ///
 /// # Errors
 /// When the store cannot be opened or bootstrapped, or the HTTP server fails.
 pub async fn run(
     config: Config,
     listener: TcpListener,
+    mqtt: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
     tracing::info!(backend = store.backend_name(), "store open");
     bootstrap_admin(store.as_ref(), &config).await?;
 
+    // The broker runs whether or not devices can reach it over TCP: Herd's features use it in-process.
+    let broker_stop = CancellationToken::new();
+    let (broker, broker_handle) = Broker::new(config.mqtt.broker.clone(), broker_stop.clone());
+    let tasks = TaskTracker::new();
+    tasks.spawn(broker.run());
+    let (access_tx, access_rx) = mpsc::channel(gateway::ACCESS_EVENTS_CAPACITY);
+    tasks.spawn(gateway::enforce_access_changes(
+        access_rx,
+        broker_handle.clone(),
+        broker_stop.clone(),
+    ));
+
     let state = http_api::AppState::new(Arc::clone(&store), config.api.clone())
-        .with_metrics(metrics_handle());
+        .with_metrics(metrics_handle())
+        .with_access_events(access_tx);
     let app = http_api::router(state);
     let local = listener.local_addr().context("listener has no local address")?;
-    tracing::info!(http = %local, data_dir = %config.data_dir.display(), "herd is serving");
 
     let stop_accepting = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let mqtt_local = match mqtt {
+        Some(mqtt) => {
+            let addr = mqtt.local_addr().context("MQTT listener has no local address")?;
+            let authenticator = Arc::new(gateway::DeviceAuthenticator::new(Arc::clone(&store)));
+            tasks.spawn(gateway::accept_loop(
+                mqtt,
+                broker_handle.clone(),
+                authenticator,
+                config.mqtt.max_connections,
+                connections.clone(),
+                stop_accepting.clone(),
+            ));
+            Some(addr)
+        }
+        None => None,
+    };
+    tracing::info!(
+        http = %local,
+        mqtt = mqtt_local.map_or_else(|| "disabled".to_owned(), |a| a.to_string()),
+        data_dir = %config.data_dir.display(),
+        "herd is serving"
+    );
+
     let server = {
         let stop = stop_accepting.clone();
         tokio::spawn(async move {
@@ -217,10 +263,26 @@ pub async fn run(
     };
 
     shutdown.await;
-    tracing::info!("shutting down: no new connections; finishing requests in flight");
+    tracing::info!("shutting down: no new connections; disconnecting devices; finishing requests");
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+    // 1. Both listeners stop accepting.
     stop_accepting.cancel();
+    // 2. Every MQTT connection sends DISCONNECT 0x8B (v5) and closes; the broker task stops.
+    broker_stop.cancel();
+    connections.close();
+    tasks.close();
+    if tokio::time::timeout_at(deadline, async {
+        connections.wait().await;
+        tasks.wait().await;
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!(timeout = ?config.shutdown_timeout, "shutdown deadline passed; dropping MQTT connections");
+    }
+    // 3. HTTP requests in flight finish.
     let abort = server.abort_handle();
-    match tokio::time::timeout(config.shutdown_timeout, server).await {
+    match tokio::time::timeout_at(deadline, server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server failed"),
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
@@ -229,6 +291,7 @@ pub async fn run(
             abort.abort();
         }
     }
+    // 4. The store closes.
     store.close().await;
     tracing::info!("store closed; goodbye");
     Ok(())

@@ -5,10 +5,10 @@
 //! is then used as `Arc<dyn Store>` like every other backend; the conformance suite in `store` pins
 //! its behaviour to be the same as SQLite's.
 //!
-//! Inside, each area has its module: `devices`, `groups` and `tokens` hold the queries, `audit`
-//! appends to the hash chain in the same transaction as each change, `filter_sql` turns device
-//! filters into index-backed SQL with bind parameters, and `rows` decodes stored rows back into
-//! validated domain values. Queries are built at run time with binds (`sqlx::query`), never by
+//! Inside, each area has its module: `devices`, `groups`, `tokens` and `credentials` hold the
+//! queries, `audit` appends to the hash chain in the same transaction as each change, `filter_sql`
+//! turns device filters into index-backed SQL with bind parameters, and `rows` decodes stored rows
+//! back into validated domain values. Queries are built at run time with binds (`sqlx::query`), never by
 //! pasting values into SQL.
 //!
 //! Every write transaction first takes one advisory lock, which serializes writers: the audit
@@ -16,6 +16,7 @@
 //! lock rules out deadlocks between writers. Reads take no locks.
 
 mod audit;
+mod credentials;
 mod devices;
 mod error;
 mod filter_sql;
@@ -30,8 +31,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{
-    ApiToken, AuditRecord, Device, DeviceId, DevicePatch, Group, GroupName, GroupPatch, ImportRow,
-    Mutation, NewDevice, NewGroup, NewToken, TokenHash, TokenId,
+    ApiToken, AuditRecord, CredentialId, Device, DeviceCredential, DeviceId, DevicePatch, Group,
+    GroupName, GroupPatch, ImportRow, Mutation, NewDevice, NewDeviceCredential, NewGroup, NewToken,
+    TokenHash, TokenId,
 };
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -262,6 +264,34 @@ impl Store for PostgresStore {
 
     async fn token_count(&self) -> StoreResult<u64> {
         tokens::count(&self.pool).await
+    }
+
+    async fn create_device_credential(
+        &self,
+        new: &NewDeviceCredential,
+        m: &Mutation,
+    ) -> StoreResult<DeviceCredential> {
+        credentials::create(&self.pool, new, m).await
+    }
+
+    async fn device_credential_by_hash(
+        &self,
+        hash: &TokenHash,
+    ) -> StoreResult<Option<DeviceCredential>> {
+        credentials::by_hash(&self.pool, hash).await
+    }
+
+    async fn device_credentials(&self, device: &DeviceId) -> StoreResult<Vec<DeviceCredential>> {
+        credentials::list(&self.pool, device).await
+    }
+
+    async fn revoke_device_credential(
+        &self,
+        device: &DeviceId,
+        id: &CredentialId,
+        m: &Mutation,
+    ) -> StoreResult<DeviceCredential> {
+        credentials::revoke(&self.pool, device, id, m).await
     }
 
     async fn audit_records(&self, after: u64, limit: NonZeroU32) -> StoreResult<Vec<AuditRecord>> {

@@ -5,8 +5,9 @@
 //! becomes a [`StoreError::Backend`], never a panic or an invalid domain value.
 
 use domain::{
-    ApiToken, Attributes, AuditRecord, Device, DeviceId, DisplayName, Filter, Group, GroupKind,
-    GroupName, LifecycleState, Role, Tags, Timestamp, TokenHash, TokenId,
+    ApiToken, Attributes, AuditRecord, CredentialId, Device, DeviceCredential, DeviceId,
+    DisplayName, Filter, Group, GroupKind, GroupName, LifecycleState, Role, Tags, Timestamp,
+    TokenHash, TokenId,
 };
 use sqlx::Row;
 use sqlx::postgres::PgRow;
@@ -37,6 +38,14 @@ macro_rules! token_columns {
     };
 }
 pub(crate) use token_columns;
+
+/// The columns [`credential`] reads, qualified by the alias `c`, as a literal for `concat!`.
+macro_rules! credential_columns {
+    () => {
+        "c.id, c.device_id, c.hash, c.created_at, c.expires_at, c.revoked_at"
+    };
+}
+pub(crate) use credential_columns;
 
 /// The columns [`audit_record`] reads, as a literal for `concat!`.
 macro_rules! audit_columns {
@@ -122,6 +131,24 @@ pub(crate) fn token(row: &PgRow) -> Result<ApiToken, StoreError> {
         name: row.try_get("name").map_err(db)?,
         role: role.parse::<Role>().map_err(|e| PostgresError::corrupt("token role", &e))?,
         hash: TokenHash::from_bytes(hash32(hash, "token hash")?),
+        created_at: Timestamp::from_millis(row.try_get("created_at").map_err(db)?),
+        expires_at: expires_at.map(Timestamp::from_millis),
+        revoked_at: revoked_at.map(Timestamp::from_millis),
+    })
+}
+
+/// Decodes a row selected with [`credential_columns!`].
+pub(crate) fn credential(row: &PgRow) -> Result<DeviceCredential, StoreError> {
+    let id: String = row.try_get("id").map_err(db)?;
+    let device_id: String = row.try_get("device_id").map_err(db)?;
+    let hash: Vec<u8> = row.try_get("hash").map_err(db)?;
+    let expires_at: Option<i64> = row.try_get("expires_at").map_err(db)?;
+    let revoked_at: Option<i64> = row.try_get("revoked_at").map_err(db)?;
+    Ok(DeviceCredential {
+        id: CredentialId::new(id).map_err(|e| PostgresError::corrupt("credential id", &e))?,
+        device_id: DeviceId::new(device_id)
+            .map_err(|e| PostgresError::corrupt("credential device id", &e))?,
+        hash: TokenHash::from_bytes(hash32(hash, "credential hash")?),
         created_at: Timestamp::from_millis(row.try_get("created_at").map_err(db)?),
         expires_at: expires_at.map(Timestamp::from_millis),
         revoked_at: revoked_at.map(Timestamp::from_millis),

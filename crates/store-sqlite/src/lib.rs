@@ -17,6 +17,7 @@
 
 mod audit_chain;
 mod bulk;
+mod credentials;
 mod devices;
 mod filter_sql;
 mod groups;
@@ -29,8 +30,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{
-    ApiToken, AuditRecord, Device, DeviceId, DevicePatch, Group, GroupName, GroupPatch, ImportRow,
-    Mutation, NewDevice, NewGroup, NewToken, TokenHash, TokenId,
+    ApiToken, AuditRecord, CredentialId, Device, DeviceCredential, DeviceId, DevicePatch, Group,
+    GroupName, GroupPatch, ImportRow, Mutation, NewDevice, NewDeviceCredential, NewGroup, NewToken,
+    TokenHash, TokenId,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -303,6 +305,34 @@ impl Store for SqliteStore {
 
     async fn token_count(&self) -> StoreResult<u64> {
         tokens::count(&mut *self.read().await?).await
+    }
+
+    async fn create_device_credential(
+        &self,
+        new: &NewDeviceCredential,
+        m: &Mutation,
+    ) -> StoreResult<DeviceCredential> {
+        credentials::create(self, new, m).await
+    }
+
+    async fn device_credential_by_hash(
+        &self,
+        hash: &TokenHash,
+    ) -> StoreResult<Option<DeviceCredential>> {
+        credentials::by_hash(&mut *self.read().await?, hash).await
+    }
+
+    async fn device_credentials(&self, device: &DeviceId) -> StoreResult<Vec<DeviceCredential>> {
+        credentials::list(&mut *self.read().await?, device).await
+    }
+
+    async fn revoke_device_credential(
+        &self,
+        device: &DeviceId,
+        id: &CredentialId,
+        m: &Mutation,
+    ) -> StoreResult<DeviceCredential> {
+        credentials::revoke(self, device, id, m).await
     }
 
     async fn audit_records(&self, after: u64, limit: NonZeroU32) -> StoreResult<Vec<AuditRecord>> {

@@ -7,8 +7,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use domain::{
-    ApiToken, Attributes, AuditRecord, Device, DeviceId, DisplayName, Filter, Group, GroupKind,
-    GroupName, LifecycleState, Role, Tags, Timestamp, TokenHash, TokenId,
+    ApiToken, Attributes, AuditRecord, CredentialId, Device, DeviceCredential, DeviceId,
+    DisplayName, Filter, Group, GroupKind, GroupName, LifecycleState, Role, Tags, Timestamp,
+    TokenHash, TokenId,
 };
 use store::StoreError;
 
@@ -23,6 +24,9 @@ pub(crate) type GroupRow = (String, String, String, Option<String>, i64, i64, i6
 /// `api_tokens` columns in [`TOKEN_COLUMNS`] order.
 pub(crate) type TokenRow = (String, String, String, Vec<u8>, i64, Option<i64>, Option<i64>);
 
+/// `device_credentials` columns in [`CREDENTIAL_COLUMNS`] order.
+pub(crate) type CredentialRow = (String, String, Vec<u8>, i64, Option<i64>, Option<i64>);
+
 /// `audit` columns in [`AUDIT_COLUMNS`] order.
 pub(crate) type AuditRow =
     (i64, i64, String, String, String, Option<String>, Option<String>, Vec<u8>, Vec<u8>);
@@ -33,6 +37,10 @@ pub(crate) const GROUP_COLUMNS: &str =
 
 /// The `api_tokens` columns [`token_from_row`] reads.
 pub(crate) const TOKEN_COLUMNS: &str = "id, name, role, hash, created_at, expires_at, revoked_at";
+
+/// The `device_credentials` columns [`credential_from_row`] reads.
+pub(crate) const CREDENTIAL_COLUMNS: &str =
+    "id, device_id, hash, created_at, expires_at, revoked_at";
 
 /// The `audit` columns [`audit_from_row`] reads.
 pub(crate) const AUDIT_COLUMNS: &str =
@@ -142,6 +150,25 @@ pub(crate) fn token_from_row(row: TokenRow) -> Result<ApiToken, StoreError> {
         id: TokenId::new(id.as_str()).map_err(|e| bad(e.to_string()))?,
         name,
         role: Role::from_str(&role).map_err(|e| bad(e.to_string()))?,
+        hash: TokenHash::from_bytes(hash),
+        created_at: Timestamp::from_millis(created_at),
+        expires_at: expires_at.map(Timestamp::from_millis),
+        revoked_at: revoked_at.map(Timestamp::from_millis),
+    })
+}
+
+/// Reads a device credential row back.
+///
+/// # Errors
+/// [`StoreError::Backend`] when a column does not hold a valid value.
+pub(crate) fn credential_from_row(row: CredentialRow) -> Result<DeviceCredential, StoreError> {
+    let (id, device_id, hash, created_at, expires_at, revoked_at) = row;
+    let bad = |reason: String| corrupt("device_credentials", &id, reason);
+    let hash: [u8; 32] =
+        hash.try_into().map_err(|h: Vec<u8>| bad(format!("hash is {} bytes", h.len())))?;
+    Ok(DeviceCredential {
+        id: CredentialId::new(id.as_str()).map_err(|e| bad(e.to_string()))?,
+        device_id: DeviceId::new(device_id).map_err(|e| bad(e.to_string()))?,
         hash: TokenHash::from_bytes(hash),
         created_at: Timestamp::from_millis(created_at),
         expires_at: expires_at.map(Timestamp::from_millis),

@@ -18,13 +18,15 @@
 //! The cases pin the behaviour the `Store` documentation promises, plus the rules every backend
 //! must share where the trait leaves a choice:
 //!
-//! - Writes that change nothing (a no-op patch, revoking a revoked token, adding a member twice,
-//!   removing a non-member) keep the version and append no audit record.
+//! - Writes that change nothing (a no-op patch, revoking a revoked token or credential, adding a
+//!   member twice, removing a non-member) keep the version and append no audit record.
 //! - Every change appends exactly one audit record per changed resource, with `before`/`after` the
 //!   `audit_summary()` of the resource; actions are `device.create|update|delete`,
-//!   `group.create|update|delete`, `group.members.add|remove`, `token.create|revoke` (an import
-//!   writes `device.create`/`device.update` per device); resources are `device/<id>`,
-//!   `group/<name>`, `token/<id>`. Member changes have no `before` and `after` is
+//!   `group.create|update|delete`, `group.members.add|remove`, `token.create|revoke`,
+//!   `device.credential.create|revoke` (an import writes `device.create`/`device.update` per
+//!   device); resources are `device/<id>` (a credential's is its device's), `group/<name>`,
+//!   `token/<id>`. Deleting a device deletes its credentials without a record of their own.
+//!   Member changes have no `before` and `after` is
 //!   `{"added": [ids]}` / `{"removed": [ids]}`: the ids that actually changed, ascending.
 //! - Failed writes leave no trace, in the data nor in the audit log.
 //! - Timestamps are the `Mutation`'s; audit `seq` runs from 1 without gaps and
@@ -41,9 +43,10 @@ use std::sync::Arc;
 
 use domain::audit::verify_chain;
 use domain::{
-    Actor, ApiToken, Attributes, AuditRecord, Device, DeviceId, DevicePatch, DisplayName, Filter,
-    Group, GroupKind, GroupName, GroupPatch, ImportRow, LifecycleState, Mutation, NewDevice,
-    NewGroup, NewToken, Role, Tags, Timestamp, TokenHash, TokenId,
+    Actor, ApiToken, Attributes, AuditRecord, CredentialId, Device, DeviceCredential, DeviceId,
+    DevicePatch, DisplayName, Filter, Group, GroupKind, GroupName, GroupPatch, ImportRow,
+    LifecycleState, Mutation, NewDevice, NewDeviceCredential, NewGroup, NewToken, Role, Tags,
+    Timestamp, TokenHash, TokenId,
 };
 use serde_json::{Value, json};
 
@@ -100,6 +103,10 @@ macro_rules! conformance_tests {
             delete_group,
             tokens,
             revoke_token,
+            create_device_credentials,
+            device_credential_lookup_and_list,
+            revoke_device_credential,
+            delete_device_removes_credentials,
             audit_trail_of_every_mutation,
             audit_records_page,
             concurrent_writes_keep_the_chain,
@@ -1289,6 +1296,199 @@ pub async fn revoke_token(store: Arc<dyn Store>) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Cases: device credentials
+// ---------------------------------------------------------------------------------------------
+
+/// Creating a credential for an existing device returns it and audits it on the device; a missing
+/// device is `NotFound`, a taken id or hash `AlreadyExists`, and failures leave no trace.
+pub async fn create_device_credentials(store: Arc<dyn Store>) {
+    for d in ["d1", "d2"] {
+        store.create_device(&new_device(d, LifecycleState::Active), &at(1)).await.unwrap();
+    }
+    let seq = last_seq(&*store).await;
+    let expires = Some(Timestamp::from_millis(BASE + 90_000));
+    let c1 = store.create_device_credential(&new_credential(1, "d1", None), &at(1_000)).await;
+    let c1 = c1.unwrap();
+    let c2 = store.create_device_credential(&new_credential(2, "d1", expires), &at(2_000)).await;
+    let c2 = c2.unwrap();
+    assert_eq!(
+        c2,
+        DeviceCredential {
+            id: credential_id(2),
+            device_id: id("d1"),
+            hash: TokenHash::of_secret("device-secret-2"),
+            created_at: at(2_000).at,
+            expires_at: expires,
+            revoked_at: None,
+        }
+    );
+    assert_eq!(c1.expires_at, None);
+    assert_eq!(store.device_credentials(&id("d1")).await.unwrap(), vec![c2.clone(), c1.clone()]);
+
+    let records = audit_since(&*store, seq).await;
+    assert_eq!(records.len(), 2);
+    for (r, (c, ms)) in records.iter().zip([(&c1, 1_000), (&c2, 2_000)]) {
+        check_record(
+            r,
+            &at(ms),
+            "device.credential.create",
+            "device/d1",
+            None,
+            Some(c.audit_summary()),
+        );
+    }
+
+    let seq = last_seq(&*store).await;
+    let err = store.create_device_credential(&new_credential(3, "ghost", None), &at(3_000)).await;
+    assert!(
+        matches!(&err, Err(StoreError::NotFound { kind: "device", id }) if id == "ghost"),
+        "{err:?}"
+    );
+    let mut same_id = new_credential(1, "d1", None);
+    same_id.hash = TokenHash::of_secret("other");
+    let err = store.create_device_credential(&same_id, &at(3_000)).await;
+    assert!(matches!(&err, Err(StoreError::AlreadyExists { kind: "credential", .. })), "{err:?}");
+    let mut same_hash = new_credential(9, "d1", None);
+    same_hash.hash = c2.hash;
+    let err = store.create_device_credential(&same_hash, &at(3_000)).await;
+    assert!(matches!(&err, Err(StoreError::AlreadyExists { kind: "credential", .. })), "{err:?}");
+    // The hash is unique across devices, not per device.
+    let mut other_device = new_credential(9, "d2", None);
+    other_device.hash = c1.hash;
+    let err = store.create_device_credential(&other_device, &at(4_000)).await;
+    assert!(matches!(&err, Err(StoreError::AlreadyExists { kind: "credential", .. })), "{err:?}");
+
+    assert_eq!(store.device_credentials(&id("d1")).await.unwrap(), vec![c2, c1]);
+    assert!(store.device_credentials(&id("d2")).await.unwrap().is_empty());
+    assert!(
+        store.device_credential_by_hash(&TokenHash::of_secret("other")).await.unwrap().is_none()
+    );
+    assert_eq!(last_seq(&*store).await, seq);
+    check_chain(&*store).await;
+}
+
+/// Lookup by hash finds any device's credential, revoked or expired ones too; a device's list is
+/// its own credentials only, newest first (ties: highest id first), revoked ones included.
+pub async fn device_credential_lookup_and_list(store: Arc<dyn Store>) {
+    for d in ["d1", "d2"] {
+        store.create_device(&new_device(d, LifecycleState::Active), &at(1)).await.unwrap();
+    }
+    let past = Some(Timestamp::from_millis(BASE + 10));
+    let c1 = store.create_device_credential(&new_credential(1, "d1", past), &at(1_000)).await;
+    let c1 = c1.unwrap();
+    // Two issued at the same time: the higher id lists first.
+    let c3 = store.create_device_credential(&new_credential(3, "d1", None), &at(2_000)).await;
+    let c3 = c3.unwrap();
+    let c2 = store.create_device_credential(&new_credential(2, "d1", None), &at(2_000)).await;
+    let c2 = c2.unwrap();
+    let other = store.create_device_credential(&new_credential(4, "d2", None), &at(3_000)).await;
+    let other = other.unwrap();
+    let c3 = store.revoke_device_credential(&id("d1"), &c3.id, &at(4_000)).await.unwrap();
+
+    for c in [&c1, &c2, &c3, &other] {
+        assert_eq!(store.device_credential_by_hash(&c.hash).await.unwrap().as_ref(), Some(c));
+    }
+    let unknown = TokenHash::of_secret("device-secret-5");
+    assert!(store.device_credential_by_hash(&unknown).await.unwrap().is_none());
+
+    assert_eq!(
+        store.device_credentials(&id("d1")).await.unwrap(),
+        vec![c3.clone(), c2.clone(), c1.clone()]
+    );
+    assert_eq!(store.device_credentials(&id("d2")).await.unwrap(), vec![other]);
+    assert!(store.device_credentials(&id("ghost")).await.unwrap().is_empty());
+    check_chain(&*store).await;
+}
+
+/// Revoking sets `revoked_at` from the mutation; revoking again keeps the first time and writes
+/// nothing; an unknown id, or another device's credential, is `NotFound` (kind `credential`).
+pub async fn revoke_device_credential(store: Arc<dyn Store>) {
+    for d in ["d1", "d2"] {
+        store.create_device(&new_device(d, LifecycleState::Active), &at(1)).await.unwrap();
+    }
+    let c1 = store.create_device_credential(&new_credential(1, "d1", None), &at(1_000)).await;
+    let c1 = c1.unwrap();
+    let c2 = store.create_device_credential(&new_credential(2, "d1", None), &at(2_000)).await;
+    let c2 = c2.unwrap();
+    let c3 = store.create_device_credential(&new_credential(3, "d2", None), &at(3_000)).await;
+    let c3 = c3.unwrap();
+    let seq = last_seq(&*store).await;
+
+    let revoked = store.revoke_device_credential(&id("d1"), &c1.id, &at(5_000)).await.unwrap();
+    assert_eq!(revoked, DeviceCredential { revoked_at: Some(at(5_000).at), ..c1.clone() });
+    assert!(!revoked.is_usable_at(at(5_000).at));
+    let again = store.revoke_device_credential(&id("d1"), &c1.id, &at(6_000)).await.unwrap();
+    assert_eq!(again, revoked);
+    assert_eq!(store.device_credential_by_hash(&c1.hash).await.unwrap(), Some(revoked.clone()));
+    assert_eq!(
+        store.device_credentials(&id("d1")).await.unwrap(),
+        vec![c2.clone(), revoked.clone()]
+    );
+
+    for (device, cred) in [("d1", credential_id(7)), ("d2", c1.id.clone()), ("d1", c3.id.clone())] {
+        let err = store.revoke_device_credential(&id(device), &cred, &at(7_000)).await;
+        assert!(
+            matches!(&err, Err(StoreError::NotFound { kind: "credential", id }) if *id == cred.to_string()),
+            "{device} {cred}: {err:?}"
+        );
+    }
+    let err = store.revoke_device_credential(&id("ghost"), &c2.id, &at(7_000)).await;
+    assert!(matches!(&err, Err(StoreError::NotFound { kind: "credential", .. })), "{err:?}");
+    // The credentials the failed calls named are untouched.
+    assert_eq!(store.device_credential_by_hash(&c2.hash).await.unwrap(), Some(c2));
+    assert_eq!(store.device_credential_by_hash(&c3.hash).await.unwrap(), Some(c3));
+
+    let records = audit_since(&*store, seq).await;
+    assert_eq!(records.len(), 1);
+    check_record(
+        &records[0],
+        &at(5_000),
+        "device.credential.revoke",
+        "device/d1",
+        Some(c1.audit_summary()),
+        Some(revoked.audit_summary()),
+    );
+    check_chain(&*store).await;
+}
+
+/// Deleting a device deletes its credentials (only the device's own record is written); a new
+/// device with the same id starts without any, and the ids and hashes are free again.
+pub async fn delete_device_removes_credentials(store: Arc<dyn Store>) {
+    for d in ["d1", "d2"] {
+        store.create_device(&new_device(d, LifecycleState::Active), &at(1)).await.unwrap();
+    }
+    let c1 = store.create_device_credential(&new_credential(1, "d1", None), &at(1_000)).await;
+    let c1 = c1.unwrap();
+    let c2 = store.create_device_credential(&new_credential(2, "d1", None), &at(2_000)).await;
+    let c2 = c2.unwrap();
+    store.revoke_device_credential(&id("d1"), &c2.id, &at(2_500)).await.unwrap();
+    let c3 = store.create_device_credential(&new_credential(3, "d2", None), &at(3_000)).await;
+    let c3 = c3.unwrap();
+    let seq = last_seq(&*store).await;
+
+    store.delete_device(&id("d1"), None, &at(4_000)).await.unwrap();
+    for c in [&c1, &c2] {
+        assert!(store.device_credential_by_hash(&c.hash).await.unwrap().is_none());
+    }
+    assert!(store.device_credentials(&id("d1")).await.unwrap().is_empty());
+    assert_eq!(store.device_credentials(&id("d2")).await.unwrap(), vec![c3.clone()]);
+    let err = store.revoke_device_credential(&id("d1"), &c1.id, &at(4_500)).await;
+    assert!(matches!(&err, Err(StoreError::NotFound { kind: "credential", .. })), "{err:?}");
+    let records = audit_since(&*store, seq).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        (records[0].action.as_str(), records[0].resource.as_str()),
+        ("device.delete", "device/d1")
+    );
+
+    store.create_device(&new_device("d1", LifecycleState::Active), &at(5_000)).await.unwrap();
+    assert!(store.device_credentials(&id("d1")).await.unwrap().is_empty());
+    let again = store.create_device_credential(&new_credential(1, "d1", None), &at(6_000)).await;
+    assert_eq!(again.unwrap(), DeviceCredential { created_at: at(6_000).at, ..c1 });
+    check_chain(&*store).await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Cases: audit
 // ---------------------------------------------------------------------------------------------
 
@@ -1659,6 +1859,10 @@ fn token_id(n: u8) -> TokenId {
     TokenId::from_random([n; 8])
 }
 
+fn credential_id(n: u8) -> CredentialId {
+    CredentialId::from_random([n; 8])
+}
+
 fn tags(pairs: &[(&str, &str)]) -> Tags {
     Tags::new(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))).unwrap()
 }
@@ -1704,6 +1908,16 @@ fn new_token(n: u8, token_name: &str, role: Role, expires_at: Option<Timestamp>)
         name: token_name.to_owned(),
         role,
         hash: TokenHash::of_secret(&format!("secret-{n}")),
+        expires_at,
+    }
+}
+
+/// Credential `n` of device `dev_id`, whose secret is `device-secret-<n>`.
+fn new_credential(n: u8, dev_id: &str, expires_at: Option<Timestamp>) -> NewDeviceCredential {
+    NewDeviceCredential {
+        id: credential_id(n),
+        device_id: id(dev_id),
+        hash: TokenHash::of_secret(&format!("device-secret-{n}")),
         expires_at,
     }
 }

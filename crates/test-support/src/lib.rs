@@ -1,6 +1,6 @@
 //! Test helpers shared by the workspace's integration tests.
 //!
-//! [`TestServer`] runs the real server in-process: HTTP on `127.0.0.1:0`, SQLite in a temporary
+//! [`TestServer`] runs the real server in-process: HTTP and MQTT on `127.0.0.1:0`, SQLite in a temporary
 //! directory, a known admin token, shutdown when stopped or dropped. Clients are real HTTP clients.
 
 // The standing exception of STYLE.md: test helpers fail loudly.
@@ -26,6 +26,8 @@ pub struct TestServer {
     pub base_url: String,
     /// The bound HTTP address.
     pub addr: SocketAddr,
+    /// The bound MQTT (TCP) address.
+    pub mqtt_addr: SocketAddr,
     /// The admin token's secret.
     pub admin_token: String,
     /// The server's data directory (removed when the server is dropped).
@@ -54,17 +56,25 @@ impl TestServer {
         let listener =
             server::serve::bind_http(config.http_listen).await.expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
+        let mqtt_listener = server::gateway::bind_mqtt(
+            config.mqtt.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+        )
+        .await
+        .expect("bind MQTT on 127.0.0.1:0");
+        let mqtt_addr = mqtt_listener.local_addr().expect("local address");
         let stop = CancellationToken::new();
         let admin_token = config.bootstrap_admin_token.clone().unwrap_or_default();
         let task = {
             let stop = stop.clone();
             tokio::spawn(async move {
-                server::serve::run(config, listener, async move { stop.cancelled().await }).await
+                let shutdown = async move { stop.cancelled().await };
+                server::serve::run(config, listener, Some(mqtt_listener), shutdown).await
             })
         };
         let server = Self {
             base_url: format!("http://{addr}"),
             addr,
+            mqtt_addr,
             admin_token,
             data_dir,
             stop,
@@ -115,6 +125,31 @@ impl TestServer {
             .post(self.url(path))
             .bearer_auth(&self.admin_token)
             .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Sends an authenticated PATCH with a JSON body and returns status and JSON body.
+    pub async fn patch(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let r = reqwest::Client::new()
+            .patch(self.url(path))
+            .bearer_auth(&self.admin_token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Sends an authenticated DELETE and returns status and JSON body.
+    pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = reqwest::Client::new()
+            .delete(self.url(path))
+            .bearer_auth(&self.admin_token)
             .send()
             .await
             .unwrap();

@@ -10,7 +10,8 @@ use serde_json::{Map, Value, json};
 use crate::cli::client::{Client, encode};
 use crate::cli::output::{self, Table};
 use crate::cli::{
-    AuditCommand, ClientArgs, DeviceCommand, GroupCommand, ImportFormat, OutputFormat, TokenCommand,
+    AuditCommand, ClientArgs, CredentialCommand, DeviceCommand, GroupCommand, ImportFormat,
+    OutputFormat, TokenCommand,
 };
 
 /// Runs `herd device …`.
@@ -85,6 +86,58 @@ pub(crate) async fn device(cmd: DeviceCommand) -> anyhow::Result<()> {
         }
         DeviceCommand::Import { file, format, atomic, client } => {
             import(&file, format, atomic, &client).await
+        }
+        DeviceCommand::Credential(cmd) => credential(cmd).await,
+    }
+}
+
+/// Runs `herd device credential …`.
+async fn credential(cmd: CredentialCommand) -> anyhow::Result<()> {
+    let path = |device: &str| format!("/api/v1/devices/{}/credentials", encode(device));
+    match cmd {
+        CredentialCommand::Create { device, expires_in_days, client } => {
+            let mut body = json!({});
+            if let Some(d) = expires_in_days {
+                body["expires_in_days"] = d.into();
+            }
+            let c = Client::new(&client)?.post(&path(&device), &body).await?;
+            if client.output == OutputFormat::Json {
+                return output::write_json(&c);
+            }
+            let expires = match str_field(&c, "expires_at") {
+                e if e.is_empty() => "never expires".to_owned(),
+                e => format!("expires {e}"),
+            };
+            output::write_raw(&format!(
+                "created credential {} for device {} ({expires}).\nThe secret is shown only once; store it now:\n{}",
+                str_field(&c, "id"),
+                str_field(&c, "device_id"),
+                str_field(&c, "token")
+            ))
+        }
+        CredentialCommand::List { device, client } => {
+            let list = Client::new(&client)?.get(&path(&device)).await?;
+            if client.output == OutputFormat::Json {
+                return output::write_json(&list);
+            }
+            let mut t = Table::new(&["ID", "CREATED", "EXPIRES", "REVOKED"]);
+            for i in page_items(&list) {
+                t.row(vec![
+                    str_field(&i, "id"),
+                    str_field(&i, "created_at"),
+                    str_field(&i, "expires_at"),
+                    str_field(&i, "revoked_at"),
+                ]);
+            }
+            output::write_raw(&t.render())
+        }
+        CredentialCommand::Revoke { device, id, client } => {
+            let c =
+                Client::new(&client)?.delete(&format!("{}/{}", path(&device), encode(&id))).await?;
+            if client.output == OutputFormat::Json {
+                return output::write_json(&c);
+            }
+            done(&client, &format!("revoked credential {id} of device {device}"))
         }
     }
 }

@@ -59,6 +59,9 @@ pub struct ServeArgs {
     /// HTTP listen address [http.listen].
     #[arg(long, value_name = "ADDR")]
     pub http_listen: Option<String>,
+    /// MQTT listen address, e.g. 127.0.0.1:1883; empty disables MQTT [mqtt.listen].
+    #[arg(long, value_name = "ADDR")]
+    pub mqtt_listen: Option<String>,
     /// Storage URL: sqlite://PATH or postgres://… [store.url].
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
@@ -198,6 +201,43 @@ pub enum DeviceCommand {
         /// All or nothing: when any line is rejected, nothing is written.
         #[arg(long)]
         atomic: bool,
+        /// Server, token and output options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Manage the credentials a device connects with.
+    #[command(subcommand)]
+    Credential(CredentialCommand),
+}
+
+/// `herd device credential …`
+#[derive(Debug, Subcommand)]
+pub enum CredentialCommand {
+    /// Issue a credential for a device; its secret is printed once.
+    Create {
+        /// Device id.
+        device: String,
+        /// Expire after this many days.
+        #[arg(long, value_name = "DAYS")]
+        expires_in_days: Option<u32>,
+        /// Server, token and output options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List a device's credentials (never their secrets).
+    List {
+        /// Device id.
+        device: String,
+        /// Server, token and output options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke a device credential; the device's live connections are closed.
+    Revoke {
+        /// Device id.
+        device: String,
+        /// Credential id (cred_…).
+        id: String,
         /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,
@@ -402,6 +442,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
     }
     let strings = [
         ("http", "listen", &args.http_listen),
+        ("mqtt", "listen", &args.mqtt_listen),
         ("store", "url", &args.database_url),
         ("log", "format", &args.log_format),
         ("log", "level", &args.log_level),
@@ -429,7 +470,11 @@ fn serve(args: &ServeArgs) -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let listener = crate::serve::bind_http(config.http_listen).await?;
-        crate::serve::run(config, listener, crate::serve::shutdown_signal()).await
+        let mqtt = match config.mqtt.listen {
+            Some(addr) => Some(crate::gateway::bind_mqtt(addr).await?),
+            None => None,
+        };
+        crate::serve::run(config, listener, mqtt, crate::serve::shutdown_signal()).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

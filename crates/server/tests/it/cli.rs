@@ -147,6 +147,44 @@ async fn groups_and_tokens_through_the_cli() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn device_credentials_through_the_cli() {
+    let server = TestServer::start().await;
+    let cli = Cli { server: &server };
+    cli.ok(&["device", "create", "boiler-7", "--state", "active"]);
+
+    let out = cli.ok(&["device", "credential", "create", "boiler-7"]);
+    let secret = out.lines().last().unwrap().trim().to_owned();
+    assert!(secret.starts_with("hdc_") && secret.len() == 68, "{out}");
+    assert!(out.contains("never expires") && out.contains("shown only once"), "{out}");
+    let created =
+        cli.json(&["device", "credential", "create", "boiler-7", "--expires-in-days", "30"]);
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("cred_") && created["token"].as_str().unwrap().starts_with("hdc_"));
+    assert!(created["expires_at"].is_string(), "{created}");
+
+    let table = cli.ok(&["device", "credential", "list", "boiler-7"]);
+    assert!(table.starts_with("ID") && table.contains(&id), "{table}");
+    assert!(!table.contains(&secret), "{table}");
+    let list = cli.json(&["device", "credential", "list", "boiler-7"]);
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().all(|c| c.get("token").is_none()), "{list}");
+
+    let revoked = cli.json(&["device", "credential", "revoke", "boiler-7", &id]);
+    assert!(revoked["revoked_at"].is_string(), "{revoked}");
+    let done = cli.ok(&["device", "credential", "revoke", "boiler-7", &id]);
+    assert!(done.contains(&format!("revoked credential {id}")), "{done}");
+
+    let token = Some(server.admin_token.as_str());
+    let err = cli.fails(&["device", "credential", "create", "nope"], token);
+    assert!(err.contains("device_not_found") && err.contains("404"), "{err}");
+    let err =
+        cli.fails(&["device", "credential", "revoke", "boiler-7", "cred_0000000000000000"], token);
+    assert!(err.contains("credential_not_found"), "{err}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn import_of_100k_devices_reports_counts() {
     let server = TestServer::start().await;
     let cli = Cli { server: &server };

@@ -1,7 +1,9 @@
 //! End-to-end tests of the `herd` binary: the README tour, the operator CLI against an in-process
-//! server, and the `herd serve` process itself (startup, configuration errors, shutdown).
+//! server, the `herd serve` process itself (startup, configuration errors, shutdown), and the MQTT
+//! device gateway with real clients.
 
 mod cli;
+mod mqtt;
 mod postgres;
 mod process;
 mod tour;

@@ -1,0 +1,339 @@
+//! The MQTT device gateway of `herd serve`: the TCP listener, device authentication and per-device
+//! ACLs, and enforcement of access changes on live connections.
+//!
+//! - [`bind_mqtt`] binds the listener before [`crate::serve::run`] starts, like HTTP.
+//! - [`accept_loop`] accepts sockets until told to stop, holding one permit of a semaphore per
+//!   connection (`mqtt.max_connections`), and serves each with [`BrokerHandle::serve`] in a tracked
+//!   task.
+//! - [`DeviceAuthenticator`] checks a CONNECT: the client identifier is the device id, the password a
+//!   device credential, and only `active` devices connect. It gives the device a [`DeviceAcl`]: its
+//!   own subtree `devices/{id}/` and nothing else.
+//! - [`enforce_access_changes`] closes the live connection of a device whose access the REST API has
+//!   taken away (suspended, deleted, credential revoked); its next CONNECT is checked again.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use domain::{DeviceAccessChange, DeviceId, LifecycleState, Timestamp, TokenHash};
+use mqtt_broker::{Acl, Authenticator, BrokerHandle, Identity};
+use mqtt_codec::{Connect, ReasonCode, TopicFilter, TopicName};
+use store::Store;
+use subtle::ConstantTimeEq as _;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Capacity of the channel of access-change events from the REST API to the gateway. When it is full
+/// the REST requests that revoke access wait for room (http-api never drops an event); the gateway
+/// empties it as fast as the broker takes disconnect commands.
+pub const ACCESS_EVENTS_CAPACITY: usize = 256;
+
+/// How long the accept loop pauses after an accept error (such as running out of file descriptors),
+/// so that it does not spin while the condition lasts.
+const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Binds the MQTT listener, naming the address and the setting to change when it fails.
+///
+/// # Errors
+/// When the address is in use (Mosquitto often holds 127.0.0.1:1883), not local, or not permitted.
+pub async fn bind_mqtt(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                "the address is already in use by another process (another MQTT broker, such as \
+                 Mosquitto?)"
+                    .to_owned()
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "permission denied (ports below 1024 need privileges)".to_owned()
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                "the address is not one of this machine's".to_owned()
+            }
+            _ => e.to_string(),
+        };
+        anyhow::anyhow!(
+            "cannot listen for MQTT on {addr}: {why}; choose another address with --mqtt-listen, \
+             HERD_MQTT__LISTEN or mqtt.listen in the config file (empty disables MQTT)"
+        )
+    })
+}
+
+/// Accepts MQTT connections on `listener` until `stop` is cancelled, serving each in a task of
+/// `connections`.
+///
+/// At most `max_connections` are served at once: a socket accepted beyond that is closed at once,
+/// before it can send anything, and counted (`mqtt_connections_rejected_total`). The connection tasks
+/// end by themselves when the broker's shutdown token fires (DISCONNECT 0x8B); the caller waits for
+/// `connections` after cancelling it.
+pub async fn accept_loop(
+    listener: TcpListener,
+    broker: BrokerHandle,
+    authenticator: Arc<DeviceAuthenticator>,
+    max_connections: usize,
+    connections: TaskTracker,
+    stop: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(error = %error, "failed to accept an MQTT connection");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => continue,
+                }
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            metrics::counter!("mqtt_connections_rejected_total", "reason" => "max_connections")
+                .increment(1);
+            tracing::warn!(%peer, max_connections, "too many MQTT connections; closing a new one");
+            drop(stream);
+            continue;
+        };
+        // Small packets (PUBACK, PINGRESP) go out at once rather than waiting for more.
+        let _ = stream.set_nodelay(true);
+        let broker = broker.clone();
+        let authenticator = Arc::clone(&authenticator);
+        connections.spawn(async move {
+            // The connection logs its own end in its span.
+            let _ = broker.serve(stream, Some(peer), authenticator.as_ref()).await;
+            drop(permit);
+        });
+    }
+    tracing::debug!("MQTT listener closed");
+}
+
+/// Closes the live MQTT connection of each device named on `events` with DISCONNECT 0x98
+/// (Administrative action; v3.1.1 clients see the socket close), until `stop` is cancelled or every
+/// sender is gone.
+pub async fn enforce_access_changes(
+    mut events: mpsc::Receiver<DeviceAccessChange>,
+    broker: BrokerHandle,
+    stop: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => break,
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => break,
+            },
+        };
+        match broker
+            .disconnect_client(event.device_id.as_str(), ReasonCode::AdministrativeAction)
+            .await
+        {
+            Ok(connected) => tracing::info!(
+                device_id = %event.device_id,
+                reason = ?event.reason,
+                connected,
+                "device access changed; closing its MQTT connection"
+            ),
+            Err(error) => {
+                tracing::debug!(error = %error, "broker stopped; access changes no longer enforced");
+                break;
+            }
+        }
+    }
+}
+
+/// Authenticates devices: client identifier = device id, password = a device credential.
+#[derive(Debug, Clone)]
+pub struct DeviceAuthenticator {
+    store: Arc<dyn Store>,
+}
+
+impl DeviceAuthenticator {
+    /// An authenticator checking credentials and devices in `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    async fn check(&self, connect: &Connect) -> Result<DeviceId, Refusal> {
+        // The client identifier names the device; an empty one (which would get an assigned
+        // identifier) names none.
+        let device_id = DeviceId::new(connect.client_id.as_str())
+            .map_err(|_| Refusal::new(ReasonCode::ClientIdentifierNotValid, "client_id"))?;
+        if let Some(username) = &connect.username
+            && username.as_str() != device_id.as_str()
+        {
+            return Err(Refusal::new(ReasonCode::BadUserNameOrPassword, "username_mismatch"));
+        }
+        let password = connect
+            .password
+            .as_ref()
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .ok_or(Refusal::new(ReasonCode::BadUserNameOrPassword, "no_password"))?;
+        let hash = TokenHash::of_secret(password);
+        let credential = self
+            .store
+            .device_credential_by_hash(&hash)
+            .await
+            .map_err(|e| Refusal::unavailable(&e))?
+            .ok_or(Refusal::new(ReasonCode::BadUserNameOrPassword, "unknown_credential"))?;
+        // The store found it by this hash; comparing again in constant time keeps the decision
+        // independent of how a backend compares.
+        let same_hash: bool = credential.hash.as_bytes().ct_eq(hash.as_bytes()).into();
+        if !same_hash || credential.device_id != device_id {
+            return Err(Refusal::new(ReasonCode::BadUserNameOrPassword, "wrong_device"));
+        }
+        if !credential.is_usable_at(Timestamp::now()) {
+            return Err(Refusal::new(ReasonCode::BadUserNameOrPassword, "credential_not_usable"));
+        }
+        let device = self.store.device(&device_id).await.map_err(|e| Refusal::unavailable(&e))?;
+        match device.map(|d| d.state) {
+            Some(LifecycleState::Active) => Ok(device_id),
+            // MQTT 5 §3.2.2.2: 0x8A Banned, "this Client has been banned by administrative action":
+            // an operator took the device out of service.
+            Some(
+                LifecycleState::Suspended
+                | LifecycleState::Decommissioned
+                | LifecycleState::Retired,
+            ) => Err(Refusal::new(ReasonCode::Banned, "device_not_active")),
+            // 0x87 Not authorized, "the Client is not authorized to connect": a registered device
+            // has not been activated yet; a deleted one has no right at all. Both are return code 5
+            // (refused, not authorized) on v3.1.1, as is 0x8A.
+            Some(LifecycleState::Registered) | None => {
+                Err(Refusal::new(ReasonCode::NotAuthorized, "device_not_active"))
+            }
+        }
+    }
+}
+
+/// Why a CONNECT was refused: the reason code the client gets and a label for logs and metrics.
+#[derive(Debug, Clone, Copy)]
+struct Refusal {
+    code: ReasonCode,
+    why: &'static str,
+}
+
+impl Refusal {
+    fn new(code: ReasonCode, why: &'static str) -> Self {
+        Self { code, why }
+    }
+
+    /// The store failed: 0x88 Server unavailable (v3.1.1 return code 3), so the device retries.
+    fn unavailable(error: &store::StoreError) -> Self {
+        tracing::error!(error = %error, "device authentication failed: store error");
+        Self::new(ReasonCode::ServerUnavailable, "store_error")
+    }
+}
+
+impl Authenticator for DeviceAuthenticator {
+    async fn authenticate(
+        &self,
+        connect: &Connect,
+        _peer: Option<SocketAddr>,
+    ) -> Result<Identity, ReasonCode> {
+        match self.check(connect).await {
+            Ok(device_id) => {
+                let acl = DeviceAcl::new(&device_id);
+                Ok(Identity::new(device_id.as_str(), Arc::new(acl)))
+            }
+            Err(refusal) => {
+                metrics::counter!("mqtt_auth_failures_total", "reason" => refusal.why).increment(1);
+                tracing::info!(
+                    reason = refusal.why,
+                    code = ?refusal.code,
+                    "device authentication refused"
+                );
+                Err(refusal.code)
+            }
+        }
+    }
+}
+
+/// A device's ACL: publish and subscribe only under `devices/{its id}/`.
+///
+/// Device ids hold only `[A-Za-z0-9._:-]`, so the prefix has no wildcard or separator of its own: a
+/// filter that starts with it can only match topics inside the subtree, whatever wildcards follow.
+#[derive(Debug, Clone)]
+pub struct DeviceAcl {
+    /// `devices/{id}/`.
+    prefix: String,
+}
+
+impl DeviceAcl {
+    /// The ACL of device `id`.
+    pub fn new(id: &DeviceId) -> Self {
+        Self { prefix: format!("devices/{}/", id.as_str()) }
+    }
+}
+
+impl Acl for DeviceAcl {
+    fn may_publish(&self, topic: &TopicName) -> bool {
+        topic.as_str().starts_with(&self.prefix)
+    }
+
+    fn may_subscribe(&self, filter: &TopicFilter) -> bool {
+        // For `$share/{group}/{filter}` this is the inner filter, so a shared subscription is allowed
+        // exactly when the same filter would be.
+        filter.filter().starts_with(&self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check_subscribe(filter: &str, allowed: bool) {
+        let acl = DeviceAcl::new(&DeviceId::new("dev-1").unwrap());
+        let f = TopicFilter::new(filter).unwrap();
+        assert_eq!(acl.may_subscribe(&f), allowed, "{filter}");
+    }
+
+    #[track_caller]
+    fn check_publish(topic: &str, allowed: bool) {
+        let acl = DeviceAcl::new(&DeviceId::new("dev-1").unwrap());
+        let t = TopicName::new(topic).unwrap();
+        assert_eq!(acl.may_publish(&t), allowed, "{topic}");
+    }
+
+    #[test]
+    fn subscriptions_stay_in_the_subtree() {
+        check_subscribe("devices/dev-1/#", true);
+        check_subscribe("devices/dev-1/telemetry", true);
+        check_subscribe("devices/dev-1/+/x", true);
+        check_subscribe("$share/g/devices/dev-1/#", true);
+        check_subscribe("#", false);
+        check_subscribe("+/dev-1/#", false);
+        check_subscribe("devices/#", false);
+        check_subscribe("devices/+/telemetry", false);
+        check_subscribe("devices/dev-1", false);
+        check_subscribe("devices/dev-10/#", false);
+        check_subscribe("devices/dev-2/#", false);
+        check_subscribe("$share/g/#", false);
+        check_subscribe("$share/g/devices/+/x", false);
+        check_subscribe("$share/devices/dev-1/#", false);
+        check_subscribe("$SYS/#", false);
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_names_the_setting_to_change() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = bind_mqtt(addr).await.unwrap_err().to_string();
+        assert!(err.contains(&addr.to_string()), "{err}");
+        assert!(err.contains("already in use"), "{err}");
+        assert!(err.contains("--mqtt-listen") && err.contains("HERD_MQTT__LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn publishing_stays_in_the_subtree() {
+        check_publish("devices/dev-1/telemetry", true);
+        check_publish("devices/dev-1/a/b", true);
+        check_publish("devices/dev-1", false);
+        check_publish("devices/dev-10/telemetry", false);
+        check_publish("devices/dev-2/telemetry", false);
+        check_publish("other", false);
+    }
+}

@@ -9,6 +9,7 @@
 //!   what a device presents when it connects (its secret is kept only as a [`TokenHash`]).
 //! - [`AuditRecord`] and [`audit::chain_hash`] define the hash-chained audit log; [`audit::verify_chain`]
 //!   finds the first broken link.
+//! - [`Presence`] is what the MQTT gateway last saw of a device's connection (not audited).
 //! - [`Mutation`] says who changes something and when; every write to the store carries one.
 
 pub mod audit;
@@ -16,6 +17,7 @@ pub mod credential;
 pub mod device;
 pub mod filter;
 pub mod group;
+pub mod presence;
 pub mod timestamp;
 pub mod token;
 
@@ -29,6 +31,7 @@ pub use device::{
 };
 pub use filter::{Field, Filter, FilterError};
 pub use group::{Group, GroupKind, GroupName, GroupPatch, NewGroup};
+pub use presence::Presence;
 pub use timestamp::Timestamp;
 pub use token::{ApiToken, NewToken, Role, TokenHash, TokenId};
 

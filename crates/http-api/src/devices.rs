@@ -9,7 +9,7 @@ use axum::http::{HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use domain::{
     AccessChangeReason, Attributes, Device, DevicePatch, DisplayName, InvalidInput, LifecycleState,
-    NewDevice, Tags,
+    NewDevice, Presence, Tags,
 };
 use serde::{Deserialize, Serialize};
 use store::Page;
@@ -44,6 +44,57 @@ pub(crate) struct DeviceDto {
     updated_at: String,
     /// Incremented on every change; the `ETag` is this number in quotes.
     version: u64,
+    /// The device's MQTT connection as the gateway last saw it. Only in the response of
+    /// `GET /api/v1/devices/{id}`; not part of the `ETag` (it is not versioned).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connectivity: Option<ConnectivityDto>,
+}
+
+/// A device's MQTT connection: all fields but `connected` are `null` when it never connected.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Connectivity)]
+pub(crate) struct ConnectivityDto {
+    /// Whether the device has an open MQTT connection now.
+    connected: bool,
+    /// When its current (or last) connection was accepted (RFC 3339).
+    #[schema(example = "2026-11-26T12:00:00Z")]
+    connected_at: Option<String>,
+    /// When its last connection ended (RFC 3339).
+    disconnected_at: Option<String>,
+    /// Remote address (`ip:port`) of its current (or last) connection.
+    #[schema(example = "192.0.2.10:53012")]
+    remote_addr: Option<String>,
+    /// MQTT version of its current (or last) connection: `3.1.1` or `5`.
+    #[schema(example = "5")]
+    protocol: Option<String>,
+    /// Why its last connection ended: `clean`, `keep_alive_timeout`, `taken_over`, `revoked`,
+    /// `server_shutdown`, `server_restart`, `protocol_error`, `connection_lost`, `io_error`,
+    /// `administrative` or `error`.
+    #[schema(example = "clean")]
+    last_disconnect_reason: Option<String>,
+}
+
+impl From<Option<Presence>> for ConnectivityDto {
+    fn from(p: Option<Presence>) -> Self {
+        match p {
+            Some(p) => Self {
+                connected: p.connected,
+                connected_at: p.connected_at.map(|t| t.to_rfc3339()),
+                disconnected_at: p.disconnected_at.map(|t| t.to_rfc3339()),
+                remote_addr: p.remote_addr,
+                protocol: p.protocol,
+                last_disconnect_reason: p.last_disconnect_reason,
+            },
+            None => Self {
+                connected: false,
+                connected_at: None,
+                disconnected_at: None,
+                remote_addr: None,
+                protocol: None,
+                last_disconnect_reason: None,
+            },
+        }
+    }
 }
 
 impl From<&Device> for DeviceDto {
@@ -57,6 +108,7 @@ impl From<&Device> for DeviceDto {
             created_at: d.created_at.to_rfc3339(),
             updated_at: d.updated_at.to_rfc3339(),
             version: d.version,
+            connectivity: None,
         }
     }
 }
@@ -163,13 +215,18 @@ pub(crate) fn device_patch(
 
 /// A device response: the device as JSON with its `ETag`.
 fn device_response(status: StatusCode, device: &Device) -> Response {
+    with_etag(status, device, DeviceDto::from(device))
+}
+
+/// `dto` as JSON with the `ETag` of `device` (and its `Location` when created).
+fn with_etag(status: StatusCode, device: &Device, dto: DeviceDto) -> Response {
     let mut headers = vec![(header::ETAG, etag(device.version))];
     if status == StatusCode::CREATED {
         let location: (HeaderName, String) =
             (header::LOCATION, format!("/api/v1/devices/{}", device.id));
         headers.push(location);
     }
-    let mut response = (status, Json(DeviceDto::from(device))).into_response();
+    let mut response = (status, Json(dto)).into_response();
     for (name, value) in headers {
         if let Ok(value) = value.parse() {
             response.headers_mut().insert(name, value);
@@ -253,7 +310,7 @@ pub(crate) async fn list_devices(
     params(("id" = String, Path, description = "Device id")),
     security(("bearer" = ["viewer"])),
     responses(
-        (status = 200, description = "The device; `ETag` holds its version", body = DeviceDto),
+        (status = 200, description = "The device with its `connectivity`; `ETag` holds its version", body = DeviceDto),
         (status = 400, description = "`invalid_device_id`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`device_not_found`", body = Problem, content_type = "application/problem+json"),
     ),
@@ -265,7 +322,9 @@ pub(crate) async fn get_device(
 ) -> Result<Response, ApiError> {
     let device =
         state.store().device(&id).await?.ok_or_else(|| ApiError::DeviceNotFound(id.to_string()))?;
-    Ok(device_response(StatusCode::OK, &device))
+    let presence = state.store().presence(&id).await?;
+    let dto = DeviceDto { connectivity: Some(presence.into()), ..DeviceDto::from(&device) };
+    Ok(with_etag(StatusCode::OK, &device, dto))
 }
 
 /// Change a device's name, tags, attributes or lifecycle state.

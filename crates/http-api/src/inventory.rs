@@ -1,4 +1,4 @@
-//! `/api/v1/inventory`: fleet-wide counts.
+//! `/api/v1/inventory`: fleet-wide counts (lifecycle states, MQTT connectivity).
 
 use std::collections::BTreeMap;
 
@@ -42,4 +42,37 @@ pub(crate) async fn summary(
     }
     let total = by_state.values().sum();
     Ok(Json(InventorySummary { total, by_state }))
+}
+
+/// How many devices are connected over MQTT now, have ever connected, and exist.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ConnectivitySummary {
+    /// Devices with an open MQTT connection now.
+    connected: u64,
+    /// Devices that have connected at least once.
+    ever_connected: u64,
+    /// All devices.
+    total: u64,
+}
+
+/// Count connected devices.
+#[utoipa::path(
+    get,
+    path = "/api/v1/inventory/connectivity",
+    tag = "devices",
+    security(("bearer" = ["viewer"])),
+    responses((status = 200, description = "The counts", body = ConnectivitySummary)),
+)]
+pub(crate) async fn connectivity(
+    _caller: Caller<Viewer>,
+    State(state): State<AppState>,
+) -> Result<Json<ConnectivitySummary>, ApiError> {
+    let summary = state.store().connectivity_summary().await?;
+    let counts = state.store().count_devices_by_state().await?;
+    let total = counts.0.iter().map(|(_, n)| n).sum();
+    Ok(Json(ConnectivitySummary {
+        connected: summary.connected,
+        ever_connected: summary.ever_connected,
+        total,
+    }))
 }

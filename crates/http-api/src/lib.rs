@@ -92,6 +92,7 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(credentials::revoke_credential))
         .routes(routes!(import::import_devices))
         .routes(routes!(inventory::summary))
+        .routes(routes!(inventory::connectivity))
         .routes(routes!(groups::create_group, groups::list_groups))
         .routes(routes!(groups::get_group, groups::update_group, groups::delete_group))
         .routes(routes!(groups::group_devices))

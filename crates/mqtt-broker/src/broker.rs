@@ -18,8 +18,9 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use mqtt_codec::{ClientId, QoS, ReasonCode, RetainHandling, TopicFilter};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -28,6 +29,7 @@ use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::counters::{self, DropReason};
+use crate::events::ConnectionEvent;
 use crate::retained::{RetainOutcome, RetainedStore};
 use crate::session::{Outbound, SessionState, SubscriberId};
 use crate::topic_tree::{Match, SubOptions, TopicTree};
@@ -69,6 +71,9 @@ struct Shared {
     shutdown: CancellationToken,
     /// Source of connection identifiers and assigned client identifiers.
     ids: AtomicU64,
+    /// Where connection events go, once [`BrokerHandle::connection_events`] was called. Locked only
+    /// to clone the sender or replace it, never across an `.await`.
+    events: Mutex<Option<mpsc::Sender<ConnectionEvent>>>,
 }
 
 /// A request to the broker task.
@@ -210,7 +215,13 @@ impl Broker {
             next_id: 0,
         };
         let handle = BrokerHandle {
-            shared: Arc::new(Shared { commands: tx, config, shutdown, ids: AtomicU64::new(1) }),
+            shared: Arc::new(Shared {
+                commands: tx,
+                config,
+                shutdown,
+                ids: AtomicU64::new(1),
+                events: Mutex::new(None),
+            }),
         };
         (broker, handle)
     }
@@ -670,6 +681,32 @@ impl BrokerHandle {
         let (reply, rx) = oneshot::channel();
         self.send(Command::DisconnectClient { client_id, reason, reply }).await?;
         rx.await.map_err(|_| BrokerError::Stopped)
+    }
+
+    /// Starts reporting clients connecting and disconnecting on the returned receiver, which holds up
+    /// to `capacity` events. See the `events` module for the order of events and the overload
+    /// policy: when the receiver is full, events are dropped and counted
+    /// (`mqtt_presence_events_dropped_total`); the broker never waits for the consumer.
+    ///
+    /// Calling it again replaces the earlier receiver, which then receives nothing more.
+    #[must_use]
+    pub fn connection_events(&self, capacity: NonZeroUsize) -> mpsc::Receiver<ConnectionEvent> {
+        let (tx, rx) = mpsc::channel(capacity.get());
+        *self.shared.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+        rx
+    }
+
+    /// Reports `event` to the connection-event receiver, if there is one, without waiting.
+    pub(crate) fn emit(&self, event: ConnectionEvent) {
+        let sender =
+            self.shared.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let Some(sender) = sender else { return };
+        match sender.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => counters::presence_event_dropped("full"),
+            // The consumer stopped (shutdown): nobody is listening any more.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
     }
 
     /// The configuration the broker runs with.

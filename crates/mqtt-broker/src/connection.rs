@@ -36,6 +36,7 @@ use crate::broker::{
     SubscribeRequest, WillMessage,
 };
 use crate::counters::{self, DropReason};
+use crate::events::{ConnectionEvent, DisconnectReason};
 use crate::session::{Awaiting, InFlight, Outbound, SessionState, SubscriberId};
 use crate::topic_tree::SubOptions;
 use crate::{Authenticator, BrokerConfig, BrokerHandle, ConnectionError, Identity, Message};
@@ -194,6 +195,7 @@ where
     });
     let mut connection = Connection {
         handle,
+        client_id,
         config,
         reader,
         writer,
@@ -220,6 +222,12 @@ where
     // [MQTT-4.4.0-1]: resend unacknowledged PUBLISH and PUBREL packets of a resumed session.
     connection.resend_inflight()?;
     tracing::debug!(?version, session_present = reply.session_present, "connected");
+    counters::connection_opened();
+    connection.handle.emit(ConnectionEvent::Connected {
+        client_id: connection.client_id.clone(),
+        peer,
+        protocol: version,
+    });
 
     let end = connection.run().await;
     connection.finish(end, will, conn_id).await
@@ -273,9 +281,11 @@ async fn read_connect<R: AsyncRead + Unpin>(
             return Ok(connect);
         }
         buf.reserve(READ_RESERVE);
-        if reader.read_buf(buf).await? == 0 {
+        let n = reader.read_buf(buf).await?;
+        if n == 0 {
             return Err(ConnectionError::ClosedByPeer);
         }
+        counters::bytes_received(n);
     }
 }
 
@@ -335,6 +345,7 @@ struct PendingAck {
 
 struct Connection<IO> {
     handle: BrokerHandle,
+    client_id: ClientId,
     config: BrokerConfig,
     reader: ReadHalf<IO>,
     writer: WriteHalf<IO>,
@@ -440,9 +451,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 return Err(ConnectionError::BrokerStopped);
             }
             Event::Read(read) => {
-                if read? == 0 {
+                let n = read?;
+                if n == 0 {
                     return Err(ConnectionError::ClosedByPeer);
                 }
+                counters::bytes_received(n);
                 return self.process_input().await;
             }
             Event::Written(written) => {
@@ -450,6 +463,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 if n == 0 {
                     return Err(ConnectionError::ClosedByPeer);
                 }
+                counters::bytes_sent(n);
                 self.out_buf.advance(n);
             }
             Event::Outbound(Some(out)) => self.enqueue(out)?,
@@ -839,6 +853,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             return Ok(false);
         }
         self.write(&packet)?;
+        counters::sent(qos);
         Ok(true)
     }
 
@@ -855,6 +870,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         will: Option<WillMessage>,
         conn_id: u64,
     ) -> Result<(), ConnectionError> {
+        let ended = disconnect_reason(&end);
         let (reason, publish_will, result) = match end {
             End::Client { publish_will } => (None, publish_will, Ok(())),
             End::TakenOver => (Some(ReasonCode::SessionTakenOver), true, Ok(())),
@@ -887,6 +903,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 self.state.queue.push_back(out);
             }
         }
+        // Before the hand-over, so that the connection taking the session over reports `Connected`
+        // after this (see the `events` module).
+        counters::connection_closed();
+        self.handle.emit(ConnectionEvent::Disconnected {
+            client_id: self.client_id.clone(),
+            reason: ended,
+        });
         let state = std::mem::take(&mut self.state);
         let disconnected = Disconnected {
             session: self.session,
@@ -897,12 +920,38 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         };
         let _ = self.handle.send(Command::Disconnected(disconnected)).await;
         let close_timeout = self.config.close_timeout;
-        let _ = timeout(close_timeout, async {
+        let pending = self.out_buf.len();
+        let flushed = timeout(close_timeout, async {
             self.writer.write_all(&self.out_buf).await?;
             self.writer.shutdown().await
         })
         .await;
+        if matches!(flushed, Ok(Ok(()))) {
+            counters::bytes_sent(pending);
+        }
         result
+    }
+}
+
+/// Why the main loop's `end` ended the connection, as reported in [`ConnectionEvent::Disconnected`].
+fn disconnect_reason(end: &End) -> DisconnectReason {
+    match end {
+        End::Client { .. } => DisconnectReason::Clean,
+        End::TakenOver => DisconnectReason::TakenOver,
+        End::Server(code) => DisconnectReason::Administrative(*code),
+        End::Shutdown => DisconnectReason::ServerShutdown,
+        End::Error(error) => match error {
+            ConnectionError::KeepAliveTimeout => DisconnectReason::KeepAliveTimeout,
+            ConnectionError::Decode(_) | ConnectionError::Protocol(_) => {
+                DisconnectReason::ProtocolError
+            }
+            ConnectionError::ClosedByPeer => DisconnectReason::ConnectionLost,
+            ConnectionError::Io(_) => DisconnectReason::IoError,
+            ConnectionError::ConnectTimeout
+            | ConnectionError::Encode(_)
+            | ConnectionError::Refused(_)
+            | ConnectionError::BrokerStopped => DisconnectReason::Error,
+        },
     }
 }
 

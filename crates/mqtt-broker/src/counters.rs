@@ -63,3 +63,33 @@ pub(crate) fn retained_refused() {
 pub(crate) fn received(qos: QoS) {
     metrics::counter!("mqtt_messages_received_total", "qos" => qos_label(qos)).increment(1);
 }
+
+/// Counts a message written to a client, by QoS.
+pub(crate) fn sent(qos: QoS) {
+    metrics::counter!("mqtt_messages_sent_total", "qos" => qos_label(qos)).increment(1);
+}
+
+/// Counts bytes read from clients.
+pub(crate) fn bytes_received(n: usize) {
+    metrics::counter!("mqtt_bytes_received_total").increment(n as u64);
+}
+
+/// Counts bytes written to clients.
+pub(crate) fn bytes_sent(n: usize) {
+    metrics::counter!("mqtt_bytes_sent_total").increment(n as u64);
+}
+
+/// Tracks the number of clients holding a session on a live connection (`mqtt_connections`).
+pub(crate) fn connection_opened() {
+    metrics::gauge!("mqtt_connections").increment(1.0);
+}
+
+/// See [`connection_opened`].
+pub(crate) fn connection_closed() {
+    metrics::gauge!("mqtt_connections").decrement(1.0);
+}
+
+/// Counts a connection event the consumer had no room for.
+pub(crate) fn presence_event_dropped(reason: &'static str) {
+    metrics::counter!("mqtt_presence_events_dropped_total", "reason" => reason).increment(1);
+}

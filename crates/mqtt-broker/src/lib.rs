@@ -10,6 +10,8 @@
 //!   CONNECT with the server's [`Authenticator`], which returns an [`Identity`] carrying a compiled
 //!   [`Acl`], and checks every topic and filter against it.
 //! - [`BrokerConfig`] holds every limit; each field says what happens when it is reached.
+//! - [`BrokerHandle::connection_events`] reports clients connecting and disconnecting (with a
+//!   [`DisconnectReason`]) on a bounded channel that never blocks the broker (`events`).
 //!
 //! Data flows client → connection → broker task → subscribers' connections (bounded channels, never
 //! awaited by the broker) → clients. QoS 1 and 2 messages from clients are acknowledged only after the
@@ -22,6 +24,7 @@ mod config;
 mod connection;
 mod counters;
 mod error;
+mod events;
 mod message;
 mod retained;
 mod session;
@@ -31,4 +34,5 @@ pub use crate::auth::{Acl, AllowAll, Authenticator, Identity};
 pub use crate::broker::{Broker, BrokerHandle};
 pub use crate::config::BrokerConfig;
 pub use crate::error::{BrokerError, ConnectionError};
+pub use crate::events::{ConnectionEvent, DisconnectReason, protocol_label};
 pub use crate::message::Message;

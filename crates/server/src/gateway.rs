@@ -10,12 +10,16 @@
 //!   own subtree `devices/{id}/` and nothing else.
 //! - [`enforce_access_changes`] closes the live connection of a device whose access the REST API has
 //!   taken away (suspended, deleted, credential revoked); its next CONNECT is checked again.
+//! - [`record_presence`] turns the broker's connection events into presence records in the store
+//!   (`connected`, since when, from where, over which protocol, why the last connection ended).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use domain::{DeviceAccessChange, DeviceId, LifecycleState, Timestamp, TokenHash};
-use mqtt_broker::{Acl, Authenticator, BrokerHandle, Identity};
+use mqtt_broker::{
+    Acl, Authenticator, BrokerHandle, ConnectionEvent, DisconnectReason, Identity, protocol_label,
+};
 use mqtt_codec::{Connect, ReasonCode, TopicFilter, TopicName};
 use store::Store;
 use subtle::ConstantTimeEq as _;
@@ -28,6 +32,12 @@ use tokio_util::task::TaskTracker;
 /// the REST requests that revoke access wait for room (http-api never drops an event); the gateway
 /// empties it as fast as the broker takes disconnect commands.
 pub const ACCESS_EVENTS_CAPACITY: usize = 256;
+
+/// Capacity of the channel of connection events from the broker to [`record_presence`]. When it is
+/// full (the store is slower than connections come and go) the broker drops further events and
+/// counts them in `mqtt_presence_events_dropped_total`: presence can then be stale for a device until
+/// its next connect or disconnect, and the broker never waits for the store.
+pub const PRESENCE_EVENTS_CAPACITY: usize = 4096;
 
 /// How long the accept loop pauses after an accept error (such as running out of file descriptors),
 /// so that it does not spin while the condition lasts.
@@ -142,6 +152,63 @@ pub async fn enforce_access_changes(
                 break;
             }
         }
+    }
+}
+
+/// Records the broker's connection `events` as device presence in `store` until `stop` is
+/// cancelled; then records the events already queued (the `server_shutdown` disconnects of a
+/// shutdown) and returns. Cancel `stop` only once the connections have ended.
+///
+/// Client identifiers that are not device ids are ignored (no device can own them). A store error
+/// is logged and the event is lost; the next event of the device corrects its presence.
+pub async fn record_presence(
+    mut events: mpsc::Receiver<ConnectionEvent>,
+    store: Arc<dyn Store>,
+    stop: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => break,
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => return,
+            },
+        };
+        record_one(store.as_ref(), event).await;
+    }
+    while let Ok(event) = events.try_recv() {
+        record_one(store.as_ref(), event).await;
+    }
+    tracing::debug!("presence recorder stopped");
+}
+
+async fn record_one(store: &dyn Store, event: ConnectionEvent) {
+    let at = Timestamp::now();
+    let (client_id, result) = match &event {
+        ConnectionEvent::Connected { client_id, peer, protocol } => {
+            let Ok(device_id) = DeviceId::new(client_id.as_str()) else { return };
+            let remote = peer.map(|p| p.to_string()).unwrap_or_default();
+            let protocol = protocol_label(*protocol);
+            (client_id, store.record_connect(&device_id, at, &remote, protocol).await)
+        }
+        ConnectionEvent::Disconnected { client_id, reason } => {
+            let Ok(device_id) = DeviceId::new(client_id.as_str()) else { return };
+            (client_id, store.record_disconnect(&device_id, at, presence_reason(*reason)).await)
+        }
+    };
+    if let Err(error) = result {
+        metrics::counter!("mqtt_presence_events_dropped_total", "reason" => "store_error")
+            .increment(1);
+        tracing::warn!(%client_id, error = %error, "failed to record device presence");
+    }
+}
+
+/// The reason recorded for a device's disconnect: the broker's label, except that the gateway's own
+/// administrative disconnect ([`enforce_access_changes`]) is a revocation of access.
+fn presence_reason(reason: DisconnectReason) -> &'static str {
+    match reason {
+        DisconnectReason::Administrative(ReasonCode::AdministrativeAction) => "revoked",
+        other => other.as_str(),
     }
 }
 

@@ -5,10 +5,14 @@
 //! When the shutdown future resolves (SIGINT/SIGTERM in the binary, a token in tests):
 //! 1. the HTTP and MQTT listeners stop accepting connections;
 //! 2. the broker tells every MQTT client DISCONNECT 0x8B (Server shutting down; v3.1.1 clients see
-//!    the socket close), the connection tasks end and the broker task stops;
+//!    the socket close), the connection tasks end and the broker task stops; then the presence
+//!    recorder writes the disconnects already reported (`server_shutdown`) and stops;
 //! 3. HTTP requests in flight run to completion (their writes commit and are acknowledged);
 //! 4. the store is closed (SQLite checkpoints its WAL, PostgreSQL connections close);
 //! 5. `run` returns.
+//!
+//! At startup, before any device can connect, every device still recorded as connected (the last run
+//! ended without recording it) is marked disconnected with reason `server_restart`.
 //!
 //! Steps 1–3 share one deadline, `server.shutdown_timeout_secs`; past it, remaining MQTT connections
 //! are dropped and remaining requests are aborted (their transactions roll back, nothing half-written
@@ -16,6 +20,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
@@ -209,6 +214,11 @@ pub async fn run(
     let store = open_store(&config).await?;
     tracing::info!(backend = store.backend_name(), "store open");
     bootstrap_admin(store.as_ref(), &config).await?;
+    let stale =
+        store.reset_presence(Timestamp::now()).await.context("failed to reset device presence")?;
+    if stale > 0 {
+        tracing::info!(devices = stale, "marked devices still recorded as connected disconnected");
+    }
 
     // The broker runs whether or not devices can reach it over TCP: Herd's features use it in-process.
     let broker_stop = CancellationToken::new();
@@ -230,8 +240,19 @@ pub async fn run(
 
     let stop_accepting = CancellationToken::new();
     let connections = TaskTracker::new();
+    let presence_stop = CancellationToken::new();
+    let presence = TaskTracker::new();
     let mqtt_local = match mqtt {
         Some(mqtt) => {
+            let events = broker_handle.connection_events(
+                NonZeroUsize::new(gateway::PRESENCE_EVENTS_CAPACITY)
+                    .expect("the capacity constant is not zero"),
+            );
+            presence.spawn(gateway::record_presence(
+                events,
+                Arc::clone(&store),
+                presence_stop.clone(),
+            ));
             let addr = mqtt.local_addr().context("MQTT listener has no local address")?;
             let authenticator = Arc::new(gateway::DeviceAuthenticator::new(Arc::clone(&store)));
             tasks.spawn(gateway::accept_loop(
@@ -279,6 +300,12 @@ pub async fn run(
     .is_err()
     {
         tracing::warn!(timeout = ?config.shutdown_timeout, "shutdown deadline passed; dropping MQTT connections");
+    }
+    // ... and the presence recorder writes what they reported, then stops.
+    presence_stop.cancel();
+    presence.close();
+    if tokio::time::timeout_at(deadline, presence.wait()).await.is_err() {
+        tracing::warn!("shutdown deadline passed; device presence may be left connected");
     }
     // 3. HTTP requests in flight finish.
     let abort = server.abort_handle();

@@ -5,7 +5,7 @@
 //! is then used as `Arc<dyn Store>` like every other backend; the conformance suite in `store` pins
 //! its behaviour to be the same as SQLite's.
 //!
-//! Inside, each area has its module: `devices`, `groups`, `tokens` and `credentials` hold the
+//! Inside, each area has its module: `devices`, `groups`, `tokens`, `credentials` and `presence` hold the
 //! queries, `audit` appends to the hash chain in the same transaction as each change, `filter_sql`
 //! turns device filters into index-backed SQL with bind parameters, and `rows` decodes stored rows
 //! back into validated domain values. Queries are built at run time with binds (`sqlx::query`), never by
@@ -21,6 +21,7 @@ mod devices;
 mod error;
 mod filter_sql;
 mod groups;
+mod presence;
 mod rows;
 mod tokens;
 
@@ -33,13 +34,14 @@ use async_trait::async_trait;
 use domain::{
     ApiToken, AuditRecord, CredentialId, Device, DeviceCredential, DeviceId, DevicePatch, Group,
     GroupName, GroupPatch, ImportRow, Mutation, NewDevice, NewDeviceCredential, NewGroup, NewToken,
-    TokenHash, TokenId,
+    Presence, Timestamp, TokenHash, TokenId,
 };
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 use store::{
-    DeviceQuery, ImportMode, ImportOutcome, Page, StateCounts, Store, StoreError, StoreResult,
+    ConnectivitySummary, DeviceQuery, ImportMode, ImportOutcome, Page, StateCounts, Store,
+    StoreError, StoreResult,
 };
 
 pub use crate::error::PostgresError;
@@ -292,6 +294,37 @@ impl Store for PostgresStore {
         m: &Mutation,
     ) -> StoreResult<DeviceCredential> {
         credentials::revoke(&self.pool, device, id, m).await
+    }
+
+    async fn record_connect(
+        &self,
+        device: &DeviceId,
+        at: Timestamp,
+        remote_addr: &str,
+        protocol: &str,
+    ) -> StoreResult<()> {
+        presence::record_connect(&self.pool, device, at, remote_addr, protocol).await
+    }
+
+    async fn record_disconnect(
+        &self,
+        device: &DeviceId,
+        at: Timestamp,
+        reason: &str,
+    ) -> StoreResult<()> {
+        presence::record_disconnect(&self.pool, device, at, reason).await
+    }
+
+    async fn presence(&self, device: &DeviceId) -> StoreResult<Option<Presence>> {
+        presence::get(&self.pool, device).await
+    }
+
+    async fn connectivity_summary(&self) -> StoreResult<ConnectivitySummary> {
+        presence::summary(&self.pool).await
+    }
+
+    async fn reset_presence(&self, at: Timestamp) -> StoreResult<u64> {
+        presence::reset(&self.pool, at).await
     }
 
     async fn audit_records(&self, after: u64, limit: NonZeroU32) -> StoreResult<Vec<AuditRecord>> {

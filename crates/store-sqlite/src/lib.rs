@@ -21,6 +21,7 @@ mod credentials;
 mod devices;
 mod filter_sql;
 mod groups;
+mod presence;
 mod rows;
 mod tokens;
 
@@ -32,14 +33,15 @@ use async_trait::async_trait;
 use domain::{
     ApiToken, AuditRecord, CredentialId, Device, DeviceCredential, DeviceId, DevicePatch, Group,
     GroupName, GroupPatch, ImportRow, Mutation, NewDevice, NewDeviceCredential, NewGroup, NewToken,
-    TokenHash, TokenId,
+    Presence, Timestamp, TokenHash, TokenId,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Sqlite, Transaction};
 use store::{
-    DeviceQuery, ImportMode, ImportOutcome, Page, StateCounts, Store, StoreError, StoreResult,
+    ConnectivitySummary, DeviceQuery, ImportMode, ImportOutcome, Page, StateCounts, Store,
+    StoreError, StoreResult,
 };
 
 use crate::rows::{AUDIT_COLUMNS, AuditRow, audit_from_row, db};
@@ -333,6 +335,37 @@ impl Store for SqliteStore {
         m: &Mutation,
     ) -> StoreResult<DeviceCredential> {
         credentials::revoke(self, device, id, m).await
+    }
+
+    async fn record_connect(
+        &self,
+        device: &DeviceId,
+        at: Timestamp,
+        remote_addr: &str,
+        protocol: &str,
+    ) -> StoreResult<()> {
+        presence::record_connect(self, device, at, remote_addr, protocol).await
+    }
+
+    async fn record_disconnect(
+        &self,
+        device: &DeviceId,
+        at: Timestamp,
+        reason: &str,
+    ) -> StoreResult<()> {
+        presence::record_disconnect(self, device, at, reason).await
+    }
+
+    async fn presence(&self, device: &DeviceId) -> StoreResult<Option<Presence>> {
+        presence::get(&mut *self.read().await?, device).await
+    }
+
+    async fn connectivity_summary(&self) -> StoreResult<ConnectivitySummary> {
+        presence::summary(&mut *self.read().await?).await
+    }
+
+    async fn reset_presence(&self, at: Timestamp) -> StoreResult<u64> {
+        presence::reset(self, at).await
     }
 
     async fn audit_records(&self, after: u64, limit: NonZeroU32) -> StoreResult<Vec<AuditRecord>> {

@@ -28,6 +28,8 @@
 //!   `token/<id>`. Deleting a device deletes its credentials without a record of their own.
 //!   Member changes have no `before` and `after` is
 //!   `{"added": [ids]}` / `{"removed": [ids]}`: the ids that actually changed, ascending.
+//! - Presence writes (`record_connect`, `record_disconnect`, `reset_presence`) append no audit
+//!   record; a device's presence is deleted with it.
 //! - Failed writes leave no trace, in the data nor in the audit log.
 //! - Timestamps are the `Mutation`'s; audit `seq` runs from 1 without gaps and
 //!   [`verify_chain`] holds after every case.
@@ -45,13 +47,14 @@ use domain::audit::verify_chain;
 use domain::{
     Actor, ApiToken, Attributes, AuditRecord, CredentialId, Device, DeviceCredential, DeviceId,
     DevicePatch, DisplayName, Filter, Group, GroupKind, GroupName, GroupPatch, ImportRow,
-    LifecycleState, Mutation, NewDevice, NewDeviceCredential, NewGroup, NewToken, Role, Tags,
-    Timestamp, TokenHash, TokenId,
+    LifecycleState, Mutation, NewDevice, NewDeviceCredential, NewGroup, NewToken, Presence, Role,
+    Tags, Timestamp, TokenHash, TokenId,
 };
 use serde_json::{Value, json};
 
 use crate::{
-    DeviceQuery, ImportMode, ImportOutcome, MAX_PAGE_SIZE, Page, Store, StoreError, StoreResult,
+    ConnectivitySummary, DeviceQuery, ImportMode, ImportOutcome, MAX_PAGE_SIZE, Page, Store,
+    StoreError, StoreResult,
 };
 
 /// Generates one `#[tokio::test]` per conformance case.
@@ -107,6 +110,9 @@ macro_rules! conformance_tests {
             device_credential_lookup_and_list,
             revoke_device_credential,
             delete_device_removes_credentials,
+            presence_records_connects_and_disconnects,
+            reset_presence_disconnects_everyone,
+            delete_device_removes_presence,
             audit_trail_of_every_mutation,
             audit_records_page,
             concurrent_writes_keep_the_chain,
@@ -1485,6 +1491,113 @@ pub async fn delete_device_removes_credentials(store: Arc<dyn Store>) {
     assert!(store.device_credentials(&id("d1")).await.unwrap().is_empty());
     let again = store.create_device_credential(&new_credential(1, "d1", None), &at(6_000)).await;
     assert_eq!(again.unwrap(), DeviceCredential { created_at: at(6_000).at, ..c1 });
+    check_chain(&*store).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases: presence
+// ---------------------------------------------------------------------------------------------
+
+/// Connects and disconnects are recorded per device without audit records; a disconnect of a
+/// device that is not connected and a connect of an unknown device are ignored; a reconnect keeps
+/// the last disconnect.
+pub async fn presence_records_connects_and_disconnects(store: Arc<dyn Store>) {
+    for d in ["d1", "d2"] {
+        store.create_device(&new_device(d, LifecycleState::Active), &at(1)).await.unwrap();
+    }
+    let seq = last_seq(&*store).await;
+    let t = |ms: i64| Timestamp::from_millis(BASE + ms);
+    let summary = |connected, ever_connected| ConnectivitySummary { connected, ever_connected };
+    assert_eq!(store.presence(&id("d1")).await.unwrap(), None);
+    assert_eq!(store.connectivity_summary().await.unwrap(), summary(0, 0));
+
+    store.record_disconnect(&id("d1"), t(500), "clean").await.unwrap();
+    assert_eq!(store.presence(&id("d1")).await.unwrap(), None);
+
+    store.record_connect(&id("d1"), t(1_000), "10.0.0.1:5000", "5").await.unwrap();
+    let connected = Presence {
+        device_id: id("d1"),
+        connected: true,
+        connected_at: Some(t(1_000)),
+        disconnected_at: None,
+        remote_addr: Some("10.0.0.1:5000".to_owned()),
+        protocol: Some("5".to_owned()),
+        last_disconnect_reason: None,
+    };
+    assert_eq!(store.presence(&id("d1")).await.unwrap(), Some(connected.clone()));
+    assert_eq!(store.presence(&id("d2")).await.unwrap(), None);
+    assert_eq!(store.connectivity_summary().await.unwrap(), summary(1, 1));
+
+    store.record_disconnect(&id("d1"), t(2_000), "clean").await.unwrap();
+    let disconnected = Presence {
+        connected: false,
+        disconnected_at: Some(t(2_000)),
+        last_disconnect_reason: Some("clean".to_owned()),
+        ..connected
+    };
+    assert_eq!(store.presence(&id("d1")).await.unwrap(), Some(disconnected.clone()));
+    assert_eq!(store.connectivity_summary().await.unwrap(), summary(0, 1));
+
+    // Not connected: a second disconnect changes nothing.
+    store.record_disconnect(&id("d1"), t(3_000), "io_error").await.unwrap();
+    assert_eq!(store.presence(&id("d1")).await.unwrap(), Some(disconnected.clone()));
+
+    store.record_connect(&id("d1"), t(4_000), "10.0.0.2:6000", "3.1.1").await.unwrap();
+    store.record_connect(&id("d2"), t(4_500), "10.0.0.3:7000", "5").await.unwrap();
+    let reconnected = Presence {
+        connected: true,
+        connected_at: Some(t(4_000)),
+        remote_addr: Some("10.0.0.2:6000".to_owned()),
+        protocol: Some("3.1.1".to_owned()),
+        ..disconnected
+    };
+    assert_eq!(store.presence(&id("d1")).await.unwrap(), Some(reconnected));
+    assert_eq!(store.connectivity_summary().await.unwrap(), summary(2, 2));
+
+    store.record_connect(&id("ghost"), t(5_000), "10.0.0.9:1", "5").await.unwrap();
+    assert_eq!(store.presence(&id("ghost")).await.unwrap(), None);
+    assert_eq!(store.connectivity_summary().await.unwrap(), summary(2, 2));
+
+    assert_eq!(last_seq(&*store).await, seq, "presence must not be audited");
+    check_chain(&*store).await;
+}
+
+/// `reset_presence` ends every recorded connection with reason `server_restart` and leaves
+/// disconnected devices as they were.
+pub async fn reset_presence_disconnects_everyone(store: Arc<dyn Store>) {
+    for d in ["d1", "d2", "d3"] {
+        store.create_device(&new_device(d, LifecycleState::Active), &at(1)).await.unwrap();
+    }
+    let t = |ms: i64| Timestamp::from_millis(BASE + ms);
+    store.record_connect(&id("d1"), t(1_000), "10.0.0.1:1", "5").await.unwrap();
+    store.record_connect(&id("d2"), t(1_000), "10.0.0.2:1", "3.1.1").await.unwrap();
+    store.record_disconnect(&id("d2"), t(2_000), "keep_alive_timeout").await.unwrap();
+    let d2 = store.presence(&id("d2")).await.unwrap();
+
+    assert_eq!(store.reset_presence(t(9_000)).await.unwrap(), 1);
+    let d1 = store.presence(&id("d1")).await.unwrap().unwrap();
+    assert!(!d1.connected);
+    assert_eq!(d1.disconnected_at, Some(t(9_000)));
+    assert_eq!(d1.last_disconnect_reason.as_deref(), Some("server_restart"));
+    assert_eq!(d1.connected_at, Some(t(1_000)));
+    assert_eq!(store.presence(&id("d2")).await.unwrap(), d2);
+    assert_eq!(store.presence(&id("d3")).await.unwrap(), None);
+    let summary = store.connectivity_summary().await.unwrap();
+    assert_eq!(summary, ConnectivitySummary { connected: 0, ever_connected: 2 });
+    assert_eq!(store.reset_presence(t(9_500)).await.unwrap(), 0);
+    check_chain(&*store).await;
+}
+
+/// Deleting a device deletes its presence; a new device with the same id starts with none.
+pub async fn delete_device_removes_presence(store: Arc<dyn Store>) {
+    store.create_device(&new_device("d1", LifecycleState::Active), &at(1)).await.unwrap();
+    let t = Timestamp::from_millis(BASE + 1_000);
+    store.record_connect(&id("d1"), t, "10.0.0.1:1", "5").await.unwrap();
+    store.delete_device(&id("d1"), None, &at(2_000)).await.unwrap();
+    assert_eq!(store.presence(&id("d1")).await.unwrap(), None);
+    assert_eq!(store.connectivity_summary().await.unwrap(), ConnectivitySummary::default());
+    store.create_device(&new_device("d1", LifecycleState::Active), &at(3_000)).await.unwrap();
+    assert_eq!(store.presence(&id("d1")).await.unwrap(), None);
     check_chain(&*store).await;
 }
 

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use domain::{
     ApiToken, AuditRecord, CredentialId, Device, DeviceCredential, DeviceId, DevicePatch, Filter,
     Group, GroupName, GroupPatch, IllegalTransition, ImportRow, LifecycleState, Mutation,
-    NewDevice, NewDeviceCredential, NewGroup, NewToken, TokenHash, TokenId,
+    NewDevice, NewDeviceCredential, NewGroup, NewToken, Presence, Timestamp, TokenHash, TokenId,
 };
 
 /// Largest page any list call returns.
@@ -117,6 +117,15 @@ pub enum ImportMode {
 /// Per-state device counts, for the inventory summary.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StateCounts(pub Vec<(LifecycleState, u64)>);
+
+/// Fleet connectivity counts, for the connectivity summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConnectivitySummary {
+    /// Devices with an open MQTT connection now.
+    pub connected: u64,
+    /// Devices that have connected at least once (connected now or not).
+    pub ever_connected: u64,
+}
 
 /// Everything Herd persists.
 ///
@@ -294,6 +303,44 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         id: &CredentialId,
         m: &Mutation,
     ) -> StoreResult<DeviceCredential>;
+
+    // ---- presence ----
+    //
+    // Presence is observed by the MQTT gateway, not changed by an operator: these writes append no
+    // audit record and take no `Mutation`. A device's presence is deleted with the device.
+
+    /// Records that `device` connected at `at` from `remote_addr` speaking MQTT `protocol` (`3.1.1`
+    /// or `5`). The previous disconnect time and reason are kept. A device that does not exist (it
+    /// may have been deleted meanwhile) is ignored.
+    async fn record_connect(
+        &self,
+        device: &DeviceId,
+        at: Timestamp,
+        remote_addr: &str,
+        protocol: &str,
+    ) -> StoreResult<()>;
+
+    /// Records that the connection of `device` ended at `at` for `reason` (`clean`,
+    /// `keep_alive_timeout`, …). Ignored when the device is not recorded as connected.
+    async fn record_disconnect(
+        &self,
+        device: &DeviceId,
+        at: Timestamp,
+        reason: &str,
+    ) -> StoreResult<()>;
+
+    /// What is recorded of a device's connections; `None` when it never connected (or does not
+    /// exist).
+    async fn presence(&self, device: &DeviceId) -> StoreResult<Option<Presence>>;
+
+    /// How many devices are connected and how many ever connected. Index-backed: it does not scan
+    /// the devices.
+    async fn connectivity_summary(&self) -> StoreResult<ConnectivitySummary>;
+
+    /// Marks every device recorded as connected disconnected at `at` with reason
+    /// [`domain::presence::SERVER_RESTART`]; returns how many were. Called once at startup, before
+    /// the gateway accepts connections: no connection survives a restart.
+    async fn reset_presence(&self, at: Timestamp) -> StoreResult<u64>;
 
     // ---- audit ----
 

@@ -37,7 +37,20 @@ async fn create_read_update_delete() {
 
     let resp = api.get("/api/v1/devices/sensor-01").send().await.assert_status(200);
     assert_eq!(resp.header("etag"), Some("\"1\""));
-    assert_eq!(resp.json(), created);
+    // Reading one device adds its connectivity; a device that never connected has only `false`
+    // and nulls.
+    let mut read = resp.json();
+    let connectivity = read.as_object_mut().unwrap().remove("connectivity");
+    assert_eq!(read, created);
+    assert_eq!(
+        connectivity,
+        Some(json!({
+            "connected": false, "connected_at": null, "disconnected_at": null,
+            "remote_addr": null, "protocol": null, "last_disconnect_reason": null,
+        }))
+    );
+    let summary = api.get("/api/v1/inventory/connectivity").send().await.assert_status(200).json();
+    assert_eq!(summary, json!({"connected": 0, "ever_connected": 0, "total": 1}));
 
     api.advance_millis(1500);
     let resp = api

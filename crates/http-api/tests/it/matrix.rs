@@ -54,6 +54,7 @@ const ROUTES: &[(&str, &str, &str, Access)] = &[
     ),
     ("POST", "/api/v1/devices:import", "/api/v1/devices:import", AtLeast(Operator)),
     ("GET", "/api/v1/inventory/summary", "/api/v1/inventory/summary", AtLeast(Viewer)),
+    ("GET", "/api/v1/inventory/connectivity", "/api/v1/inventory/connectivity", AtLeast(Viewer)),
     ("POST", "/api/v1/groups", "/api/v1/groups", AtLeast(Operator)),
     ("GET", "/api/v1/groups", "/api/v1/groups", AtLeast(Viewer)),
     ("GET", "/api/v1/groups/{name}", "/api/v1/groups/g1", AtLeast(Viewer)),

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use mqtt_codec::{
-    ClientId, Connect, Delivery, MAX_PACKET_SIZE, MqttString, Packet, PacketId, Properties,
-    ProtocolVersion, Publish, ReasonCode, Subscribe, Subscription, SubscriptionOptions,
+    ClientId, Connect, Delivery, Disconnect, MAX_PACKET_SIZE, MqttString, Packet, PacketId,
+    Properties, ProtocolVersion, Publish, ReasonCode, Subscribe, Subscription, SubscriptionOptions,
     TopicFilter, TopicName,
 };
 use serde_json::json;
@@ -562,4 +562,70 @@ async fn shutdown_disconnects_devices_with_server_shutting_down() {
     server.stop().await;
     assert_eq!(probe.closed().await, Some(ReasonCode::ServerShuttingDown));
     assert!(TcpStream::connect(addr).await.is_err(), "the MQTT listener is closed");
+}
+
+/// Polls `GET /api/v1/devices/{id}` until its `connectivity` satisfies `done`; returns it.
+async fn connectivity_when(
+    server: &TestServer,
+    id: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = server.get(&format!("/api/v1/devices/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+        let connectivity = body["connectivity"].clone();
+        if done(&connectivity) {
+            return connectivity;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "presence never became as expected: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn presence_follows_connects_and_disconnects() {
+    let server = TestServer::start().await;
+    let token = active_device(&server, "dev-1").await;
+    active_device(&server, "dev-2").await;
+    let never = connectivity_when(&server, "dev-1", |_| true).await;
+    assert_eq!(
+        never,
+        json!({
+            "connected": false, "connected_at": null, "disconnected_at": null,
+            "remote_addr": null, "protocol": null, "last_disconnect_reason": null,
+        })
+    );
+    let (_, summary) = server.get("/api/v1/inventory/connectivity").await;
+    assert_eq!(summary, json!({"connected": 0, "ever_connected": 0, "total": 2}));
+
+    let mut probe = Probe::connected(server.mqtt_addr, V5, "dev-1", &token).await;
+    let local = probe.io.local_addr().expect("local address").to_string();
+    let live = connectivity_when(&server, "dev-1", |c| c["connected"] == true).await;
+    assert_eq!(live["protocol"], "5");
+    assert_eq!(live["remote_addr"], local.as_str());
+    assert!(live["connected_at"].is_string(), "{live}");
+    let (_, summary) = server.get("/api/v1/inventory/connectivity").await;
+    assert_eq!(summary, json!({"connected": 1, "ever_connected": 1, "total": 2}));
+
+    probe.send(Packet::Disconnect(Disconnect::new(ReasonCode::Success))).await;
+    assert_eq!(probe.closed().await, None);
+    let ended = connectivity_when(&server, "dev-1", |c| c["connected"] == false).await;
+    assert_eq!(ended["last_disconnect_reason"], "clean");
+    assert!(ended["disconnected_at"].is_string(), "{ended}");
+    assert_eq!(ended["protocol"], "5");
+    let (_, summary) = server.get("/api/v1/inventory/connectivity").await;
+    assert_eq!(summary, json!({"connected": 0, "ever_connected": 1, "total": 2}));
+
+    // Suspending a connected device records its end as a revocation.
+    let mut probe = Probe::connected(server.mqtt_addr, V311, "dev-1", &token).await;
+    connectivity_when(&server, "dev-1", |c| c["connected"] == true && c["protocol"] == "3.1.1")
+        .await;
+    set_state(&server, "dev-1", "suspended").await;
+    assert_eq!(probe.closed().await, None);
+    let revoked = connectivity_when(&server, "dev-1", |c| c["connected"] == false).await;
+    assert_eq!(revoked["last_disconnect_reason"], "revoked");
 }

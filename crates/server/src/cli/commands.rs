@@ -523,6 +523,47 @@ fn print_device_detail(client: &ClientArgs, d: &Value) -> anyhow::Result<()> {
     }
     t.row(vec!["tags".into(), tags_text(d.get("tags"))]);
     t.row(vec!["attributes".into(), d.get("attributes").map(Value::to_string).unwrap_or_default()]);
+    if let Some(c) = d.get("connectivity") {
+        let connected = c.get("connected").and_then(Value::as_bool).unwrap_or(false);
+        let text = if connected {
+            format!(
+                "connected since {} from {} (MQTT {})",
+                str_field(c, "connected_at"),
+                str_field(c, "remote_addr"),
+                str_field(c, "protocol")
+            )
+        } else if c.get("disconnected_at").is_some_and(|v| !v.is_null()) {
+            format!(
+                "disconnected at {} ({})",
+                str_field(c, "disconnected_at"),
+                str_field(c, "last_disconnect_reason")
+            )
+        } else {
+            "never connected".to_owned()
+        };
+        t.row(vec!["connectivity".into(), text]);
+    }
+    output::write_raw(&t.render())
+}
+
+/// Runs `herd inventory`: device counts by lifecycle state and connectivity.
+pub(crate) async fn inventory(client: ClientArgs) -> anyhow::Result<()> {
+    let c = Client::new(&client)?;
+    let summary = c.get("/api/v1/inventory/summary").await?;
+    let connectivity = c.get("/api/v1/inventory/connectivity").await?;
+    if client.output == OutputFormat::Json {
+        return output::write_json(&json!({ "summary": summary, "connectivity": connectivity }));
+    }
+    let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0).to_string();
+    let mut t = Table::new(&["", "DEVICES"]);
+    t.row(vec!["total".into(), n(&summary, "total")]);
+    if let Some(by_state) = summary.get("by_state").and_then(Value::as_object) {
+        for (state, count) in by_state {
+            t.row(vec![state.clone(), count.to_string()]);
+        }
+    }
+    t.row(vec!["connected now".into(), n(&connectivity, "connected")]);
+    t.row(vec!["ever connected".into(), n(&connectivity, "ever_connected")]);
     output::write_raw(&t.render())
 }
 

@@ -42,6 +42,12 @@ pub enum Command {
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Fleet totals: devices by lifecycle state, connected now, ever connected.
+    Inventory {
+        /// Server, token and output options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -420,6 +426,7 @@ pub fn execute(cli: Cli) -> ExitCode {
         Command::Group(cmd) => block_on(commands::group(cmd)),
         Command::Token(cmd) => block_on(commands::token(cmd)),
         Command::Audit(cmd) => block_on(commands::audit(cmd)),
+        Command::Inventory { client } => block_on(commands::inventory(client)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -56,9 +56,20 @@ pub const DOCS_PATH: &str = "/api/docs";
 /// Unknown paths answer 404 `not_found`, known paths with another method 405
 /// `method_not_allowed`, both as problem+json.
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// [`router`] plus `extra`: routes the server owns (MQTT over WebSocket at `/mqtt`), served
+/// inside the same layers (request id, span, metrics, problem+json for error statuses). They are
+/// not in the OpenAPI document and take no bearer token unless they check one themselves.
+///
+/// # Panics
+/// When `extra` has a fallback or a path this router already serves.
+pub fn router_with(state: AppState, extra: Router) -> Router {
     let (api, doc) = routes();
     let max_body = state.config().max_body_bytes;
     api.merge(SwaggerUi::new(DOCS_PATH).url(OPENAPI_PATH, doc))
+        .merge(extra.with_state::<AppState>(()))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
@@ -104,6 +115,20 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(audit::list_audit))
         .split_for_parts();
     (router, openapi_doc::finish(doc))
+}
+
+/// An `application/problem+json` error response with a stable `code`, for routes given to
+/// [`router_with`]; the request middleware fills in the request id.
+pub fn problem(
+    status: axum::http::StatusCode,
+    code: &'static str,
+    detail: impl Into<String>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let parts = error::ProblemParts { status, code, detail: detail.into() };
+    let mut response = status.into_response();
+    response.extensions_mut().insert(parts);
+    response
 }
 
 async fn not_found() -> ApiError {

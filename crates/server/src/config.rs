@@ -50,10 +50,24 @@ pub struct Config {
 pub struct MqttConfig {
     /// MQTT over TCP listener address; `None` (an empty `mqtt.listen`) disables MQTT.
     pub listen: Option<SocketAddr>,
-    /// Most MQTT connections at once; one more is closed as soon as it is accepted.
+    /// MQTT over TLS listener and its certificate; `None` (an empty `mqtt.tls_listen`) disables it.
+    pub tls: Option<MqttTlsConfig>,
+    /// Most MQTT connections at once, over TCP, TLS and WebSocket together; one more is closed as
+    /// soon as it is accepted.
     pub max_connections: usize,
     /// Limits of the broker core.
     pub broker: mqtt_broker::BrokerConfig,
+}
+
+/// The MQTT over TLS listener: its address and the server certificate it presents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttTlsConfig {
+    /// Listen address (`mqtt.tls_listen`).
+    pub listen: SocketAddr,
+    /// PEM file with the server certificate chain, leaf first (`mqtt.tls_cert_file`).
+    pub cert_file: PathBuf,
+    /// PEM file with the server's private key (`mqtt.tls_key_file`), readable only by its owner.
+    pub key_file: PathBuf,
 }
 
 /// Which backend stores Herd's state, and its settings.
@@ -169,6 +183,9 @@ struct RawStore {
 #[serde(deny_unknown_fields)]
 struct RawMqtt {
     listen: String,
+    tls_listen: String,
+    tls_cert_file: String,
+    tls_key_file: String,
     max_connections: u64,
     connect_timeout_secs: u64,
     max_packet_size: u64,
@@ -487,6 +504,7 @@ fn validate_mqtt(raw: &RawMqtt, problems: &mut Vec<String>) -> MqttConfig {
         ));
         None
     };
+    let tls = validate_mqtt_tls(raw, problems);
     let mut range = |what: &str, v: u64, min: u64, max: u64| -> u64 {
         if (min..=max).contains(&v) {
             v
@@ -530,7 +548,54 @@ fn validate_mqtt(raw: &RawMqtt, problems: &mut Vec<String>) -> MqttConfig {
         outbound_buffer_high_water: outbound_buffer as usize,
         ..mqtt_broker::BrokerConfig::default()
     };
-    MqttConfig { listen, max_connections: max_connections as usize, broker }
+    MqttConfig { listen, tls, max_connections: max_connections as usize, broker }
+}
+
+/// Validates `mqtt.tls_listen`, `mqtt.tls_cert_file` and `mqtt.tls_key_file`: when the listener is
+/// set, both files must be given and readable, and the key file readable only by its owner.
+fn validate_mqtt_tls(raw: &RawMqtt, problems: &mut Vec<String>) -> Option<MqttTlsConfig> {
+    if raw.tls_listen.trim().is_empty() {
+        return None;
+    }
+    let listen = match raw.tls_listen.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            problems.push(format!(
+                "mqtt.tls_listen: {:?} is not an address like 127.0.0.1:8883, nor empty to disable \
+                 MQTT over TLS (flag --mqtts-listen, env HERD_MQTT__TLS_LISTEN)",
+                raw.tls_listen
+            ));
+            None
+        }
+    };
+    let mut file = |key: &str, value: &str, secret: bool| -> Option<PathBuf> {
+        if value.trim().is_empty() {
+            problems.push(format!(
+                "mqtt.{key} is required when mqtt.tls_listen is set (a PEM file; env \
+                 HERD_MQTT__{})",
+                key.to_ascii_uppercase()
+            ));
+            return None;
+        }
+        let path = PathBuf::from(value);
+        let checked = if secret {
+            check_secret_file(&path)
+        } else {
+            std::fs::File::open(&path)
+                .map(drop)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        };
+        match checked {
+            Ok(()) => Some(path),
+            Err(e) => {
+                problems.push(format!("mqtt.{key}: {e}"));
+                None
+            }
+        }
+    };
+    let cert_file = file("tls_cert_file", &raw.tls_cert_file, false);
+    let key_file = file("tls_key_file", &raw.tls_key_file, true);
+    Some(MqttTlsConfig { listen: listen?, cert_file: cert_file?, key_file: key_file? })
 }
 
 /// `v`, already checked to be between 1 and `u32::MAX`.
@@ -543,8 +608,8 @@ fn nonzero_u16(v: u64) -> NonZeroU16 {
     NonZeroU16::new(u16::try_from(v).unwrap_or(u16::MAX)).unwrap_or(NonZeroU16::MIN)
 }
 
-/// Reads a secret from a file that only its owner may read.
-fn read_secret_file(path: &Path) -> Result<String, String> {
+/// Checks that a secret file exists, is readable, and only its owner may read it.
+fn check_secret_file(path: &Path) -> Result<(), String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -557,6 +622,12 @@ fn read_secret_file(path: &Path) -> Result<String, String> {
             ));
         }
     }
+    std::fs::File::open(path).map(drop).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// Reads a secret from a file that only its owner may read.
+fn read_secret_file(path: &Path) -> Result<String, String> {
+    check_secret_file(path)?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     Ok(text.trim().to_owned())
@@ -678,6 +749,51 @@ mod tests {
         let err = load(&sources).unwrap_err();
         assert_eq!(err.0.len(), 4, "{err}");
         assert!(err.to_string().contains("--mqtt-listen"), "{err}");
+    }
+
+    #[test]
+    fn mqtt_tls_needs_readable_files_and_a_private_key() {
+        let c = load(&Sources::default()).unwrap();
+        assert_eq!(c.mqtt.tls, None);
+        // Every problem at once: bad address, missing certificate, missing key.
+        let sources =
+            Sources { env: env(&[("HERD_MQTT__TLS_LISTEN", "port 8883")]), ..Sources::default() };
+        let err = load(&sources).unwrap_err();
+        assert_eq!(err.0.len(), 3, "{err}");
+        let text = err.to_string();
+        for needle in
+            ["--mqtts-listen", "mqtt.tls_cert_file is required", "mqtt.tls_key_file is required"]
+        {
+            assert!(text.contains(needle), "{needle} missing in {text}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, "cert").unwrap();
+        std::fs::write(&key, "key").unwrap();
+        let files = |listen: &str| Sources {
+            env: env(&[
+                ("HERD_MQTT__TLS_LISTEN", listen),
+                ("HERD_MQTT__TLS_CERT_FILE", &cert.display().to_string()),
+                ("HERD_MQTT__TLS_KEY_FILE", &key.display().to_string()),
+            ]),
+            ..Sources::default()
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let err = load(&files("127.0.0.1:8883")).unwrap_err().to_string();
+            assert!(err.contains("mqtt.tls_key_file") && err.contains("chmod 600"), "{err}");
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let c = load(&files("127.0.0.1:8883")).unwrap();
+        let tls = c.mqtt.tls.unwrap();
+        assert_eq!(tls.listen, "127.0.0.1:8883".parse().unwrap());
+        assert_eq!((tls.cert_file, tls.key_file), (cert.clone(), key.clone()));
+        std::fs::remove_file(&cert).unwrap();
+        let err = load(&files("127.0.0.1:8883")).unwrap_err().to_string();
+        assert!(err.contains("mqtt.tls_cert_file: cannot read"), "{err}");
     }
 
     #[test]

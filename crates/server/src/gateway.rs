@@ -1,10 +1,14 @@
-//! The MQTT device gateway of `herd serve`: the TCP listener, device authentication and per-device
-//! ACLs, and enforcement of access changes on live connections.
+//! The MQTT device gateway of `herd serve`: the TCP and TLS listeners, device authentication and
+//! per-device ACLs, and enforcement of access changes on live connections.
 //!
-//! - [`bind_mqtt`] binds the listener before [`crate::serve::run`] starts, like HTTP.
+//! - [`bind_mqtt_listeners`] binds the TCP listener ([`bind_mqtt`]) and the TLS listener
+//!   ([`bind_mqtt_tls`], which also loads the certificate) before [`crate::serve::run`] starts,
+//!   like HTTP.
 //! - [`accept_loop`] accepts sockets until told to stop, holding one permit of a semaphore per
-//!   connection (`mqtt.max_connections`), and serves each with [`BrokerHandle::serve`] in a tracked
-//!   task.
+//!   connection (`mqtt.max_connections`, shared by TCP, TLS and WebSocket), and serves each with
+//!   [`BrokerHandle::serve`] in a tracked task; on the TLS listener the task first completes the
+//!   TLS handshake within `mqtt.connect_timeout_secs`, so a slow handshake never delays accepting.
+//!   MQTT over WebSocket (`GET /mqtt` on the HTTP listener) is in [`crate::websocket`].
 //! - [`DeviceAuthenticator`] checks a CONNECT: the client identifier is the device id, the password a
 //!   device credential, and only `active` devices connect. It gives the device a [`DeviceAcl`]: its
 //!   own subtree `devices/{id}/` and nothing else.
@@ -16,6 +20,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use domain::{DeviceAccessChange, DeviceId, LifecycleState, Timestamp, TokenHash};
 use mqtt_broker::{
     Acl, Authenticator, BrokerHandle, ConnectionEvent, DisconnectReason, Identity, protocol_label,
@@ -25,8 +30,11 @@ use store::Store;
 use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::config::{MqttConfig, MqttTlsConfig};
 
 /// Capacity of the channel of access-change events from the REST API to the gateway. When it is full
 /// the REST requests that revoke access wait for room (http-api never drops an event); the gateway
@@ -48,6 +56,16 @@ const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis
 /// # Errors
 /// When the address is in use (Mosquitto often holds 127.0.0.1:1883), not local, or not permitted.
 pub async fn bind_mqtt(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    bind(
+        addr,
+        "MQTT",
+        "--mqtt-listen, HERD_MQTT__LISTEN or mqtt.listen in the config file (empty disables MQTT)",
+    )
+    .await
+}
+
+/// Binds `addr` for `what`, naming the address and `settings` (where to change it) when it fails.
+async fn bind(addr: SocketAddr, what: &str, settings: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| {
         let why = match e.kind() {
             std::io::ErrorKind::AddrInUse => {
@@ -64,28 +82,155 @@ pub async fn bind_mqtt(addr: SocketAddr) -> anyhow::Result<TcpListener> {
             _ => e.to_string(),
         };
         anyhow::anyhow!(
-            "cannot listen for MQTT on {addr}: {why}; choose another address with --mqtt-listen, \
-             HERD_MQTT__LISTEN or mqtt.listen in the config file (empty disables MQTT)"
+            "cannot listen for {what} on {addr}: {why}; choose another address with {settings}"
         )
     })
+}
+
+/// The bound MQTT listeners of `herd serve`; either may be off.
+#[derive(Debug, Default)]
+pub struct MqttListeners {
+    /// MQTT over TCP (`mqtt.listen`).
+    pub tcp: Option<TcpListener>,
+    /// MQTT over TLS (`mqtt.tls_listen`).
+    pub tls: Option<TlsListener>,
+}
+
+/// A bound MQTT over TLS listener with the TLS configuration it serves.
+pub struct TlsListener {
+    /// The bound socket.
+    pub listener: TcpListener,
+    /// Performs the server side of each handshake.
+    pub acceptor: TlsAcceptor,
+}
+
+impl std::fmt::Debug for TlsListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsListener").field("listener", &self.listener).finish_non_exhaustive()
+    }
+}
+
+/// Binds the configured MQTT listeners (TCP and TLS), loading the TLS certificate and key first.
+///
+/// # Errors
+/// When an address cannot be bound or the certificate or key cannot be loaded.
+pub async fn bind_mqtt_listeners(config: &MqttConfig) -> anyhow::Result<MqttListeners> {
+    let tls = match &config.tls {
+        Some(tls) => Some(bind_mqtt_tls(tls).await?),
+        None => None,
+    };
+    let tcp = match config.listen {
+        Some(addr) => Some(bind_mqtt(addr).await?),
+        None => None,
+    };
+    Ok(MqttListeners { tcp, tls })
+}
+
+/// Loads the certificate and key of `config` and binds the MQTT over TLS listener.
+///
+/// # Errors
+/// When the PEM files hold no usable certificate or key, they do not match, or the address cannot
+/// be bound (the message names the address and `--mqtts-listen`).
+pub async fn bind_mqtt_tls(config: &MqttTlsConfig) -> anyhow::Result<TlsListener> {
+    let server_config = tls_server_config(config)?;
+    let listener = bind(
+        config.listen,
+        "MQTT over TLS",
+        "--mqtts-listen, HERD_MQTT__TLS_LISTEN or mqtt.tls_listen in the config file (empty \
+         disables MQTT over TLS)",
+    )
+    .await?;
+    Ok(TlsListener { listener, acceptor: TlsAcceptor::from(server_config) })
+}
+
+/// The rustls server configuration of the MQTT over TLS listener: the aws-lc-rs provider, TLS 1.2
+/// and 1.3, no client certificates, the certificate chain and key of `config`.
+///
+/// # Errors
+/// When a file cannot be read, holds no certificate or key, or the key does not match.
+pub fn tls_server_config(config: &MqttTlsConfig) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&config.cert_file)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .with_context(|| {
+            format!(
+                "cannot read certificates from {} (mqtt.tls_cert_file)",
+                config.cert_file.display()
+            )
+        })?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "{} (mqtt.tls_cert_file) holds no PEM certificate",
+        config.cert_file.display()
+    );
+    let key = PrivateKeyDer::from_pem_file(&config.key_file).with_context(|| {
+        format!(
+            "cannot read a private key (PKCS#8, PKCS#1 or SEC1 PEM) from {} (mqtt.tls_key_file)",
+            config.key_file.display()
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let server_config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("the TLS provider supports neither TLS 1.2 nor 1.3")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .with_context(|| {
+            format!(
+                "the key in {} does not fit the certificate in {}",
+                config.key_file.display(),
+                config.cert_file.display()
+            )
+        })?;
+    Ok(Arc::new(server_config))
+}
+
+/// How an [`accept_loop`] turns an accepted socket into an MQTT byte stream.
+#[derive(Clone)]
+pub enum Transport {
+    /// Plain TCP: the socket is the stream.
+    Tcp,
+    /// TLS: the handshake must finish within `handshake_timeout`, in the connection's own task.
+    Tls {
+        /// Performs the server side of the handshake.
+        acceptor: TlsAcceptor,
+        /// Longest handshake (`mqtt.connect_timeout_secs`).
+        handshake_timeout: std::time::Duration,
+    },
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp => f.write_str("Tcp"),
+            Self::Tls { handshake_timeout, .. } => {
+                f.debug_struct("Tls").field("handshake_timeout", handshake_timeout).finish()
+            }
+        }
+    }
 }
 
 /// Accepts MQTT connections on `listener` until `stop` is cancelled, serving each in a task of
 /// `connections`.
 ///
-/// At most `max_connections` are served at once: a socket accepted beyond that is closed at once,
-/// before it can send anything, and counted (`mqtt_connections_rejected_total`). The connection tasks
-/// end by themselves when the broker's shutdown token fires (DISCONNECT 0x8B); the caller waits for
-/// `connections` after cancelling it.
+/// Each connection holds one of `permits` (`mqtt.max_connections`, shared by every listener): a
+/// socket accepted when none is left is closed at once, before it can send anything, and counted
+/// (`mqtt_connections_rejected_total`). Over TLS the handshake runs in the connection's task, so a
+/// slow or silent client never delays the next accept; a failed or timed-out handshake closes the
+/// socket and is counted (`mqtt_tls_handshake_failures_total`). The connection tasks end by
+/// themselves when the broker's shutdown token fires (DISCONNECT 0x8B); handshakes in progress end
+/// when `stop` is cancelled. The caller waits for `connections` after cancelling both.
 pub async fn accept_loop(
     listener: TcpListener,
+    transport: Transport,
     broker: BrokerHandle,
     authenticator: Arc<DeviceAuthenticator>,
-    max_connections: usize,
+    permits: Arc<Semaphore>,
     connections: TaskTracker,
     stop: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(max_connections));
+    let max_connections = permits.available_permits();
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
@@ -112,9 +257,36 @@ pub async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let broker = broker.clone();
         let authenticator = Arc::clone(&authenticator);
+        let transport = transport.clone();
+        let stop = stop.clone();
         connections.spawn(async move {
             // The connection logs its own end in its span.
-            let _ = broker.serve(stream, Some(peer), authenticator.as_ref()).await;
+            match transport {
+                Transport::Tcp => {
+                    let _ = broker.serve(stream, Some(peer), authenticator.as_ref()).await;
+                }
+                Transport::Tls { acceptor, handshake_timeout } => {
+                    let handshake = tokio::select! {
+                        () = stop.cancelled() => return,
+                        done = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)) => done,
+                    };
+                    match handshake {
+                        Ok(Ok(tls)) => {
+                            let _ = broker.serve(tls, Some(peer), authenticator.as_ref()).await;
+                        }
+                        Ok(Err(error)) => {
+                            metrics::counter!("mqtt_tls_handshake_failures_total", "reason" => "error")
+                                .increment(1);
+                            tracing::debug!(%peer, error = %error, "MQTT TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics::counter!("mqtt_tls_handshake_failures_total", "reason" => "timeout")
+                                .increment(1);
+                            tracing::debug!(%peer, "MQTT TLS handshake timed out");
+                        }
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -392,6 +564,36 @@ mod tests {
         assert!(err.contains(&addr.to_string()), "{err}");
         assert!(err.contains("already in use"), "{err}");
         assert!(err.contains("--mqtt-listen") && err.contains("HERD_MQTT__LISTEN"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn tls_problems_name_the_file_or_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = MqttTlsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            cert_file: dir.path().join("cert.pem"),
+            key_file: dir.path().join("key.pem"),
+        };
+        let err = |config: &MqttTlsConfig| format!("{:#}", tls_server_config(config).unwrap_err());
+        std::fs::write(&config.cert_file, "not a certificate").unwrap();
+        std::fs::write(&config.key_file, "not a key").unwrap();
+        let e = err(&config);
+        assert!(e.contains("mqtt.tls_cert_file") && e.contains("no PEM certificate"), "{e}");
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(&config.cert_file, cert.pem()).unwrap();
+        let e = err(&config);
+        assert!(e.contains("mqtt.tls_key_file"), "{e}");
+        let other = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(&config.key_file, other.serialize_pem()).unwrap();
+        assert!(err(&config).contains("does not fit"), "{}", err(&config));
+        std::fs::write(&config.key_file, signing_key.serialize_pem()).unwrap();
+        let bound = bind_mqtt_tls(&config).await.unwrap();
+        // The address is taken now: the message names it and the TLS setting.
+        let taken = MqttTlsConfig { listen: bound.listener.local_addr().unwrap(), ..config };
+        let e = format!("{:#}", bind_mqtt_tls(&taken).await.unwrap_err());
+        assert!(e.contains(&taken.listen.to_string()) && e.contains("--mqtts-listen"), "{e}");
+        assert!(e.contains("HERD_MQTT__TLS_LISTEN"), "{e}");
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! - [`serve`] opens the store, bootstraps the first admin token, serves the REST API from
 //!   `http-api` and MQTT through the gateway, and shuts down in a fixed order ([`serve::run`] takes bound listeners and a
 //!   shutdown future, so tests bind port 0 and stop it when they like).
-//! - [`gateway`] is the MQTT device gateway: the listener, device authentication and per-device
-//!   ACLs on top of `mqtt-broker`.
+//! - [`gateway`] is the MQTT device gateway: the TCP and TLS listeners, device authentication and
+//!   per-device ACLs on top of `mqtt-broker`.
+//! - [`websocket`] serves MQTT over WebSocket at `/mqtt` on the HTTP listener.
 //! - [`cli`] is the command line: `herd serve` and the operator commands, which talk to a server's
 //!   REST API like any other client.
 
@@ -14,3 +15,4 @@ pub mod cli;
 pub mod config;
 pub mod gateway;
 pub mod serve;
+pub mod websocket;

@@ -3,8 +3,9 @@
 //!
 //! # Shutdown order
 //! When the shutdown future resolves (SIGINT/SIGTERM in the binary, a token in tests):
-//! 1. the HTTP and MQTT listeners stop accepting connections;
-//! 2. the broker tells every MQTT client DISCONNECT 0x8B (Server shutting down; v3.1.1 clients see
+//! 1. the HTTP and MQTT (TCP and TLS) listeners stop accepting connections, and TLS handshakes in
+//!    progress end;
+//! 2. the broker tells every MQTT client (TCP, TLS and WebSocket alike) DISCONNECT 0x8B (Server shutting down; v3.1.1 clients see
 //!    the socket close), the connection tasks end and the broker task stops; then the presence
 //!    recorder writes the disconnects already reported (`server_shutdown`) and stops;
 //! 3. HTTP requests in flight run to completion (their writes commit and are acknowledged);
@@ -30,12 +31,12 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use mqtt_broker::Broker;
 use store::Store;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, StoreConfig, redact_url};
-use crate::gateway;
+use crate::{gateway, websocket};
 
 /// Binds the HTTP listener, naming the address and the setting to change when it fails.
 ///
@@ -200,15 +201,16 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Runs the server on bound listeners (HTTP, and MQTT when `mqtt` is given) until `shutdown`
-/// resolves, then shuts down in the order of the module documentation.
+/// Runs the server on bound listeners (HTTP with MQTT over WebSocket at `/mqtt`, and the MQTT TCP
+/// and TLS listeners `mqtt` holds) until `shutdown` resolves, then shuts down in the order of the
+/// module documentation.
 ///
 /// # Errors
 /// When the store cannot be opened or bootstrapped, or the HTTP server fails.
 pub async fn run(
     config: Config,
     listener: TcpListener,
-    mqtt: Option<TcpListener>,
+    mqtt: gateway::MqttListeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
@@ -235,31 +237,30 @@ pub async fn run(
     let state = http_api::AppState::new(Arc::clone(&store), config.api.clone())
         .with_metrics(metrics_handle())
         .with_access_events(access_tx);
-    let app = http_api::router(state);
     let local = listener.local_addr().context("listener has no local address")?;
 
     let stop_accepting = CancellationToken::new();
     let connections = TaskTracker::new();
     let presence_stop = CancellationToken::new();
     let presence = TaskTracker::new();
-    let mqtt_local = match mqtt {
-        Some(mqtt) => {
-            let events = broker_handle.connection_events(
-                NonZeroUsize::new(gateway::PRESENCE_EVENTS_CAPACITY)
-                    .expect("the capacity constant is not zero"),
-            );
-            presence.spawn(gateway::record_presence(
-                events,
-                Arc::clone(&store),
-                presence_stop.clone(),
-            ));
-            let addr = mqtt.local_addr().context("MQTT listener has no local address")?;
-            let authenticator = Arc::new(gateway::DeviceAuthenticator::new(Arc::clone(&store)));
+    // Devices can always connect over WebSocket on the HTTP listener, so presence is always recorded.
+    let events = broker_handle.connection_events(
+        NonZeroUsize::new(gateway::PRESENCE_EVENTS_CAPACITY)
+            .expect("the capacity constant is not zero"),
+    );
+    presence.spawn(gateway::record_presence(events, Arc::clone(&store), presence_stop.clone()));
+    let authenticator = Arc::new(gateway::DeviceAuthenticator::new(Arc::clone(&store)));
+    // One budget of connections for TCP, TLS and WebSocket together.
+    let permits = Arc::new(Semaphore::new(config.mqtt.max_connections));
+    let mqtt_local = match mqtt.tcp {
+        Some(tcp) => {
+            let addr = tcp.local_addr().context("MQTT listener has no local address")?;
             tasks.spawn(gateway::accept_loop(
-                mqtt,
+                tcp,
+                gateway::Transport::Tcp,
                 broker_handle.clone(),
-                authenticator,
-                config.mqtt.max_connections,
+                Arc::clone(&authenticator),
+                Arc::clone(&permits),
                 connections.clone(),
                 stop_accepting.clone(),
             ));
@@ -267,9 +268,41 @@ pub async fn run(
         }
         None => None,
     };
+    let mqtts_local = match mqtt.tls {
+        Some(tls) => {
+            let addr =
+                tls.listener.local_addr().context("MQTT TLS listener has no local address")?;
+            tasks.spawn(gateway::accept_loop(
+                tls.listener,
+                gateway::Transport::Tls {
+                    acceptor: tls.acceptor,
+                    handshake_timeout: config.mqtt.broker.connect_timeout,
+                },
+                broker_handle.clone(),
+                Arc::clone(&authenticator),
+                Arc::clone(&permits),
+                connections.clone(),
+                stop_accepting.clone(),
+            ));
+            Some(addr)
+        }
+        None => None,
+    };
+    let app = http_api::router_with(
+        state,
+        websocket::router(websocket::WebSocketGateway {
+            broker: broker_handle.clone(),
+            authenticator,
+            permits,
+            connections: connections.clone(),
+            max_message_bytes: config.mqtt.broker.max_packet_size.get() as usize,
+        }),
+    );
     tracing::info!(
         http = %local,
         mqtt = mqtt_local.map_or_else(|| "disabled".to_owned(), |a| a.to_string()),
+        mqtts = mqtts_local.map_or_else(|| "disabled".to_owned(), |a| a.to_string()),
+        mqtt_websocket = websocket::PATH,
         data_dir = %config.data_dir.display(),
         "herd is serving"
     );

@@ -1,6 +1,7 @@
 //! Test helpers shared by the workspace's integration tests.
 //!
-//! [`TestServer`] runs the real server in-process: HTTP and MQTT on `127.0.0.1:0`, SQLite in a temporary
+//! [`TestServer`] runs the real server in-process: HTTP and MQTT (and MQTT over TLS when the test
+//! configures a certificate) on `127.0.0.1:0`, SQLite in a temporary
 //! directory, a known admin token, shutdown when stopped or dropped. Clients are real HTTP clients.
 
 // The standing exception of STYLE.md: test helpers fail loudly.
@@ -28,6 +29,9 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The bound MQTT (TCP) address.
     pub mqtt_addr: SocketAddr,
+    /// The bound MQTT over TLS address, when the test configured `config.mqtt.tls` (its `listen`
+    /// may be port 0).
+    pub mqtts_addr: Option<SocketAddr>,
     /// The admin token's secret.
     pub admin_token: String,
     /// The server's data directory (removed when the server is dropped).
@@ -62,19 +66,30 @@ impl TestServer {
         .await
         .expect("bind MQTT on 127.0.0.1:0");
         let mqtt_addr = mqtt_listener.local_addr().expect("local address");
+        let tls_listener = match &config.mqtt.tls {
+            Some(tls) => {
+                Some(server::gateway::bind_mqtt_tls(tls).await.expect("bind MQTT over TLS"))
+            }
+            None => None,
+        };
+        let mqtts_addr =
+            tls_listener.as_ref().map(|l| l.listener.local_addr().expect("local address"));
+        let listeners =
+            server::gateway::MqttListeners { tcp: Some(mqtt_listener), tls: tls_listener };
         let stop = CancellationToken::new();
         let admin_token = config.bootstrap_admin_token.clone().unwrap_or_default();
         let task = {
             let stop = stop.clone();
             tokio::spawn(async move {
                 let shutdown = async move { stop.cancelled().await };
-                server::serve::run(config, listener, Some(mqtt_listener), shutdown).await
+                server::serve::run(config, listener, listeners, shutdown).await
             })
         };
         let server = Self {
             base_url: format!("http://{addr}"),
             addr,
             mqtt_addr,
+            mqtts_addr,
             admin_token,
             data_dir,
             stop,

@@ -68,6 +68,9 @@ pub struct ServeArgs {
     /// MQTT listen address, e.g. 127.0.0.1:1883; empty disables MQTT [mqtt.listen].
     #[arg(long, value_name = "ADDR")]
     pub mqtt_listen: Option<String>,
+    /// MQTT over TLS listen address, e.g. 127.0.0.1:8883; needs a certificate [mqtt.tls_listen].
+    #[arg(long, value_name = "ADDR")]
+    pub mqtts_listen: Option<String>,
     /// Storage URL: sqlite://PATH or postgres://… [store.url].
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
@@ -450,6 +453,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
     let strings = [
         ("http", "listen", &args.http_listen),
         ("mqtt", "listen", &args.mqtt_listen),
+        ("mqtt", "tls_listen", &args.mqtts_listen),
         ("store", "url", &args.database_url),
         ("log", "format", &args.log_format),
         ("log", "level", &args.log_level),
@@ -477,10 +481,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let listener = crate::serve::bind_http(config.http_listen).await?;
-        let mqtt = match config.mqtt.listen {
-            Some(addr) => Some(crate::gateway::bind_mqtt(addr).await?),
-            None => None,
-        };
+        let mqtt = crate::gateway::bind_mqtt_listeners(&config.mqtt).await?;
         crate::serve::run(config, listener, mqtt, crate::serve::shutdown_signal()).await
     });
     match result {

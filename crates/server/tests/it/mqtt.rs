@@ -9,6 +9,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt as _, StreamExt as _};
 use mqtt_codec::{
     ClientId, Connect, Delivery, Disconnect, MAX_PACKET_SIZE, MqttString, Packet, PacketId,
     Properties, ProtocolVersion, Publish, ReasonCode, Subscribe, Subscription, SubscriptionOptions,
@@ -19,6 +20,8 @@ use test_support::TestServer;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use ProtocolVersion::{V5, V311};
 
@@ -190,10 +193,25 @@ impl MosquittoSub {
     }
 }
 
+/// A byte stream to the server: TCP or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// How a [`Probe`] reaches the server.
+enum Transport {
+    /// A byte stream (TCP or TLS).
+    Stream(Box<dyn Io>),
+    /// A WebSocket (`/mqtt`): each packet is sent split over two binary messages, so the server
+    /// must reassemble packets across messages.
+    WebSocket(Box<WebSocketStream<TcpStream>>),
+}
+
 /// A minimal MQTT client on `mqtt-codec`: exact reason codes, and publish and subscribe on one
 /// connection (a device has one connection: its client id is its device id).
 struct Probe {
-    io: TcpStream,
+    io: Transport,
+    /// The client's address as the server sees it.
+    local_addr: SocketAddr,
     buf: BytesMut,
     version: ProtocolVersion,
     next_id: u16,
@@ -210,8 +228,26 @@ impl Probe {
         password: &str,
     ) -> (Self, ReasonCode) {
         let io = TcpStream::connect(addr).await.expect("connect to the MQTT listener");
-        let mut probe =
-            Self { io, buf: BytesMut::new(), version, next_id: 0, pending: Default::default() };
+        let local_addr = io.local_addr().expect("local address");
+        Self::connect_over(Transport::Stream(Box::new(io)), local_addr, version, id, password).await
+    }
+
+    /// Sends CONNECT over `io` as `id` with `password`; returns the CONNACK reason.
+    async fn connect_over(
+        io: Transport,
+        local_addr: SocketAddr,
+        version: ProtocolVersion,
+        id: &str,
+        password: &str,
+    ) -> (Self, ReasonCode) {
+        let mut probe = Self {
+            io,
+            local_addr,
+            buf: BytesMut::new(),
+            version,
+            next_id: 0,
+            pending: Default::default(),
+        };
         let mut connect = Connect::new(version, ClientId::new(id).expect("client id"), 0);
         connect.username = Some(MqttString::new(id).expect("user name"));
         connect.password = Some(Bytes::from(password.to_owned()));
@@ -233,9 +269,49 @@ impl Probe {
     }
 
     async fn send(&mut self, packet: Packet) {
+        self.send_together(&[packet]).await;
+    }
+
+    /// Sends `packets` in one write (over WebSocket: in one binary message, split in two).
+    async fn send_together(&mut self, packets: &[Packet]) {
         let mut out = BytesMut::new();
-        mqtt_codec::encode(&packet, self.version, &mut out).expect("encodable packet");
-        self.io.write_all(&out).await.expect("write to the server");
+        for packet in packets {
+            mqtt_codec::encode(packet, self.version, &mut out).expect("encodable packet");
+        }
+        match &mut self.io {
+            Transport::Stream(io) => io.write_all(&out).await.expect("write to the server"),
+            Transport::WebSocket(ws) if packets.len() == 1 => {
+                // One packet over two messages [MQTT-6.0.0-2].
+                let rest = out.split_off(out.len() / 2);
+                for part in [out, rest] {
+                    ws.send(WsMessage::Binary(part.freeze())).await.expect("send to the server");
+                }
+            }
+            Transport::WebSocket(ws) => {
+                // Several packets in one message.
+                ws.send(WsMessage::Binary(out.freeze())).await.expect("send to the server");
+            }
+        }
+    }
+
+    /// Reads more bytes from the server into `buf`; 0 when the server closed the connection.
+    async fn read_more(&mut self) -> usize {
+        match &mut self.io {
+            Transport::Stream(io) => io.read_buf(&mut self.buf).await.unwrap_or(0),
+            Transport::WebSocket(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(WsMessage::Binary(data))) => {
+                        self.buf.extend_from_slice(&data);
+                        break data.len();
+                    }
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                    Some(Ok(WsMessage::Text(t))) => panic!("the server sent a text message: {t}"),
+                    Some(Ok(WsMessage::Close(_) | WsMessage::Frame(_)) | Err(_)) | None => {
+                        break 0;
+                    }
+                }
+            },
+        }
     }
 
     /// The next packet, `None` when the server closed the connection.
@@ -245,10 +321,10 @@ impl Probe {
             if let Some(packet) = decoded.expect("valid packet from the server") {
                 return Some(packet);
             }
-            let read = tokio::time::timeout(WAIT, self.io.read_buf(&mut self.buf))
+            let read = tokio::time::timeout(WAIT, self.read_more())
                 .await
                 .expect("timed out waiting for a packet from the server");
-            if read.unwrap_or(0) == 0 {
+            if read == 0 {
                 return None;
             }
         }
@@ -603,7 +679,7 @@ async fn presence_follows_connects_and_disconnects() {
     assert_eq!(summary, json!({"connected": 0, "ever_connected": 0, "total": 2}));
 
     let mut probe = Probe::connected(server.mqtt_addr, V5, "dev-1", &token).await;
-    let local = probe.io.local_addr().expect("local address").to_string();
+    let local = probe.local_addr.to_string();
     let live = connectivity_when(&server, "dev-1", |c| c["connected"] == true).await;
     assert_eq!(live["protocol"], "5");
     assert_eq!(live["remote_addr"], local.as_str());
@@ -628,4 +704,292 @@ async fn presence_follows_connects_and_disconnects() {
     assert_eq!(probe.closed().await, None);
     let revoked = connectivity_when(&server, "dev-1", |c| c["connected"] == false).await;
     assert_eq!(revoked["last_disconnect_reason"], "revoked");
+}
+
+/// A CA and a server certificate for `localhost` and 127.0.0.1 signed by it, as PEM files in a
+/// temporary directory (the key file with mode 0600, like a real one).
+struct TestCerts {
+    dir: tempfile::TempDir,
+    ca: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl TestCerts {
+    fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "Herd test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().expect("server key");
+        let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("server params");
+        let cert = params.signed_by(&key, &issuer).expect("server certificate");
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write ca.pem");
+        std::fs::write(dir.path().join("cert.pem"), cert.pem()).expect("write cert.pem");
+        let key_file = dir.path().join("key.pem");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write key.pem");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod 600");
+        }
+        Self { dir, ca: ca.der().clone() }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The server's TLS settings: listen on port 0 with these files.
+    fn config(&self) -> server::config::MqttTlsConfig {
+        server::config::MqttTlsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            cert_file: self.path("cert.pem"),
+            key_file: self.path("key.pem"),
+        }
+    }
+
+    /// A TLS connection to `addr` trusting only the test CA, with `versions` of TLS.
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).expect("CA certificate");
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let tcp = TcpStream::connect(addr).await.expect("connect to the TLS listener");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
+        tokio::time::timeout(WAIT, connector.connect(name, tcp))
+            .await
+            .expect("TLS handshake in time")
+            .expect("TLS handshake")
+    }
+}
+
+/// A [`Probe`] connected over TLS.
+async fn tls_probe(
+    certs: &TestCerts,
+    addr: SocketAddr,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    version: ProtocolVersion,
+    id: &str,
+    password: &str,
+) -> Probe {
+    let tls = certs.connect(addr, versions).await;
+    let local_addr = tls.get_ref().0.local_addr().expect("local address");
+    let (probe, code) =
+        Probe::connect_over(Transport::Stream(Box::new(tls)), local_addr, version, id, password)
+            .await;
+    assert_eq!(code, ReasonCode::Success, "{id} should connect over TLS");
+    probe
+}
+
+#[tokio::test]
+async fn devices_connect_over_tls() {
+    let certs = TestCerts::new();
+    let tls = certs.config();
+    let server = TestServer::start_with(|c| c.mqtt.tls = Some(tls)).await;
+    let mqtts = server.mqtts_addr.expect("TLS listener");
+    let token = active_device(&server, "dev-1").await;
+    // A client that never starts its handshake does not hold up the others.
+    let silent = TcpStream::connect(mqtts).await.expect("connect");
+    for (versions, version) in
+        [(&[&rustls::version::TLS13][..], V5), (&[&rustls::version::TLS12][..], V311)]
+    {
+        let mut probe = tls_probe(&certs, mqtts, versions, version, "dev-1", &token).await;
+        assert_eq!(probe.subscribe(&["devices/dev-1/#"]).await, vec![ReasonCode::Success]);
+        probe.publish("devices/dev-1/telemetry", "21.5").await;
+        assert_eq!(probe.next_message().await, ("devices/dev-1/telemetry".into(), "21.5".into()));
+    }
+    drop(silent);
+
+    // An MQTT client speaking plain TCP to the TLS port gets no CONNACK: the socket closes.
+    let mut plain = TcpStream::connect(mqtts).await.expect("connect");
+    let mut connect = Connect::new(V311, ClientId::new("dev-1").expect("client id"), 0);
+    connect.username = Some(MqttString::new("dev-1").expect("user name"));
+    connect.password = Some(Bytes::from(token.clone()));
+    let mut out = BytesMut::new();
+    mqtt_codec::encode(&Packet::Connect(Box::new(connect)), V311, &mut out).expect("encode");
+    plain.write_all(&out).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, plain.read_to_end(&mut answer))
+        .await
+        .expect("the server closes the connection");
+    assert_ne!(answer.first(), Some(&0x20), "no CONNACK over plain TCP: {answer:?}");
+
+    // The TLS listener still serves; and the presence shows the TLS connection.
+    let mut probe = tls_probe(&certs, mqtts, &[&rustls::version::TLS13], V5, "dev-1", &token).await;
+    let local = probe.local_addr.to_string();
+    connectivity_when(&server, "dev-1", |c| {
+        c["connected"] == true && c["remote_addr"] == local.as_str()
+    })
+    .await;
+    probe.subscribe(&["devices/dev-1/#"]).await;
+}
+
+/// Arguments of a Mosquitto client reaching the TLS listener as `localhost` (the certificate's
+/// name), trusting the test CA when `cafile`.
+fn tls_client_args(certs: &TestCerts, mqtts: SocketAddr, cafile: bool, token: &str) -> Vec<String> {
+    let mut args: Vec<String> = ["-h", "localhost", "-p", &mqtts.port().to_string()]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    if cafile {
+        args.extend(["--cafile".to_owned(), certs.path("ca.pem").display().to_string()]);
+    }
+    args.extend(["-V", "mqttv5", "-i", "dev-1", "-u", "dev-1", "-P", token].map(str::to_owned));
+    args
+}
+
+#[tokio::test]
+async fn mosquitto_clients_connect_over_tls() {
+    if !mosquitto_clients() {
+        return;
+    }
+    let certs = TestCerts::new();
+    let tls = certs.config();
+    let server = TestServer::start_with(|c| c.mqtt.tls = Some(tls)).await;
+    let mqtts = server.mqtts_addr.expect("TLS listener");
+    let token = active_device(&server, "dev-1").await;
+    // mosquitto_rr verifies the certificate against the CA, subscribes to its response topic and
+    // publishes there: the message arrives over TLS.
+    let mut args = tls_client_args(&certs, mqtts, true, &token);
+    args.extend(
+        [
+            "-t",
+            "devices/dev-1/telemetry",
+            "-e",
+            "devices/dev-1/telemetry",
+            "-m",
+            "tls-22",
+            "-W",
+            "10",
+        ]
+        .map(str::to_owned),
+    );
+    let out = run("mosquitto_rr", &args).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "tls-22");
+    // mosquitto_pub at QoS 1 exits successfully only once its PUBACK came back.
+    let mut args = tls_client_args(&certs, mqtts, true, &token);
+    args.extend(["-q", "1", "-t", "devices/dev-1/telemetry", "-m", "1"].map(str::to_owned));
+    let out = run("mosquitto_pub", &args).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Without --cafile it speaks plain MQTT to the TLS port, and fails.
+    let mut args = tls_client_args(&certs, mqtts, false, &token);
+    args.extend(["-q", "1", "-t", "devices/dev-1/telemetry", "-m", "1"].map(str::to_owned));
+    let out = run("mosquitto_pub", &args).await;
+    assert!(!out.status.success(), "plain MQTT to the TLS port must fail");
+}
+
+/// Opens a WebSocket to `/mqtt` offering `protocol`.
+async fn websocket(
+    server: &TestServer,
+    protocol: &str,
+) -> Result<
+    (WebSocketStream<TcpStream>, tokio_tungstenite::tungstenite::handshake::client::Response),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut request = format!("ws://{}/mqtt", server.addr).into_client_request().expect("request");
+    request.headers_mut().insert("sec-websocket-protocol", protocol.parse().expect("header value"));
+    let tcp = TcpStream::connect(server.addr).await.expect("connect to HTTP");
+    tokio_tungstenite::client_async(request, tcp).await
+}
+
+#[tokio::test]
+async fn devices_connect_over_websocket() {
+    let server = TestServer::start().await;
+    let token = active_device(&server, "dev-1").await;
+    for version in [V311, V5] {
+        let (ws, response) = websocket(&server, "mqtt").await.expect("WebSocket upgrade");
+        assert_eq!(response.headers()["sec-websocket-protocol"], "mqtt");
+        let local = ws.get_ref().local_addr().expect("local address");
+        let (mut probe, code) = Probe::connect_over(
+            Transport::WebSocket(Box::new(ws)),
+            local,
+            version,
+            "dev-1",
+            &token,
+        )
+        .await;
+        assert_eq!(code, ReasonCode::Success);
+        assert_eq!(probe.subscribe(&["devices/dev-1/#"]).await, vec![ReasonCode::Success]);
+        assert_eq!(probe.publish("devices/dev-1/telemetry", "21.5").await, ReasonCode::Success);
+        assert_eq!(probe.next_message().await, ("devices/dev-1/telemetry".into(), "21.5".into()));
+        // Two packets in one WebSocket message.
+        let packets = ["a", "b"].map(|m| {
+            Packet::Publish(Publish::new(
+                TopicName::new("devices/dev-1/x").expect("topic"),
+                Bytes::from(m.to_owned()),
+            ))
+        });
+        probe.send_together(&packets).await;
+        assert_eq!(probe.next_message().await, ("devices/dev-1/x".into(), "a".into()));
+        assert_eq!(probe.next_message().await, ("devices/dev-1/x".into(), "b".into()));
+        let remote = local.to_string();
+        connectivity_when(&server, "dev-1", |c| {
+            c["connected"] == true && c["remote_addr"] == remote.as_str()
+        })
+        .await;
+        probe.send(Packet::Disconnect(Disconnect::new(ReasonCode::Success))).await;
+        assert_eq!(probe.closed().await, None);
+    }
+    // Wrong credentials are refused over WebSocket too.
+    let (ws, _) = websocket(&server, "mqtt").await.expect("WebSocket upgrade");
+    let local = ws.get_ref().local_addr().expect("local address");
+    let (_, code) =
+        Probe::connect_over(Transport::WebSocket(Box::new(ws)), local, V5, "dev-1", "hdc_wrong")
+            .await;
+    assert_eq!(code, ReasonCode::BadUserNameOrPassword);
+}
+
+#[tokio::test]
+async fn websocket_needs_the_mqtt_subprotocol() {
+    let server = TestServer::start().await;
+    match websocket(&server, "chat").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 400);
+            assert_eq!(response.headers()["content-type"], "application/problem+json");
+            let body: serde_json::Value =
+                serde_json::from_slice(response.body().as_deref().unwrap_or_default())
+                    .expect("problem body");
+            assert_eq!(body["code"], "unsupported_subprotocol", "{body}");
+        }
+        other => panic!("expected 400, got {other:?}"),
+    }
+    // A plain GET (no upgrade), without any token, is a bad request rather than 401.
+    let response = reqwest::get(server.url("/mqtt")).await.expect("GET /mqtt");
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.expect("problem body");
+    assert_eq!(body["code"], "websocket_upgrade_required", "{body}");
+    assert!(body["request_id"].is_string(), "{body}");
+}
+
+#[tokio::test]
+async fn shutdown_disconnects_websocket_devices() {
+    let server = TestServer::start().await;
+    let token = active_device(&server, "dev-1").await;
+    let (ws, _) = websocket(&server, "mqtt").await.expect("WebSocket upgrade");
+    let local = ws.get_ref().local_addr().expect("local address");
+    let mut probe = {
+        let (probe, code) =
+            Probe::connect_over(Transport::WebSocket(Box::new(ws)), local, V5, "dev-1", &token)
+                .await;
+        assert_eq!(code, ReasonCode::Success);
+        probe
+    };
+    server.stop().await;
+    assert_eq!(probe.closed().await, Some(ReasonCode::ServerShuttingDown));
 }

@@ -47,22 +47,45 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("mqtt-bench") => {
-            let quick = args[1..].iter().any(|a| a == "--quick");
-            if let Some(bad) = args[1..].iter().find(|a| *a != "--quick") {
-                bail!("unknown option {bad}; usage: cargo xtask mqtt-bench [--quick]");
+            let mut sizes = Sizes::new(false);
+            let mut rest = args[1..].iter();
+            while let Some(arg) = rest.next() {
+                match arg.as_str() {
+                    "--quick" => sizes = Sizes { only: sizes.only.clone(), ..Sizes::new(true) },
+                    "--only" => {
+                        let list = rest.next().map(String::as_str).unwrap_or_default();
+                        sizes.only = list.split(',').map(str::to_owned).collect();
+                        if let Some(bad) =
+                            sizes.only.iter().find(|s| !SCENARIOS.contains(&s.as_str()))
+                        {
+                            bail!("unknown scenario {bad}; scenarios: {}", SCENARIOS.join(","));
+                        }
+                    }
+                    "--idle" => {
+                        sizes.idle = rest.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                        if sizes.idle == 0 {
+                            bail!("--idle needs a number of connections");
+                        }
+                    }
+                    bad => bail!("unknown option {bad}; {USAGE}"),
+                }
             }
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(mqtt_bench(Sizes::new(quick)))
+            rt.block_on(mqtt_bench(sizes))
         }
-        _ => bail!(
-            "usage: cargo xtask <command>\n\ncommands:\n  mqtt-bench [--quick]   Herd's MQTT gateway vs Mosquitto (needs target/release/herd)"
-        ),
+        _ => bail!("usage: cargo xtask <command>\n\ncommands:\n  {USAGE}"),
     }
 }
 
-/// How much work each scenario does.
-#[derive(Debug, Clone, Copy)]
+const USAGE: &str = "mqtt-bench [--quick] [--only idle,qos0,qos1,fan-in,latency] [--idle N]   Herd's MQTT gateway vs Mosquitto (needs target/release/herd)";
+
+/// The scenarios `--only` can pick.
+const SCENARIOS: [&str; 5] = ["idle", "qos0", "qos1", "fan-in", "latency"];
+
+/// How much work each scenario does, and which scenarios run (all when `only` is empty).
+#[derive(Debug, Clone)]
 struct Sizes {
+    only: Vec<String>,
     quick: bool,
     idle: usize,
     one_to_one: usize,
@@ -73,10 +96,28 @@ struct Sizes {
 impl Sizes {
     fn new(quick: bool) -> Self {
         if quick {
-            Self { quick, idle: 500, one_to_one: 20_000, fan_in_each: 200, latency_secs: 2 }
+            Self {
+                only: Vec::new(),
+                quick,
+                idle: 500,
+                one_to_one: 20_000,
+                fan_in_each: 200,
+                latency_secs: 2,
+            }
         } else {
-            Self { quick, idle: 5_000, one_to_one: 100_000, fan_in_each: 1_000, latency_secs: 5 }
+            Self {
+                only: Vec::new(),
+                quick,
+                idle: 5_000,
+                one_to_one: 100_000,
+                fan_in_each: 1_000,
+                latency_secs: 5,
+            }
         }
+    }
+
+    fn runs(&self, scenario: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == scenario)
     }
 
     fn devices(&self) -> usize {
@@ -168,7 +209,7 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-async fn start_herd(dir: &Path, sizes: Sizes) -> Result<Broker> {
+async fn start_herd(dir: &Path, sizes: &Sizes) -> Result<Broker> {
     let herd = repo_root().join("target/release/herd");
     if !herd.exists() {
         bail!(
@@ -179,12 +220,23 @@ async fn start_herd(dir: &Path, sizes: Sizes) -> Result<Broker> {
     let port = free_port()?;
     let admin = "herd-bench-admin-token-0123456789abcdef";
     let log = dir.join("herd.log");
-    let child = Command::new(&herd)
+    // HERD_BENCH_WRAPPER runs Herd under a profiler, e.g. `heaptrack` or `perf record -g --`.
+    let wrapper = std::env::var("HERD_BENCH_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(&herd);
+            command
+        }
+        None => Command::new(&herd),
+    };
+    let child = command
         .args(["serve", "--data-dir"])
         .arg(dir.join("data"))
         .args(["--http-listen", "127.0.0.1:0", "--mqtt-listen"])
         .arg(format!("127.0.0.1:{port}"))
-        .args(["--log-format", "json", "--log-level", "warn,server=info"])
+        .args(["--log-format", "json"])
         .env("HERD_ADMIN_TOKEN", admin)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -602,7 +654,7 @@ async fn mqtt_bench(sizes: Sizes) -> Result<()> {
         sizes.latency_secs,
         LATENCY_RATE
     );
-    let herd = start_herd(dir.path(), sizes).await?;
+    let herd = start_herd(dir.path(), &sizes).await?;
     let mosquitto = start_mosquitto(dir.path()).await?;
     let brokers = [&herd, &mosquitto];
     let mut rows = Vec::new();
@@ -612,14 +664,21 @@ async fn mqtt_bench(sizes: Sizes) -> Result<()> {
         rows.push(Row { scenario, unit, herd: h, mosquitto: m });
     };
 
-    let mut figs: [Option<Figure>; 2] = Default::default();
-    for (slot, b) in figs.iter_mut().zip(brokers) {
-        println!("{}: idle connections …", b.name);
-        *slot = Some(idle(b, sizes.idle).await?);
+    if sizes.runs("idle") {
+        let mut figs: [Option<Figure>; 2] = Default::default();
+        for (slot, b) in figs.iter_mut().zip(brokers) {
+            println!("{}: idle connections …", b.name);
+            *slot = Some(idle(b, sizes.idle).await?);
+        }
+        row(format!("idle connections ({})", sizes.idle), "B RSS / conn", figs);
     }
-    row(format!("idle connections ({})", sizes.idle), "B RSS / conn", figs);
 
-    for (qos, label) in [(QoS::AtMostOnce, "QoS 0"), (QoS::AtLeastOnce, "QoS 1")] {
+    for (qos, label, name) in
+        [(QoS::AtMostOnce, "QoS 0", "qos0"), (QoS::AtLeastOnce, "QoS 1", "qos1")]
+    {
+        if !sizes.runs(name) {
+            continue;
+        }
         let mut figs: [Option<Figure>; 2] = Default::default();
         for (slot, b) in figs.iter_mut().zip(brokers) {
             println!("{}: {label} 1→1 …", b.name);
@@ -630,25 +689,29 @@ async fn mqtt_bench(sizes: Sizes) -> Result<()> {
 
     let mut ingest: [Option<Figure>; 2] = Default::default();
     let mut delivered: [Option<Figure>; 2] = Default::default();
-    for (i, b) in brokers.iter().enumerate() {
+    for (i, b) in brokers.iter().enumerate().filter(|_| sizes.runs("fan-in")) {
         println!("{}: QoS 1 fan-in {FAN_IN_PUBLISHERS}→1 …", b.name);
         let (ing, del) = fan_in(b, sizes.fan_in_each).await?;
         ingest[i] = Some(ing);
         delivered[i] = del;
     }
-    row(format!("QoS 1 fan-in {FAN_IN_PUBLISHERS}→broker (all PUBACKs)"), "msg/s", ingest);
-    row(format!("QoS 1 fan-in {FAN_IN_PUBLISHERS}→1 subscriber"), "msg/s", delivered);
+    if sizes.runs("fan-in") {
+        row(format!("QoS 1 fan-in {FAN_IN_PUBLISHERS}→broker (all PUBACKs)"), "msg/s", ingest);
+        row(format!("QoS 1 fan-in {FAN_IN_PUBLISHERS}→1 subscriber"), "msg/s", delivered);
+    }
 
     let mut p50: [Option<Figure>; 2] = Default::default();
     let mut p99: [Option<Figure>; 2] = Default::default();
-    for (i, b) in brokers.iter().enumerate() {
+    for (i, b) in brokers.iter().enumerate().filter(|_| sizes.runs("latency")) {
         println!("{}: QoS 1 latency at {LATENCY_RATE} msg/s …", b.name);
         let (a, c) = latency(b, sizes.latency_secs).await?;
         p50[i] = Some(a);
         p99[i] = Some(c);
     }
-    row(format!("QoS 1 latency p50 at {LATENCY_RATE} msg/s"), "µs", p50);
-    row(format!("QoS 1 latency p99 at {LATENCY_RATE} msg/s"), "µs", p99);
+    if sizes.runs("latency") {
+        row(format!("QoS 1 latency p50 at {LATENCY_RATE} msg/s"), "µs", p50);
+        row(format!("QoS 1 latency p99 at {LATENCY_RATE} msg/s"), "µs", p99);
+    }
 
     let herd_rss = herd.rss_kib()?;
     let mosq_rss = mosquitto.rss_kib()?;

@@ -3,22 +3,37 @@
 //! One task owns everything shared between connections: the session registry (by client identifier),
 //! the subscription trie, the retained messages, delayed wills and session expiry timers. Connection tasks
 //! and in-process features send it [`Command`]s over one bounded channel; it never awaits anything but
-//! that channel and its next timer, and it reaches connections only with `try_send`, so a slow client
-//! can never stall it.
+//! that channel, its next timer and (with a session store) room in the session writer's channel, and
+//! it reaches connections only with `try_send`, so a slow client can never stall it.
 //!
 //! # Acknowledge after commit
 //!
 //! A QoS 1 or 2 PUBLISH from a client reaches the broker as [`Command::Publish`] with an `accepted`
 //! completion. The connection sends PUBACK / PUBREC only when that completion fires, in the order the
-//! PUBLISH packets arrived, and keeps reading meanwhile (up to its Receive Maximum). Today the broker
-//! completes it as soon as the message is routed (and retained) in memory. When persistence arrives, the
-//! broker will hand the message to the Store's commit pipeline here and complete `accepted` only once
-//! the batch holding it has committed: the connection code does not change.
+//! PUBLISH packets arrived, and keeps reading meanwhile (up to its Receive Maximum).
+//!
+//! Without a session store ([`Broker::new`]) the broker completes it as soon as the message is routed
+//! (and retained) in memory. With one ([`Broker::with_store`]) the broker records, while it handles a
+//! command, the changes that must survive a restart (see the `persist` module): a session with a
+//! non-zero expiry starting, ending or disconnecting, its subscriptions, each QoS 1 or 2 message
+//! routed to it, retained messages set or cleared. A command whose handling recorded any of them
+//! completes only once the batch holding them has committed:
+//! - PUBLISH: `accepted` (→ PUBACK / PUBREC) when the message was queued for a persistent session or
+//!   changed a retained message;
+//! - SUBSCRIBE / UNSUBSCRIBE of a persistent session: the reply (→ SUBACK / UNSUBACK);
+//! - [`BrokerHandle::publish`] of a retained message: its return.
+//!
+//! Everything else completes at once, as without a store. After each turn of its loop (one command
+//! and the commands already waiting behind it, up to `TURN_COMMANDS`) the broker hands what it recorded
+//! to the `SessionWriter` task as one batch; it never awaits the database, only room in the writer's
+//! channel, which is how a slow database pushes back on clients. The connection code does not change:
+//! it still waits for `accepted`. Connections report the messages their clients have acknowledged
+//! straight to the writer.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -30,10 +45,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::counters::{self, DropReason};
 use crate::events::ConnectionEvent;
+use crate::mailbox::{self, TrySendError};
+use crate::persist::{FinishedMessages, Recorder};
 use crate::retained::{RetainOutcome, RetainedStore};
 use crate::session::{Outbound, SessionState, SubscriberId};
 use crate::topic_tree::{Match, SubOptions, TopicTree};
 use crate::{Authenticator, BrokerConfig, BrokerError, ConnectionError, Message};
+
+mod persistence;
 
 /// The broker task. Create it with [`Broker::new`], spawn [`Broker::run`], and reach it through the
 /// [`BrokerHandle`].
@@ -45,7 +64,9 @@ pub struct Broker {
     shutdown: CancellationToken,
     tree: TopicTree<SubscriberId>,
     retained: RetainedStore,
-    sessions: HashMap<SubscriberId, SessionEntry>,
+    /// Boxed: an entry is a few hundred bytes, and a map of boxes wastes only pointers in its spare
+    /// capacity.
+    sessions: HashMap<SubscriberId, Box<SessionEntry>>,
     by_client: HashMap<ClientId, SubscriberId>,
     /// In-process subscriptions made through [`BrokerHandle::subscribe`].
     internal: HashMap<SubscriberId, (TopicFilter, mpsc::Sender<Arc<Message>>)>,
@@ -53,6 +74,9 @@ pub struct Broker {
     /// its session when it fires.
     timers: BTreeSet<(Instant, SubscriberId)>,
     next_id: u64,
+    /// What must be persisted, with a session store ([`Broker::with_store`]); `None` keeps
+    /// everything in memory only.
+    persist: Option<Recorder>,
 }
 
 /// A cheap, cloneable handle to the broker task, for connections and for Herd's own features.
@@ -74,6 +98,9 @@ struct Shared {
     /// Where connection events go, once [`BrokerHandle::connection_events`] was called. Locked only
     /// to clone the sender or replace it, never across an `.await`.
     events: Mutex<Option<mpsc::Sender<ConnectionEvent>>>,
+    /// With a session store: where connections report the persisted messages their clients are
+    /// finished with (the session writer receives them).
+    finished: Option<mpsc::Sender<FinishedMessages>>,
 }
 
 /// A request to the broker task.
@@ -120,9 +147,9 @@ pub(crate) struct Accepted {
 pub(crate) struct ConnLink {
     pub(crate) conn_id: u64,
     /// Messages for the client. The connection closes the receiver before it hands its state back.
-    pub(crate) outbound: mpsc::Sender<Outbound>,
+    pub(crate) outbound: mailbox::MessageSender<Outbound>,
     /// Tells the connection it has been taken over.
-    pub(crate) control: mpsc::Sender<Control>,
+    pub(crate) control: mailbox::ControlSender<Outbound>,
 }
 
 /// What the broker tells a connection.
@@ -200,6 +227,15 @@ impl Broker {
     /// A broker with `config`, stopped by `shutdown`, and a handle to it.
     #[must_use]
     pub fn new(config: BrokerConfig, shutdown: CancellationToken) -> (Self, BrokerHandle) {
+        Self::build(config, shutdown, None)
+    }
+
+    /// A broker, and its handle carrying `finished` (see [`Shared::finished`]).
+    fn build(
+        config: BrokerConfig,
+        shutdown: CancellationToken,
+        finished: Option<mpsc::Sender<FinishedMessages>>,
+    ) -> (Self, BrokerHandle) {
         let config = Arc::new(config);
         let (tx, rx) = mpsc::channel(config.command_channel_capacity.get());
         let broker = Self {
@@ -213,6 +249,7 @@ impl Broker {
             internal: HashMap::new(),
             timers: BTreeSet::new(),
             next_id: 0,
+            persist: None,
         };
         let handle = BrokerHandle {
             shared: Arc::new(Shared {
@@ -221,6 +258,7 @@ impl Broker {
                 shutdown,
                 ids: AtomicU64::new(1),
                 events: Mutex::new(None),
+                finished,
             }),
         };
         (broker, handle)
@@ -232,18 +270,23 @@ impl Broker {
     /// down); their later commands fail with [`BrokerError::Stopped`].
     pub async fn run(mut self) {
         loop {
+            self.flush_persist().await;
             let next_timer = self.timers.first().map(|&(at, _)| at);
             // Cancel safety: `recv` and `cancelled` lose nothing when another branch wins, and the timer
             // is recomputed from `self.timers` on every turn.
             tokio::select! {
                 () = self.shutdown.cancelled() => break,
                 command = self.commands.recv() => match command {
-                    Some(command) => self.handle(command),
+                    Some(command) => {
+                        self.handle(command);
+                        self.handle_waiting();
+                    }
                     None => break,
                 },
                 () = sleep_until_opt(next_timer), if next_timer.is_some() => self.fire_timers(),
             }
         }
+        self.flush_persist().await;
         tracing::debug!(
             sessions = self.sessions.len(),
             subscriptions = self.tree.len(),
@@ -257,18 +300,27 @@ impl Broker {
             Command::Connect(request) => self.connect(request),
             Command::Disconnected(disconnected) => self.disconnected(disconnected),
             Command::Subscribe { session, requests, reply } => {
+                let mark = self.persist_mark();
                 let results = self.subscribe(session, requests);
-                let _ = reply.send(results);
+                self.after_commit(mark, move || {
+                    let _ = reply.send(results);
+                });
             }
             Command::Unsubscribe { session, filters, reply } => {
+                let mark = self.persist_mark();
                 let results = self.unsubscribe(session, &filters);
-                let _ = reply.send(results);
+                self.after_commit(mark, move || {
+                    let _ = reply.send(results);
+                });
             }
             Command::Publish { message, expires_at, publisher, accepted } => {
+                let mark = self.persist_mark();
                 let matched = self.route(&message, expires_at, publisher);
                 // The accept step: see the module documentation.
                 if let Some(accepted) = accepted {
-                    let _ = accepted.send(Accepted { matched });
+                    self.after_commit(mark, move || {
+                        let _ = accepted.send(Accepted { matched });
+                    });
                 }
             }
             Command::SubscribeInternal { filter, reply } => {
@@ -312,7 +364,7 @@ impl Broker {
             self.by_client.insert(request.client_id.clone(), id);
             self.sessions.insert(
                 id,
-                SessionEntry {
+                Box::new(SessionEntry {
                     client_id: request.client_id.clone(),
                     subscriptions: HashSet::new(),
                     link: None,
@@ -321,7 +373,7 @@ impl Broker {
                     expires_at: None,
                     will: None,
                     waiting: None,
-                },
+                }),
             );
             self.attach(id, request, false);
             return;
@@ -344,6 +396,9 @@ impl Broker {
             self.clear_session(id);
         }
         let Some(entry) = self.sessions.get_mut(&id) else { return };
+        if let Some(persist) = &mut self.persist {
+            persist.session_attached(&entry.client_id, request.clean_start, request.session_expiry);
+        }
         // [MQTT-3.1.3-9]: a new connection before the will delay has passed cancels the will.
         entry.will = None;
         entry.expiry = request.session_expiry;
@@ -388,7 +443,12 @@ impl Broker {
         while state.queue.len() > max_queued {
             if let Some(out) = state.queue.pop_back() {
                 counters::dropped(DropReason::QueueFull, out.qos);
+                state.finish(&out);
             }
+        }
+        if let Some(persist) = &mut self.persist {
+            persist.finished(&entry.client_id, state.finished.drain(..));
+            persist.session_disconnected(&entry.client_id, disconnected.session_expiry);
         }
         entry.state = disconnected.state;
         entry.expiry = disconnected.session_expiry;
@@ -429,6 +489,9 @@ impl Broker {
         self.clear_session(id);
         let Some(entry) = self.sessions.remove(&id) else { return };
         self.by_client.remove(&entry.client_id);
+        if let Some(persist) = &mut self.persist {
+            persist.session_ended(&entry.client_id);
+        }
         tracing::debug!(client_id = %entry.client_id, "session ended");
         if let Some((will, _)) = entry.will {
             self.publish_will(&will, Instant::now());
@@ -480,6 +543,9 @@ impl Broker {
             }
             let existed = self.tree.subscribe(&request.filter, id, request.options);
             entry.subscriptions.insert(request.filter.clone());
+            if let Some(persist) = &mut self.persist {
+                persist.subscribed(&entry.client_id, &request.filter, request.options);
+            }
             // §3.3.1.3: retained messages go to new non-shared subscriptions, as Retain Handling says.
             let send_retained = request.filter.share_name().is_none()
                 && match request.retain_handling {
@@ -487,7 +553,7 @@ impl Broker {
                     RetainHandling::SendAtSubscribeIfNew => !existed,
                     RetainHandling::DoNotSend => false,
                 };
-            let retained = if send_retained {
+            let mut retained = if send_retained {
                 self.retained
                     .matching(&request.filter, now)
                     .into_iter()
@@ -497,11 +563,17 @@ impl Broker {
                         expires_at: r.expires_at,
                         retain: true,
                         subscription_ids: request.options.id.into_iter().collect(),
+                        seq: None,
                     })
                     .collect()
             } else {
                 Vec::new()
             };
+            if let Some(persist) = &mut self.persist {
+                for out in &mut retained {
+                    persist.enqueue(&entry.client_id, out);
+                }
+            }
             results.push(Ok(retained));
         }
         results
@@ -509,10 +581,15 @@ impl Broker {
 
     fn unsubscribe(&mut self, id: SubscriberId, filters: &[TopicFilter]) -> Vec<bool> {
         let Some(entry) = self.sessions.get_mut(&id) else { return vec![false; filters.len()] };
-        filters
-            .iter()
-            .map(|filter| entry.subscriptions.remove(filter) && self.tree.unsubscribe(filter, &id))
-            .collect()
+        let mut existed = Vec::with_capacity(filters.len());
+        for filter in filters {
+            let removed = entry.subscriptions.remove(filter) && self.tree.unsubscribe(filter, &id);
+            if removed && let Some(persist) = &mut self.persist {
+                persist.unsubscribed(&entry.client_id, filter);
+            }
+            existed.push(removed);
+        }
+        existed
     }
 
     /// Retains and delivers `message`; returns whether any subscription matched.
@@ -523,11 +600,15 @@ impl Broker {
         publisher: Option<SubscriberId>,
     ) -> bool {
         counters::received(message.qos);
-        if message.retain
-            && self.retained.set(Arc::clone(message), expires_at) == RetainOutcome::Full
-        {
-            counters::retained_refused();
-            tracing::warn!(topic = %message.topic, "retained store full, message not retained");
+        if message.retain {
+            let outcome = self.retained.set(Arc::clone(message), expires_at);
+            if outcome == RetainOutcome::Full {
+                counters::retained_refused();
+                tracing::warn!(topic = %message.topic, "retained store full, message not retained");
+            }
+            if let Some(persist) = &mut self.persist {
+                persist.retained(message, expires_at, outcome);
+            }
         }
         let matches = self.tree.matches(&message.topic, publisher.as_ref());
         let matched = !matches.is_empty();
@@ -559,23 +640,32 @@ impl Broker {
             return;
         }
         let Some(entry) = self.sessions.get_mut(&m.subscriber) else { return };
-        let out = Outbound {
+        let mut out = Outbound {
             message: Arc::clone(message),
             expires_at,
             qos: message.qos.min(m.qos),
             // [MQTT-3.3.1-12], [MQTT-3.3.1-13]; v3.1.1 subscriptions never set Retain As Published.
             retain: message.retain && m.retain_as_published,
             subscription_ids: m.subscription_ids,
+            seq: None,
         };
+        // Recorded before it is handed over, since a connection may finish with it at once; the drops
+        // below record that they finished with it.
+        if let Some(persist) = &mut self.persist {
+            persist.enqueue(&entry.client_id, &mut out);
+        }
         let out = match &entry.link {
             Some(link) => match link.outbound.try_send(out) {
                 Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(out)) => {
+                Err(TrySendError::Full(out)) => {
                     counters::dropped(DropReason::ChannelFull, out.qos);
+                    if let Some(persist) = &mut self.persist {
+                        persist.finished(&entry.client_id, out.seq.map(NonZeroU64::get));
+                    }
                     return;
                 }
                 // The connection is ending; the message waits for the session's next connection.
-                Err(mpsc::error::TrySendError::Closed(out)) => out,
+                Err(TrySendError::Closed(out)) => out,
             },
             None => out,
         };
@@ -583,6 +673,9 @@ impl Broker {
             counters::dropped(DropReason::Offline, out.qos);
         } else if entry.state.queue.len() >= self.config.max_queued_messages {
             counters::dropped(DropReason::QueueFull, out.qos);
+            if let Some(persist) = &mut self.persist {
+                persist.finished(&entry.client_id, out.seq.map(NonZeroU64::get));
+            }
         } else {
             entry.state.queue.push_back(out);
         }
@@ -598,7 +691,8 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 
 impl BrokerHandle {
     /// Publishes `message` with the internal identity: no ACL applies. Returns once the broker task has
-    /// queued it for routing.
+    /// queued it for routing; with a session store, a retained message returns only once it is
+    /// committed (see the module documentation).
     ///
     /// # Errors
     ///
@@ -606,16 +700,26 @@ impl BrokerHandle {
     ///
     /// # Cancel safety
     ///
-    /// Cancelling before it returns may or may not have queued the message.
+    /// Cancelling before it returns may or may not have queued the message (and committed it).
     pub async fn publish(&self, message: Message) -> Result<(), BrokerError> {
         let expires_at = message.expires_at(Instant::now());
+        let (accepted, committed) = if message.retain && self.shared.finished.is_some() {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         self.send(Command::Publish {
             message: Arc::new(message),
             expires_at,
             publisher: None,
-            accepted: None,
+            accepted,
         })
-        .await
+        .await?;
+        if let Some(committed) = committed {
+            committed.await.map_err(|_| BrokerError::Stopped)?;
+        }
+        Ok(())
     }
 
     /// Subscribes to `filter` (a `$share/` filter joins that shared group) with the internal identity.
@@ -713,6 +817,11 @@ impl BrokerHandle {
     #[must_use]
     pub fn config(&self) -> &BrokerConfig {
         &self.shared.config
+    }
+
+    /// The configuration, shared.
+    pub(crate) fn config_arc(&self) -> Arc<BrokerConfig> {
+        Arc::clone(&self.shared.config)
     }
 
     pub(crate) fn shutdown_token(&self) -> &CancellationToken {

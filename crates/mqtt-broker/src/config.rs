@@ -35,6 +35,17 @@ pub struct BrokerConfig {
     /// Maximum in the CONNACK. A PUBLISH with an alias of 0 or above this gets DISCONNECT 0x94 (Topic
     /// Alias invalid). 0 disables inbound topic aliases.
     pub topic_alias_maximum: u16,
+    /// How many topic aliases the broker sets, per connection, on the messages it sends a v5 client
+    /// (never more than the client's own Topic Alias Maximum). The first topics sent get an alias, and
+    /// later messages to them are sent with the alias and an empty topic; each alias costs the
+    /// connection its topic's length in memory. 0 turns outbound aliases off.
+    pub outbound_topic_aliases: u16,
+    /// The most PUBLISH packets per second one connection may send (a device connects once, so this is
+    /// the per-device limit), with bursts. A client over it is not refused anything: its connection
+    /// stops reading the socket until the rate allows the next PUBLISH, so TCP slows the client down
+    /// and nothing acknowledged is lost; throttled publishes are counted
+    /// (`mqtt_publish_throttled_total`). Keep-alive is suspended meanwhile. `None` turns it off.
+    pub publish_rate: Option<crate::PublishRate>,
     /// The most QoS 1 and 2 messages the broker sends one client before it acknowledges them, whatever
     /// Receive Maximum the client allows (the smaller of the two applies). Further messages wait in the
     /// session's queue.
@@ -45,7 +56,10 @@ pub struct BrokerConfig {
     pub max_queued_messages: usize,
     /// The most encoded bytes waiting to be written to one client's socket. When a client reads more
     /// slowly than messages arrive, QoS 0 messages arriving above this mark are dropped and counted
-    /// (`reason="slow_consumer"`), and QoS 1 and 2 messages wait in the session's queue.
+    /// (`reason="slow_consumer"`), and QoS 1 and 2 messages wait in the session's queue. From half
+    /// of it on, the connection stops reading the client's packets until the client has read what
+    /// it was sent, so TCP slows a client down that publishes faster than it reads (its own
+    /// deliveries, its acknowledgements). The buffer is allocated only while bytes wait.
     pub outbound_buffer_high_water: usize,
     /// The capacity of the channel from the broker task to each connection. The connection empties it
     /// continuously into its own queue, so it fills only when the connection task cannot keep up; then
@@ -73,6 +87,13 @@ pub struct BrokerConfig {
     /// How long the broker waits for the last bytes (a final DISCONNECT) to be written when it closes a
     /// connection. At the limit the socket is dropped.
     pub close_timeout: Duration,
+    /// With a session store ([`Broker::with_store`](crate::Broker::with_store)): how many batches of
+    /// changes the broker task may hand the session writer before the writer commits them, and how
+    /// many reports of acknowledged messages connections may send it. When the database falls behind
+    /// and it is full, the broker task waits (it takes no further commands, so connections stop
+    /// reading their sockets and publishers wait for their acknowledgements) and connections wait to
+    /// report acknowledgements. Unused without a store.
+    pub session_store_queue_capacity: NonZeroUsize,
 }
 
 impl Default for BrokerConfig {
@@ -84,16 +105,19 @@ impl Default for BrokerConfig {
             maximum_qos: QoS::ExactlyOnce,
             receive_maximum: NonZeroU16::new(64).expect("non-zero"),
             topic_alias_maximum: 16,
+            outbound_topic_aliases: 16,
+            publish_rate: None,
             max_inflight: NonZeroU16::new(32).expect("non-zero"),
             max_queued_messages: 1000,
-            outbound_buffer_high_water: 64 * 1024,
-            connection_channel_capacity: NonZeroUsize::new(64).expect("non-zero"),
+            outbound_buffer_high_water: 256 * 1024,
+            connection_channel_capacity: NonZeroUsize::new(1024).expect("non-zero"),
             max_session_expiry: 7 * 24 * 3600,
             max_subscriptions_per_session: 100,
             max_retained_messages: 100_000,
             internal_subscription_capacity: NonZeroUsize::new(1024).expect("non-zero"),
             command_channel_capacity: NonZeroUsize::new(1024).expect("non-zero"),
             close_timeout: Duration::from_secs(1),
+            session_store_queue_capacity: NonZeroUsize::new(64).expect("non-zero"),
         }
     }
 }

@@ -16,9 +16,15 @@
 //! [`BrokerConfig::max_queued_messages`]) until the in-flight window, the smaller of the client's Receive
 //! Maximum and [`BrokerConfig::max_inflight`], has room.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::future::{Future, poll_fn};
+use std::io;
 use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use mqtt_codec::{
@@ -26,8 +32,8 @@ use mqtt_codec::{
     PacketId, ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode, SubAck,
     Subscribe, UnsubAck, Unsubscribe,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::oneshot;
 use tokio::time::{Duration, Instant, timeout};
 use tracing::Instrument;
 
@@ -37,40 +43,45 @@ use crate::broker::{
 };
 use crate::counters::{self, DropReason};
 use crate::events::{ConnectionEvent, DisconnectReason};
+use crate::mailbox::{self, Received};
+use crate::rate::TokenBucket;
 use crate::session::{Awaiting, InFlight, Outbound, SessionState, SubscriberId};
 use crate::topic_tree::SubOptions;
 use crate::{Authenticator, BrokerConfig, BrokerHandle, ConnectionError, Identity, Message};
 
-/// Room reserved in the read buffer before each read.
-const READ_RESERVE: usize = 1024;
-/// A read buffer larger than this is released once it is empty, so that one large packet does not
-/// pin memory for the life of the connection.
-const READ_BUFFER_KEEP: usize = 8 * 1024;
+/// The size of each worker thread's scratch buffer for reads (see [`read_into`]).
+const READ_SCRATCH: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SCRATCH].into_boxed_slice());
+}
 
 /// Serves one connection; see [`BrokerHandle::serve`].
-pub(crate) async fn serve<IO, A>(
+pub(crate) fn serve<IO, A>(
     handle: BrokerHandle,
     io: IO,
     peer: Option<SocketAddr>,
     authenticator: &A,
-) -> Result<(), ConnectionError>
+) -> impl Future<Output = Result<(), ConnectionError>> + Send
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
     A: Authenticator,
 {
-    let span = tracing::info_span!(
+    // Debug level: a span enabled at the default `info` level would cost every connection a few
+    // hundred bytes for as long as it lives; the `info` lines of `serve_inner` carry their own
+    // fields. Not an `async fn`, whose future would hold a second copy of `io`.
+    let span = tracing::debug_span!(
         "mqtt_connection",
         peer = ?peer,
         client_id = tracing::field::Empty,
         identity = tracing::field::Empty,
     );
-    let result = serve_inner(handle, io, peer, authenticator).instrument(span.clone()).await;
-    if let Err(error) = &result {
-        span.in_scope(|| tracing::info!(error = %error, "connection ended abnormally"));
-    }
-    result
+    serve_inner(handle, io, peer, authenticator).instrument(span)
 }
 
+/// The connection's three phases. The handshake and the finish are boxed: their futures are large
+/// (the CONNECT, the authenticator's lookup) and short-lived, and the future of this function lives
+/// as long as the connection, so it is kept to what the main loop needs.
 async fn serve_inner<IO, A>(
     handle: BrokerHandle,
     io: IO,
@@ -81,27 +92,54 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
     A: Authenticator,
 {
-    let config = handle.config().clone();
-    let (mut reader, mut writer) = tokio::io::split(io);
+    let (mut connection, will, conn_id) =
+        match Box::pin(handshake(handle, io, peer, authenticator)).await {
+            Ok(connected) => connected,
+            Err(error) => {
+                tracing::info!(?peer, error = %error, "connection closed before CONNACK");
+                return Err(error);
+            }
+        };
+    let end = connection.run().await;
+    let client_id = connection.client_id.clone();
+    let result = Box::pin(connection.finish(end, will, conn_id)).await;
+    if let Err(error) = &result {
+        tracing::info!(?peer, %client_id, error = %error, "connection ended abnormally");
+    }
+    result
+}
+
+/// Reads and answers the CONNECT, and takes the session from the broker.
+async fn handshake<IO, A>(
+    handle: BrokerHandle,
+    io: IO,
+    peer: Option<SocketAddr>,
+    authenticator: &A,
+) -> Result<(Connection<IO>, Option<WillMessage>, u64), ConnectionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+    A: Authenticator,
+{
+    let config = handle.config_arc();
+    let mut io = io;
     let mut in_buf = BytesMut::new();
     let max_packet_size = config.max_packet_size.get();
-    let connect = match timeout(
-        config.connect_timeout,
-        read_connect(&mut reader, &mut in_buf, max_packet_size),
-    )
-    .await
-    {
-        Err(_) => return Err(ConnectionError::ConnectTimeout),
-        Ok(Err(ConnectionError::Decode(
-            error @ (DecodeError::UnsupportedProtocolVersion(_) | DecodeError::InvalidProtocolName),
-        ))) => {
-            // [MQTT-3.1.2-2]: answer with the v3.1.1 return code 1 (what every version understands).
-            let connack = ConnAck::new(ReasonCode::UnsupportedProtocolVersion);
-            write_now(&mut writer, &Packet::ConnAck(connack), ProtocolVersion::V311, &config).await;
-            return Err(ConnectionError::Decode(error));
-        }
-        Ok(result) => result?,
-    };
+    let connect =
+        match timeout(config.connect_timeout, read_connect(&mut io, &mut in_buf, max_packet_size))
+            .await
+        {
+            Err(_) => return Err(ConnectionError::ConnectTimeout),
+            Ok(Err(ConnectionError::Decode(
+                error @ (DecodeError::UnsupportedProtocolVersion(_)
+                | DecodeError::InvalidProtocolName),
+            ))) => {
+                // [MQTT-3.1.2-2]: answer with the v3.1.1 return code 1 (what every version understands).
+                let connack = ConnAck::new(ReasonCode::UnsupportedProtocolVersion);
+                write_now(&mut io, &Packet::ConnAck(connack), ProtocolVersion::V311, &config).await;
+                return Err(ConnectionError::Decode(error));
+            }
+            Ok(result) => result?,
+        };
     let version = connect.protocol_version;
     let v5 = version == ProtocolVersion::V5;
 
@@ -111,7 +149,7 @@ where
         Ok(ok) => ok,
         Err(code) => {
             let (packet, code) = refuse(code);
-            write_now(&mut writer, &packet, version, &config).await;
+            write_now(&mut io, &packet, version, &config).await;
             return Err(ConnectionError::Refused(code));
         }
     };
@@ -136,8 +174,8 @@ where
     }
 
     let conn_id = handle.next_id();
-    let (outbound_tx, outbound_rx) = mpsc::channel(config.connection_channel_capacity.get());
-    let (control_tx, control_rx) = mpsc::channel(1);
+    let (outbound_tx, control_tx, mailbox) =
+        mailbox::mailbox(config.connection_channel_capacity.get());
     let (reply_tx, reply_rx) = oneshot::channel();
     handle
         .send(Command::Connect(ConnectRequest {
@@ -154,7 +192,7 @@ where
         Ok(Ok(reply)) => reply,
         Ok(Err(_)) | Err(_) => {
             let (packet, code) = refuse(ReasonCode::ServerBusy);
-            write_now(&mut writer, &packet, version, &config).await;
+            write_now(&mut io, &packet, version, &config).await;
             return Err(ConnectionError::Refused(code));
         }
     };
@@ -193,12 +231,15 @@ where
             delay,
         }
     });
+    let bucket = config.publish_rate.map(|rate| TokenBucket::new(rate, Instant::now()));
+    // [MQTT-3.3.2-9]: never more aliases than the client accepts (none when it does not say).
+    let out_alias_limit =
+        connect.properties.topic_alias_maximum.unwrap_or(0).min(config.outbound_topic_aliases);
     let mut connection = Connection {
         handle,
         client_id,
         config,
-        reader,
-        writer,
+        io,
         in_buf,
         out_buf: BytesMut::new(),
         version,
@@ -213,10 +254,12 @@ where
             .map_or(MAX_PACKET_SIZE, |m| m.get()),
         state: reply.state,
         inbound: VecDeque::new(),
-        aliases: HashMap::new(),
+        aliases: None,
+        bucket: bucket.map(Box::new),
+        held: None,
+        out_alias_limit,
         session_expiry,
-        outbound_rx,
-        control_rx,
+        mailbox,
     };
     connection.write(&Packet::ConnAck(connack))?;
     // [MQTT-4.4.0-1]: resend unacknowledged PUBLISH and PUBREL packets of a resumed session.
@@ -228,9 +271,7 @@ where
         peer,
         protocol: version,
     });
-
-    let end = connection.run().await;
-    connection.finish(end, will, conn_id).await
+    Ok((connection, will, conn_id))
 }
 
 /// Validates, names and authenticates a CONNECT: the identity, the client identifier, and the identifier
@@ -280,13 +321,73 @@ async fn read_connect<R: AsyncRead + Unpin>(
         if let Some(connect) = mqtt_codec::decode_connect_buf(buf, max_packet_size)? {
             return Ok(connect);
         }
-        buf.reserve(READ_RESERVE);
-        let n = reader.read_buf(buf).await?;
+        let n = read_into(reader, buf).await?;
         if n == 0 {
             return Err(ConnectionError::ClosedByPeer);
         }
         counters::bytes_received(n);
     }
+}
+
+/// Reads what `reader` has, appending it to `buf`; returns the number of bytes read (0 at the end of
+/// the stream).
+async fn read_into<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
+    poll_fn(|cx| poll_read_into(cx, reader, buf)).await
+}
+
+/// Polls a read of what `reader` has into `buf`.
+///
+/// The read lands in the worker thread's scratch buffer and only what arrived is copied into `buf`,
+/// so a connection waiting for input holds no buffer of its own: that is most of what an idle
+/// connection would otherwise cost. Bytes are read and appended within one poll, or not at all.
+fn poll_read_into<R: AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    reader: &mut R,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    SCRATCH.with(|scratch| {
+        // Never contended (one poll at a time per thread); if it were, a fresh buffer serves.
+        let mut fallback;
+        let mut borrowed = scratch.try_borrow_mut();
+        let space: &mut [u8] = match &mut borrowed {
+            Ok(scratch) => &mut scratch[..],
+            Err(_) => {
+                fallback = vec![0; READ_SCRATCH];
+                &mut fallback
+            }
+        };
+        let mut read = ReadBuf::new(space);
+        match Pin::new(&mut *reader).poll_read(cx, &mut read) {
+            Poll::Ready(Ok(())) => {
+                buf.extend_from_slice(read.filled());
+                Poll::Ready(Ok(read.filled().len()))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+}
+
+/// Polls the socket for the main loop: a write of `out` (when `writing`), then a read into `input`
+/// (when `reading`). One poll over the unsplit socket, instead of a future per direction over split
+/// halves (which cost an allocation and a lock per operation).
+///
+/// Cancel-safe: progress is reported only by the poll that makes it.
+fn poll_io<IO: AsyncRead + AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    io: &mut IO,
+    input: &mut BytesMut,
+    out: &[u8],
+    reading: bool,
+    writing: bool,
+) -> Poll<Event> {
+    if writing && let Poll::Ready(written) = Pin::new(&mut *io).poll_write(cx, out) {
+        return Poll::Ready(Event::Written(written));
+    }
+    if reading && let Poll::Ready(read) = poll_read_into(cx, io, input) {
+        return Poll::Ready(Event::Read(read));
+    }
+    Poll::Pending
 }
 
 /// Writes one packet and flushes it, giving up after the close timeout; for answers after which the
@@ -326,13 +427,14 @@ enum End {
 /// One event of the main loop, produced by the `select!` and handled after it.
 #[derive(Debug)]
 enum Event {
-    Shutdown,
     Control(Option<Control>),
     Read(std::io::Result<usize>),
     Written(std::io::Result<usize>),
     Outbound(Option<Outbound>),
     Accepted(Result<Accepted, oneshot::error::RecvError>),
     KeepAliveExpired,
+    /// The rate limit lets the held PUBLISH through.
+    Resume,
 }
 
 /// An inbound QoS 1 or 2 PUBLISH waiting for the broker to accept it.
@@ -343,12 +445,22 @@ struct PendingAck {
     accepted: oneshot::Receiver<Accepted>,
 }
 
+/// The topic aliases of a v5 connection (§3.3.2.3.4), boxed in [`Connection`] (kept small for
+/// idle connections).
+#[derive(Debug, Default)]
+struct Aliases {
+    /// Set by the client.
+    inbound: HashMap<u16, mqtt_codec::TopicName>,
+    /// Set by the broker, by topic.
+    outbound: HashMap<mqtt_codec::TopicName, NonZeroU16>,
+}
+
 struct Connection<IO> {
     handle: BrokerHandle,
     client_id: ClientId,
-    config: BrokerConfig,
-    reader: ReadHalf<IO>,
-    writer: WriteHalf<IO>,
+    config: Arc<BrokerConfig>,
+    /// The socket, not split: one poll (`poll_io`) reads and writes it.
+    io: IO,
     /// Bytes read and not yet decoded. Kept here, not in the loop, so a cancelled read loses nothing.
     in_buf: BytesMut,
     /// Encoded packets not yet written.
@@ -366,13 +478,19 @@ struct Connection<IO> {
     /// Inbound QoS 1 and 2 messages handed to the broker, in arrival order: acknowledged in that order
     /// once accepted ([MQTT-4.6.0-2]).
     inbound: VecDeque<PendingAck>,
-    /// Inbound topic aliases (v5, §3.3.2.3.4).
-    aliases: HashMap<u16, mqtt_codec::TopicName>,
+    /// Topic aliases in both directions (v5, §3.3.2.3.4); allocated when the first is set.
+    aliases: Option<Box<Aliases>>,
+    /// The publish rate limit ([`BrokerConfig::publish_rate`]).
+    bucket: Option<Box<TokenBucket>>,
+    /// A PUBLISH over the rate limit, and when it may go.
+    held: Option<Box<(Publish, Instant)>>,
+    /// How many outbound aliases may be set: the client's Topic Alias Maximum, capped by
+    /// [`BrokerConfig::outbound_topic_aliases`]; 0 on v3.1.1.
+    out_alias_limit: u16,
     session_expiry: u32,
     /// Messages from the broker. Closed by `finish` before the state goes back to the broker.
-    outbound_rx: mpsc::Receiver<Outbound>,
-    /// Takeover notices from the broker.
-    control_rx: mpsc::Receiver<Control>,
+    /// Messages and control notices (takeover, disconnect) from the broker.
+    mailbox: mailbox::Receiver<Outbound>,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
@@ -386,49 +504,59 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
     ///
     /// Each branch of the `select!` is cancel-safe: `read_buf` and `write` report progress only when
     /// they complete and keep partial input and output in `self.in_buf` / `self.out_buf`; `recv` on an
-    /// mpsc receiver and awaiting a `&mut oneshot::Receiver` lose no message; the keep-alive sleep is
+    /// mailbox and awaiting a `&mut oneshot::Receiver` lose no message; the keep-alive sleep is
     /// recreated from `self.last_packet` on every turn.
     async fn run(&mut self) -> End {
         loop {
             if let Err(error) = self.pump() {
                 return End::Error(error);
             }
-            if self.in_buf.is_empty() && self.in_buf.capacity() > READ_BUFFER_KEEP {
+            self.handle.report_finished(&self.client_id, &mut self.state.finished).await;
+            // Reads go through the thread's scratch buffer (`read_into`): only a partial packet
+            // is kept between reads, and an idle connection holds no read buffer.
+            if self.in_buf.is_empty() {
                 self.in_buf = BytesMut::new();
             }
-            if self.in_buf.capacity() - self.in_buf.len() < READ_RESERVE / 4 {
-                self.in_buf.reserve(READ_RESERVE);
-            }
-            let deadline = self.keep_alive.map(|k| self.last_packet + k);
+            // A client that does not read what it is sent is not read from either, until its
+            // buffer drains: TCP then slows its publishing down, rather than the broker dropping
+            // what it would send back (a client publishing to its own subscription, or
+            // acknowledgements).
+            // Half the mark, so that what one read brings in still fits below the mark.
+            let reading = self.out_buf.len() < self.config.outbound_buffer_high_water / 2
+                && self.held.is_none();
+            // One timer: the keep-alive deadline, or, while the rate limit holds the client back,
+            // when it may go on (keep-alive is suspended meanwhile: its PINGREQs wait unread).
+            let (deadline, resumes) = match &self.held {
+                Some(held) => (Some(held.1), true),
+                None => (self.keep_alive.map(|k| self.last_packet + k), false),
+            };
             let event = {
-                let Self {
-                    handle,
-                    reader,
-                    writer,
-                    in_buf,
-                    out_buf,
-                    outbound_rx,
-                    control_rx,
-                    inbound,
-                    ..
-                } = self;
+                let Self { io, in_buf, out_buf, mailbox, inbound, .. } = self;
                 let writing = !out_buf.is_empty();
+                // No shutdown branch: at shutdown the broker task stops and drops its end of every
+                // mailbox, which ends the connection (`Received::Closed`).
                 tokio::select! {
-                    () = handle.shutdown_token().cancelled() => Event::Shutdown,
-                    control = control_rx.recv() => Event::Control(control),
-                    read = reader.read_buf(in_buf) => Event::Read(read),
-                    written = writer.write(out_buf), if writing => Event::Written(written),
-                    out = outbound_rx.recv() => Event::Outbound(out),
+                    event = poll_fn(|cx| poll_io(cx, io, in_buf, out_buf, reading, writing)),
+                        if reading || writing => event,
+                    received = mailbox.recv() => match received {
+                        Received::Control(control) => Event::Control(Some(control)),
+                        Received::Message(out) => Event::Outbound(Some(out)),
+                        Received::Closed => Event::Outbound(None),
+                    },
                     accepted = async {
                         match inbound.front_mut() {
                             Some(pending) => (&mut pending.accepted).await,
                             None => std::future::pending().await,
                         }
                     }, if !inbound.is_empty() => Event::Accepted(accepted),
-                    () = sleep_until_opt(deadline), if deadline.is_some() => Event::KeepAliveExpired,
+                    () = sleep_until_opt(deadline), if deadline.is_some() => {
+                        if resumes { Event::Resume } else { Event::KeepAliveExpired }
+                    }
                 }
             };
-            match self.on_event(event).await {
+            // Boxed: the handlers' futures are large and short-lived; the select above is what an idle
+            // connection waits in.
+            match Box::pin(self.on_event(event)).await {
                 Ok(None) => {}
                 Ok(Some(end)) => return end,
                 Err(error) => return End::Error(error),
@@ -438,7 +566,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
 
     async fn on_event(&mut self, event: Event) -> Result<Option<End>, ConnectionError> {
         match event {
-            Event::Shutdown => return Ok(Some(End::Shutdown)),
             Event::Control(Some(Control::TakenOver)) => return Ok(Some(End::TakenOver)),
             Event::Control(Some(Control::Disconnect(reason))) => {
                 return Ok(Some(End::Server(reason)));
@@ -465,8 +592,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 }
                 counters::bytes_sent(n);
                 self.out_buf.advance(n);
+                if self.out_buf.is_empty() {
+                    // Released (a written-out BytesMut cannot tell how large it was): an idle
+                    // connection holds no write buffer.
+                    self.out_buf = BytesMut::new();
+                }
             }
-            Event::Outbound(Some(out)) => self.enqueue(out)?,
+            Event::Outbound(Some(out)) => {
+                // Take everything already waiting: one turn of the loop for a burst. Pumping after
+                // each keeps the window full before the queue's limit is applied.
+                self.enqueue(out)?;
+                self.pump()?;
+                while let Some(out) = self.mailbox.try_recv() {
+                    self.enqueue(out)?;
+                    self.pump()?;
+                }
+            }
             Event::Accepted(accepted) => {
                 let accepted = accepted.map_err(|_| ConnectionError::BrokerStopped)?;
                 let Some(pending) = self.inbound.pop_front() else { return Ok(None) };
@@ -488,15 +629,39 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 self.write(&packet)?;
             }
             Event::KeepAliveExpired => return Err(ConnectionError::KeepAliveTimeout),
+            Event::Resume => {
+                if let Some(held) = self.held.take() {
+                    self.last_packet = Instant::now();
+                    if let Some(bucket) = &mut self.bucket {
+                        // The token the wait was for.
+                        let _ = bucket.take(self.last_packet);
+                    }
+                    self.on_publish(held.0).await?;
+                }
+                return self.process_input().await;
+            }
         }
         Ok(None)
     }
 
     /// Decodes and handles every complete packet in the read buffer.
+    ///
+    /// A PUBLISH over the rate limit is held in `self.held` and decoding stops until
+    /// [`Event::Resume`]; the rest stays in the buffer.
     async fn process_input(&mut self) -> Result<Option<End>, ConnectionError> {
         let max = self.config.max_packet_size.get();
-        while let Some(packet) = mqtt_codec::decode_buf(&mut self.in_buf, self.version, max)? {
-            self.last_packet = Instant::now();
+        while self.held.is_none()
+            && let Some(packet) = mqtt_codec::decode_buf(&mut self.in_buf, self.version, max)?
+        {
+            let now = Instant::now();
+            self.last_packet = now;
+            if let (Packet::Publish(publish), Some(bucket)) = (&packet, &mut self.bucket)
+                && let Err(until) = bucket.take(now)
+            {
+                counters::publish_throttled();
+                self.held = Some(Box::new((publish.clone(), until)));
+                return Ok(None);
+            }
             if let Some(end) = self.on_packet(packet).await? {
                 return Ok(Some(end));
             }
@@ -541,12 +706,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 }
                 match topic {
                     Some(topic) => {
-                        self.aliases.insert(alias.get(), topic.clone());
+                        self.aliases
+                            .get_or_insert_default()
+                            .inbound
+                            .insert(alias.get(), topic.clone());
                         topic.clone()
                     }
                     None => self
                         .aliases
-                        .get(&alias.get())
+                        .as_ref()
+                        .and_then(|aliases| aliases.inbound.get(&alias.get()))
                         .cloned()
                         .ok_or(ConnectionError::Protocol(ReasonCode::ProtocolError))?,
                 }
@@ -623,7 +792,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         match self.state.inflight.iter().position(|f| f.packet_id == packet_id && f.stage == stage)
         {
             Some(index) => {
-                self.state.inflight.remove(index);
+                if let Some(flight) = self.state.inflight.remove(index) {
+                    self.state.finish(&flight.out);
+                }
             }
             None => tracing::debug!(%packet_id, ?stage, "acknowledgement for unknown packet id"),
         }
@@ -643,7 +814,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         };
         if rec.reason_code.is_error() {
             // §4.3.3: a PUBREC with an error ends the exchange.
-            self.state.inflight.remove(index);
+            if let Some(flight) = self.state.inflight.remove(index) {
+                self.state.finish(&flight.out);
+            }
             return Ok(());
         }
         if let Some(flight) = self.state.inflight.get_mut(index) {
@@ -758,6 +931,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
     fn enqueue(&mut self, out: Outbound) -> Result<(), ConnectionError> {
         if out.expires_at.is_some_and(|at| at <= Instant::now()) {
             counters::dropped(DropReason::Expired, out.qos);
+            self.state.finish(&out);
             return Ok(());
         }
         if out.qos == QoS::AtMostOnce {
@@ -766,11 +940,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 return Ok(());
             }
             let publish = Self::outbound_publish(&out, Delivery::AtMostOnce);
-            self.write_publish(&publish, out.qos)?;
+            self.write_publish(publish, out.qos)?;
             return Ok(());
         }
         if self.state.queue.len() >= self.config.max_queued_messages {
             counters::dropped(DropReason::QueueFull, out.qos);
+            self.state.finish(&out);
             return Ok(());
         }
         self.state.queue.push_back(out);
@@ -785,6 +960,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             let Some(out) = self.state.queue.pop_front() else { break };
             if out.expires_at.is_some_and(|at| at <= Instant::now()) {
                 counters::dropped(DropReason::Expired, out.qos);
+                self.state.finish(&out);
                 continue;
             }
             let packet_id = self.state.next_packet_id();
@@ -795,8 +971,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 _ => (Delivery::AtLeastOnce { packet_id, dup: false }, Awaiting::PubAck),
             };
             let publish = Self::outbound_publish(&out, delivery);
-            if self.write_publish(&publish, out.qos)? {
+            if self.write_publish(publish, out.qos)? {
                 self.state.inflight.push_back(InFlight { packet_id, out, stage });
+            } else {
+                self.state.finish(&out);
             }
         }
         Ok(())
@@ -811,12 +989,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 Awaiting::PubAck => {
                     let delivery = Delivery::AtLeastOnce { packet_id, dup: true };
                     let publish = Self::outbound_publish(&out, delivery);
-                    self.write_publish(&publish, out.qos)?;
+                    self.write_publish(publish, out.qos)?;
                 }
                 Awaiting::PubRec => {
                     let delivery = Delivery::ExactlyOnce { packet_id, dup: true };
                     let publish = Self::outbound_publish(&out, delivery);
-                    self.write_publish(&publish, out.qos)?;
+                    self.write_publish(publish, out.qos)?;
                 }
                 Awaiting::PubComp => self.write(&Packet::PubRel(PubRel::new(packet_id)))?,
             }
@@ -845,14 +1023,38 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
 
     /// Encodes `publish` unless it is larger than the client accepts ([MQTT-3.1.2-25]: then it is
     /// dropped as if delivered). Returns whether it was written.
-    fn write_publish(&mut self, publish: &Publish, qos: QoS) -> Result<bool, ConnectionError> {
-        let packet = Packet::Publish(publish.clone());
+    ///
+    /// With outbound topic aliases (v5), the first message to a topic carries the topic and a new
+    /// alias, later ones the alias and an empty topic (§3.3.2.3.4). An alias is recorded only once its
+    /// PUBLISH is written, so the client always learns it before it sees it used.
+    fn write_publish(&mut self, mut publish: Publish, qos: QoS) -> Result<bool, ConnectionError> {
+        let mut new_alias = None;
+        if self.out_alias_limit > 0
+            && let Some(topic) = &publish.topic
+        {
+            let set = self.aliases.as_ref().map(|aliases| &aliases.outbound);
+            let used = set.map_or(0, HashMap::len);
+            if let Some(&alias) = set.and_then(|set| set.get(topic)) {
+                publish.properties.topic_alias = Some(alias);
+                publish.topic = None;
+            } else if used < usize::from(self.out_alias_limit) {
+                let next = u16::try_from(used + 1).ok().and_then(NonZeroU16::new);
+                if let Some(alias) = next {
+                    publish.properties.topic_alias = Some(alias);
+                    new_alias = Some((topic.clone(), alias));
+                }
+            }
+        }
+        let packet = Packet::Publish(publish);
         let len = mqtt_codec::encoded_len(&packet, self.version)?;
         if u64::try_from(len).unwrap_or(u64::MAX) > u64::from(self.peer_max_packet_size) {
             counters::dropped(DropReason::TooLarge, qos);
             return Ok(false);
         }
         self.write(&packet)?;
+        if let Some((topic, alias)) = new_alias {
+            self.aliases.get_or_insert_default().outbound.insert(topic, alias);
+        }
         counters::sent(qos);
         Ok(true)
     }
@@ -895,8 +1097,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         }
         // Hand the session back before flushing, so a takeover does not wait on a slow socket. Messages
         // still in the channel join the queue; anything routed after `close` goes to the broker's copy.
-        self.outbound_rx.close();
-        while let Ok(out) = self.outbound_rx.try_recv() {
+        self.mailbox.close();
+        while let Some(out) = self.mailbox.try_recv() {
             if out.qos == QoS::AtMostOnce {
                 counters::dropped(DropReason::Offline, out.qos);
             } else {
@@ -922,8 +1124,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         let close_timeout = self.config.close_timeout;
         let pending = self.out_buf.len();
         let flushed = timeout(close_timeout, async {
-            self.writer.write_all(&self.out_buf).await?;
-            self.writer.shutdown().await
+            self.io.write_all(&self.out_buf).await?;
+            self.io.shutdown().await
         })
         .await;
         if matches!(flushed, Ok(Ok(()))) {

@@ -54,6 +54,11 @@ pub(crate) fn publish_denied() {
     metrics::counter!("mqtt_publish_denied_total").increment(1);
 }
 
+/// Counts a PUBLISH held back by the publisher's rate limit.
+pub(crate) fn publish_throttled() {
+    metrics::counter!("mqtt_publish_throttled_total").increment(1);
+}
+
 /// Counts a retained message that was not retained because the store is full.
 pub(crate) fn retained_refused() {
     metrics::counter!("mqtt_retained_refused_total").increment(1);
@@ -92,4 +97,15 @@ pub(crate) fn connection_closed() {
 /// Counts a connection event the consumer had no room for.
 pub(crate) fn presence_event_dropped(reason: &'static str) {
     metrics::counter!("mqtt_presence_events_dropped_total", "reason" => reason).increment(1);
+}
+
+/// Counts a commit of the session store and the changes it held.
+pub(crate) fn session_store_committed(ops: usize) {
+    metrics::counter!("mqtt_session_store_commits_total").increment(1);
+    metrics::counter!("mqtt_session_store_ops_total").increment(ops as u64);
+}
+
+/// Counts a failed commit of the session store (it is retried).
+pub(crate) fn session_store_failed() {
+    metrics::counter!("mqtt_session_store_failures_total").increment(1);
 }

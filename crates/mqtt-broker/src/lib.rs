@@ -12,11 +12,15 @@
 //! - [`BrokerConfig`] holds every limit; each field says what happens when it is reached.
 //! - [`BrokerHandle::connection_events`] reports clients connecting and disconnecting (with a
 //!   [`DisconnectReason`]) on a bounded channel that never blocks the broker (`events`).
+//! - [`Broker::with_store`] makes sessions, their queued QoS 1 and 2 messages and retained messages
+//!   survive a restart: the broker writes them through a [`SessionStore`] (implemented by the server
+//!   on its database) in batches committed by a [`SessionWriter`] task, and restores them from a
+//!   [`Snapshot`] at startup (`persist`). [`Broker::new`] keeps everything in memory.
 //!
 //! Data flows client → connection → broker task → subscribers' connections (bounded channels, never
 //! awaited by the broker) → clients. QoS 1 and 2 messages from clients are acknowledged only after the
-//! broker has accepted them; see the `broker` module for how that becomes acknowledge-after-commit
-//! once messages are stored.
+//! broker has accepted them, and with a session store only after what they changed has committed;
+//! see the `broker` module.
 
 mod auth;
 mod broker;
@@ -25,7 +29,10 @@ mod connection;
 mod counters;
 mod error;
 mod events;
+mod mailbox;
 mod message;
+mod persist;
+mod rate;
 mod retained;
 mod session;
 mod topic_tree;
@@ -36,3 +43,8 @@ pub use crate::config::BrokerConfig;
 pub use crate::error::{BrokerError, ConnectionError};
 pub use crate::events::{ConnectionEvent, DisconnectReason, protocol_label};
 pub use crate::message::Message;
+pub use crate::persist::{
+    BoxFuture, PersistError, PersistOp, QueuedMessage, SessionStore, SessionWriter, Snapshot,
+    StoredMessage, StoredSession, StoredSubscription,
+};
+pub use crate::rate::PublishRate;

@@ -1,8 +1,8 @@
 //! The retained-message store (§3.3.1.3): the last retained message of each topic, found again by the
 //! filters of later subscriptions.
 //!
-//! A plain data structure owned by the broker task; persistence through Herd's `Store` comes later and
-//! will load and save this store's contents, not replace it. Like the subscription trie it is keyed by
+//! A plain data structure owned by the broker task; with a session store the broker records each
+//! change to it (see the `persist` module) and fills it from the stored snapshot at startup. Like the subscription trie it is keyed by
 //! topic level, so a filter visits only the branches it can match, with the same rules: `#` and `+` in
 //! the first level never match topics starting with `$` ([MQTT-4.7.2-1]) and `sport/#` matches `sport`.
 

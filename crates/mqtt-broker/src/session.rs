@@ -7,7 +7,7 @@
 //! to the next connection with the same client identifier.
 
 use std::collections::{HashSet, VecDeque};
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::Arc;
 
 use mqtt_codec::{PacketId, QoS};
@@ -31,6 +31,10 @@ pub(crate) struct Outbound {
     pub(crate) retain: bool,
     /// The Subscription Identifiers of the matching subscriptions (v5).
     pub(crate) subscription_ids: Vec<NonZeroU32>,
+    /// Its sequence number in the session store, when it is persisted (a QoS 1 or 2 message for a
+    /// session that outlives its connection, on a broker with a store); the connection reports it
+    /// through [`SessionState::finish`] once the client is done with it.
+    pub(crate) seq: Option<NonZeroU64>,
 }
 
 /// Where an outbound QoS 1 or 2 message stands.
@@ -67,9 +71,21 @@ pub(crate) struct SessionState {
     pub(crate) inbound_qos2: HashSet<PacketId>,
     /// The last Packet Identifier used for an outbound message.
     pub(crate) last_packet_id: u16,
+    /// Sequence numbers of persisted messages the client is finished with (acknowledged, or dropped
+    /// by policy), not yet reported to the session writer: the connection reports them after each
+    /// event, the broker those left when the connection hands the state back.
+    pub(crate) finished: Vec<u64>,
 }
 
 impl SessionState {
+    /// Notes that the client is finished with `out`: acknowledged, or dropped by policy. Only
+    /// persisted messages need it.
+    pub(crate) fn finish(&mut self, out: &Outbound) {
+        if let Some(seq) = out.seq {
+            self.finished.push(seq.get());
+        }
+    }
+
     /// A Packet Identifier not used by any message in flight.
     ///
     /// The window is smaller than 65,535, so a free identifier always exists.

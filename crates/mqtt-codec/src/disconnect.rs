@@ -9,7 +9,10 @@ use crate::{DecodeError, EncodeError, PacketType, Properties, ProtocolVersion, R
 /// A DISCONNECT packet (§3.14).
 ///
 /// In MQTT 5 the reason code and properties may be left out (§3.14.2.1): a Remaining Length of 0 means
-/// Success without properties, 1 a reason code without properties. The encoder uses the shortest form.
+/// Success without properties, 1 a reason code without properties; the decoder reads every form. The
+/// encoder leaves out the body of a normal disconnection (Success, no properties), but writes any
+/// other reason code with its Property Length, even when it is 0: some clients (rumqttc 0.25) cannot
+/// read the one-byte form, and the two extra bytes cost nothing on the last packet of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disconnect {
     /// The reason code (§3.14.2.1).
@@ -51,8 +54,8 @@ impl Disconnect {
                 code: self.reason_code,
             });
         }
-        if self.properties.is_empty() {
-            return Ok(usize::from(self.reason_code != ReasonCode::Success));
+        if self.properties.is_empty() && self.reason_code == ReasonCode::Success {
+            return Ok(0);
         }
         Ok(1 + self.properties.encoded_len_with_prefix(Context::Packet(PacketType::Disconnect))?)
     }
@@ -64,8 +67,6 @@ impl Disconnect {
             return;
         }
         buf.put_u8(self.reason_code.to_byte());
-        if !self.properties.is_empty() {
-            self.properties.write_in(Context::Packet(PacketType::Disconnect), buf);
-        }
+        self.properties.write_in(Context::Packet(PacketType::Disconnect), buf);
     }
 }

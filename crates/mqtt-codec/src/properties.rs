@@ -183,6 +183,31 @@ impl Properties {
         *self == Self::default()
     }
 
+    /// Appends these properties as the property list of a v5 PUBLISH (length prefix included): the
+    /// form in which a broker stores the properties of a message it must keep across restarts.
+    ///
+    /// # Errors
+    ///
+    /// When a property is not allowed in a PUBLISH or its value cannot be encoded.
+    pub fn encode_publish(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        let len = self.encoded_len(Context::Packet(PacketType::Publish))?;
+        self.write(len, buf);
+        Ok(())
+    }
+
+    /// Reads a property list written by [`Properties::encode_publish`]: exactly one v5 PUBLISH
+    /// property list, nothing after it.
+    ///
+    /// # Errors
+    ///
+    /// When `bytes` is not such a list.
+    pub fn decode_publish(bytes: Bytes) -> Result<Self, DecodeError> {
+        let mut reader = Reader::new(bytes, PacketType::Publish);
+        let properties = Self::decode(&mut reader, Context::Packet(PacketType::Publish))?;
+        reader.finish()?;
+        Ok(properties)
+    }
+
     /// Calls `f` with each property that is set, in identifier order.
     fn visit(
         &self,

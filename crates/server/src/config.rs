@@ -10,10 +10,14 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use domain::TokenHash;
 use serde::Deserialize;
 use toml::{Table, Value};
+
+use crate::gateway::{Application, TopicRules};
 
 /// The commented default configuration, embedded in the binary.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
@@ -23,6 +27,14 @@ pub type FlagValue = toml::Value;
 
 /// The environment prefix of configuration variables (`HERD_HTTP__LISTEN`).
 pub const ENV_PREFIX: &str = "HERD_";
+
+/// Where MQTT over TLS listens when a certificate and key are configured and `mqtt.tls_listen` is
+/// empty (8883 is the IANA port of MQTT over TLS).
+pub const DEFAULT_MQTT_TLS_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8883);
+
+/// Fewest characters of an application secret read from `secret_file`.
+const MIN_APPLICATION_SECRET_CHARS: usize = 16;
 
 /// Validated configuration of `herd serve`.
 #[derive(Debug, Clone)]
@@ -57,6 +69,23 @@ pub struct MqttConfig {
     pub max_connections: usize,
     /// Limits of the broker core.
     pub broker: mqtt_broker::BrokerConfig,
+    /// Clients that send neither user name nor password: `None` refuses them
+    /// (`mqtt.allow_anonymous = false`); otherwise the rules that bound them (`[mqtt.anonymous]`).
+    pub anonymous: Option<Arc<TopicRules>>,
+    /// Integration applications (`[[mqtt.applications]]`), names unique.
+    pub applications: Vec<Application>,
+    /// The device credential cache.
+    pub auth_cache: AuthCacheConfig,
+}
+
+/// The cache of successful device credential lookups (`mqtt.auth_cache_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthCacheConfig {
+    /// Most cached credentials; the oldest goes when it is full. 0 disables the cache.
+    pub entries: usize,
+    /// Longest time a credential stays cached (it never outlives the credential's expiry, and a
+    /// revocation, suspension or deletion drops it at once).
+    pub ttl: Duration,
 }
 
 /// The MQTT over TLS listener: its address and the server certificate it presents.
@@ -197,6 +226,39 @@ struct RawMqtt {
     max_session_expiry_secs: u64,
     max_retained_messages: u64,
     outbound_buffer_bytes: u64,
+    connection_queue_messages: u64,
+    session_store_queue: u64,
+    outbound_topic_aliases: u64,
+    publish_rate_per_sec: f64,
+    publish_burst: u64,
+    allow_anonymous: bool,
+    auth_cache_entries: u64,
+    auth_cache_ttl_secs: u64,
+    /// Each entry is deserialized on its own, so that every broken application is reported.
+    applications: Vec<Value>,
+    anonymous: RawTopicRules,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTopicRules {
+    publish: Vec<String>,
+    subscribe: Vec<String>,
+    deny: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApplication {
+    name: String,
+    secret_sha256: Option<String>,
+    secret_file: Option<PathBuf>,
+    #[serde(default)]
+    publish: Vec<String>,
+    #[serde(default)]
+    subscribe: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -309,38 +371,56 @@ fn overlay(
             problems.push(format!("{origin}: [{section}] must be a table"));
             continue;
         };
-        for (key, v) in table {
-            let Some(default) = default_section.get(key) else {
-                problems.push(format!("{origin}: unknown key {section}.{key}"));
+        if let Some(t) = merged.get_mut(section).and_then(Value::as_table_mut) {
+            overlay_keys(default_section, t, table, section, origin, problems);
+        }
+    }
+}
+
+/// Lays the keys of `layer` over `merged`, the table at `path` (`mqtt`, `mqtt.anonymous`), whose
+/// defaults are `defaults`. A table inside is merged key by key in turn, so a file may set one key
+/// of `[mqtt.anonymous]` and keep the defaults of the others.
+fn overlay_keys(
+    defaults: &Table,
+    merged: &mut Table,
+    layer: &Table,
+    path: &str,
+    origin: &str,
+    problems: &mut Vec<String>,
+) {
+    for (key, v) in layer {
+        let Some(default) = defaults.get(key) else {
+            problems.push(format!("{origin}: unknown key {path}.{key}"));
+            continue;
+        };
+        let v = match (default, v) {
+            (Value::Table(default), Value::Table(layer)) => {
+                if let Some(t) = merged.get_mut(key).and_then(Value::as_table_mut) {
+                    overlay_keys(default, t, layer, &format!("{path}.{key}"), origin, problems);
+                }
                 continue;
-            };
-            let v = match (default, v) {
-                // An integer key set from the environment as a string that is not a number.
-                (Value::Integer(_), Value::String(s)) => match s.parse::<i64>() {
-                    Ok(i) => Value::Integer(i),
-                    Err(_) => {
-                        problems.push(format!(
-                            "{origin}: {section}.{key} must be an integer, got {s:?}"
-                        ));
-                        continue;
-                    }
-                },
-                // A string key whose environment value happened to look like a number.
-                (Value::String(_), Value::Integer(i)) => Value::String(i.to_string()),
-                (d, v) if d.type_str() == v.type_str() => v.clone(),
-                (d, v) => {
-                    problems.push(format!(
-                        "{origin}: {section}.{key} must be a {}, got a {}",
-                        d.type_str(),
-                        v.type_str()
-                    ));
+            }
+            // An integer key set from the environment as a string that is not a number.
+            (Value::Integer(_), Value::String(s)) => match s.parse::<i64>() {
+                Ok(i) => Value::Integer(i),
+                Err(_) => {
+                    problems.push(format!("{origin}: {path}.{key} must be an integer, got {s:?}"));
                     continue;
                 }
-            };
-            if let Some(t) = merged.get_mut(section).and_then(Value::as_table_mut) {
-                t.insert(key.clone(), v);
+            },
+            // A string key whose environment value happened to look like a number.
+            (Value::String(_), Value::Integer(i)) => Value::String(i.to_string()),
+            (d, v) if d.type_str() == v.type_str() => v.clone(),
+            (d, v) => {
+                problems.push(format!(
+                    "{origin}: {path}.{key} must be a {}, got a {}",
+                    d.type_str(),
+                    v.type_str()
+                ));
+                continue;
             }
-        }
+        };
+        merged.insert(key.clone(), v);
     }
 }
 
@@ -534,6 +614,28 @@ fn validate_mqtt(raw: &RawMqtt, problems: &mut Vec<String>) -> MqttConfig {
         range("mqtt.max_retained_messages", raw.max_retained_messages, 0, 100_000_000);
     let outbound_buffer =
         range("mqtt.outbound_buffer_bytes", raw.outbound_buffer_bytes, 1024, 1 << 30);
+    let connection_queue =
+        range("mqtt.connection_queue_messages", raw.connection_queue_messages, 1, 1_000_000);
+    let session_store_queue =
+        range("mqtt.session_store_queue", raw.session_store_queue, 1, 1_000_000);
+    let outbound_aliases =
+        range("mqtt.outbound_topic_aliases", raw.outbound_topic_aliases, 0, 65_535);
+    let publish_burst = range("mqtt.publish_burst", raw.publish_burst, 1, 1_000_000);
+    let rate = raw.publish_rate_per_sec;
+    let rate_problem = (!rate.is_finite() || rate < 0.0).then(|| {
+        format!(
+            "mqtt.publish_rate_per_sec must be a number of messages per second, 0 or more (0: no \
+             limit), got {rate}"
+        )
+    });
+    let publish_rate = if rate_problem.is_some() || rate == 0.0 {
+        None
+    } else {
+        Some(mqtt_broker::PublishRate {
+            per_second: raw.publish_rate_per_sec,
+            burst: u32::try_from(publish_burst).unwrap_or(u32::MAX),
+        })
+    };
 
     let broker = mqtt_broker::BrokerConfig {
         connect_timeout: Duration::from_secs(connect_timeout),
@@ -546,23 +648,138 @@ fn validate_mqtt(raw: &RawMqtt, problems: &mut Vec<String>) -> MqttConfig {
         max_session_expiry: u32::try_from(max_session_expiry).unwrap_or(u32::MAX),
         max_retained_messages: max_retained as usize,
         outbound_buffer_high_water: outbound_buffer as usize,
+        connection_channel_capacity: nonzero_usize(connection_queue),
+        session_store_queue_capacity: nonzero_usize(session_store_queue),
+        outbound_topic_aliases: u16::try_from(outbound_aliases).unwrap_or(u16::MAX),
+        publish_rate,
         ..mqtt_broker::BrokerConfig::default()
     };
-    MqttConfig { listen, tls, max_connections: max_connections as usize, broker }
+    let auth_cache_entries =
+        range("mqtt.auth_cache_entries", raw.auth_cache_entries, 0, 10_000_000);
+    let auth_cache_ttl = range("mqtt.auth_cache_ttl_secs", raw.auth_cache_ttl_secs, 1, 86_400);
+    problems.extend(rate_problem);
+    let auth_cache = AuthCacheConfig {
+        entries: auth_cache_entries as usize,
+        ttl: Duration::from_secs(auth_cache_ttl),
+    };
+    let anonymous = match TopicRules::new(
+        &raw.anonymous.publish,
+        &raw.anonymous.subscribe,
+        &raw.anonymous.deny,
+    ) {
+        Ok(rules) => raw.allow_anonymous.then(|| Arc::new(rules)),
+        Err(errors) => {
+            problems.extend(errors.into_iter().map(|e| format!("mqtt.anonymous.{e}")));
+            None
+        }
+    };
+    let applications = validate_applications(&raw.applications, problems);
+    MqttConfig {
+        listen,
+        tls,
+        max_connections: max_connections as usize,
+        broker,
+        anonymous,
+        applications,
+        auth_cache,
+    }
 }
 
-/// Validates `mqtt.tls_listen`, `mqtt.tls_cert_file` and `mqtt.tls_key_file`: when the listener is
-/// set, both files must be given and readable, and the key file readable only by its owner.
-fn validate_mqtt_tls(raw: &RawMqtt, problems: &mut Vec<String>) -> Option<MqttTlsConfig> {
-    if raw.tls_listen.trim().is_empty() {
-        return None;
+/// Validates `[[mqtt.applications]]`: each entry's keys, name (unique), secret and rules.
+fn validate_applications(raw: &[Value], problems: &mut Vec<String>) -> Vec<Application> {
+    let mut applications: Vec<Application> = Vec::with_capacity(raw.len());
+    let mut names = std::collections::HashSet::new();
+    for (i, value) in raw.iter().enumerate() {
+        let at = format!("mqtt.applications[{i}]");
+        let app = match RawApplication::deserialize(value.clone()) {
+            Ok(app) => app,
+            Err(e) => {
+                problems.push(format!("{at}: {}", e.message()));
+                continue;
+            }
+        };
+        let at = format!("{at} ({:?})", app.name);
+        let unique = names.insert(app.name.clone());
+        if !unique {
+            problems.push(format!("{at}: another application has this name"));
+        }
+        let secret = match (&app.secret_sha256, &app.secret_file) {
+            (Some(hex), None) => application_secret_hash(hex),
+            (None, Some(path)) => application_secret_file(path),
+            (Some(_), Some(_)) => Err("set only one of secret_sha256 and secret_file".to_owned()),
+            (None, None) => Err("needs secret_sha256 (see `herd config hash-secret`) or \
+                                 secret_file"
+                .to_owned()),
+        };
+        let secret = secret.map_err(|e| problems.push(format!("{at}: {e}"))).ok();
+        let rules = TopicRules::new(&app.publish, &app.subscribe, &app.deny)
+            .map_err(|errors| problems.extend(errors.into_iter().map(|e| format!("{at}.{e}"))))
+            .ok();
+        let (Some(secret), Some(rules)) = (secret, rules) else { continue };
+        match Application::new(app.name, secret, rules) {
+            Ok(application) if unique => applications.push(application),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("mqtt.applications[{i}]: {e}")),
+        }
     }
-    let listen = match raw.tls_listen.parse::<SocketAddr>() {
+    applications
+}
+
+/// An application's `secret_sha256`: 64 hex digits.
+fn application_secret_hash(hex: &str) -> Result<TokenHash, String> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(hex.trim(), &mut bytes).map_err(|_| {
+        "secret_sha256 must be 64 hex digits, the SHA-256 of the secret (`herd config \
+         hash-secret` prints it)"
+            .to_owned()
+    })?;
+    Ok(TokenHash::from_bytes(bytes))
+}
+
+/// The hash of the secret in an application's `secret_file`, a file only its owner may read.
+fn application_secret_file(path: &Path) -> Result<TokenHash, String> {
+    let secret = read_secret_file(path).map_err(|e| format!("secret_file: {e}"))?;
+    check_application_secret(&secret)
+        .map_err(|e| format!("secret_file {}: {e}", path.display()))?;
+    Ok(TokenHash::of_secret(&secret))
+}
+
+/// Checks that an application secret can be sent as an MQTT password and is long enough.
+///
+/// # Errors
+/// A message saying what is wrong with it (never the secret itself).
+pub fn check_application_secret(secret: &str) -> Result<(), String> {
+    if secret.chars().count() < MIN_APPLICATION_SECRET_CHARS {
+        return Err(format!(
+            "the secret must be at least {MIN_APPLICATION_SECRET_CHARS} characters"
+        ));
+    }
+    if secret.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("the secret must not contain spaces or control characters".to_owned());
+    }
+    Ok(())
+}
+
+/// Validates `mqtt.tls_listen`, `mqtt.tls_cert_file` and `mqtt.tls_key_file`: MQTT over TLS is on
+/// when the listener or a file is set (on [`DEFAULT_MQTT_TLS_LISTEN`] when only the files are);
+/// then both files must be given and readable, and the key file readable only by its owner.
+fn validate_mqtt_tls(raw: &RawMqtt, problems: &mut Vec<String>) -> Option<MqttTlsConfig> {
+    let files_given = !raw.tls_cert_file.trim().is_empty() || !raw.tls_key_file.trim().is_empty();
+    let listen = if raw.tls_listen.trim().is_empty() {
+        if !files_given {
+            return None;
+        }
+        Ok(DEFAULT_MQTT_TLS_LISTEN)
+    } else {
+        raw.tls_listen.parse::<SocketAddr>()
+    };
+    let listen = match listen {
         Ok(a) => Some(a),
         Err(_) => {
             problems.push(format!(
-                "mqtt.tls_listen: {:?} is not an address like 127.0.0.1:8883, nor empty to disable \
-                 MQTT over TLS (flag --mqtts-listen, env HERD_MQTT__TLS_LISTEN)",
+                "mqtt.tls_listen: {:?} is not an address like 127.0.0.1:8883, nor empty (the \
+                 default address with a certificate, off without) (flag --mqtts-listen, env \
+                 HERD_MQTT__TLS_LISTEN)",
                 raw.tls_listen
             ));
             None
@@ -571,8 +788,8 @@ fn validate_mqtt_tls(raw: &RawMqtt, problems: &mut Vec<String>) -> Option<MqttTl
     let mut file = |key: &str, value: &str, secret: bool| -> Option<PathBuf> {
         if value.trim().is_empty() {
             problems.push(format!(
-                "mqtt.{key} is required when mqtt.tls_listen is set (a PEM file; env \
-                 HERD_MQTT__{})",
+                "mqtt.{key} is required for MQTT over TLS (mqtt.tls_listen or the other file is \
+                 set; a PEM file; env HERD_MQTT__{})",
                 key.to_ascii_uppercase()
             ));
             return None;
@@ -601,6 +818,12 @@ fn validate_mqtt_tls(raw: &RawMqtt, problems: &mut Vec<String>) -> Option<MqttTl
 /// `v`, already checked to be between 1 and `u32::MAX`.
 fn nonzero_u32(v: u64) -> NonZeroU32 {
     NonZeroU32::new(u32::try_from(v).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN)
+}
+
+/// `v`, already checked to be at least 1.
+fn nonzero_usize(v: u64) -> std::num::NonZeroUsize {
+    std::num::NonZeroUsize::new(usize::try_from(v).unwrap_or(usize::MAX))
+        .unwrap_or(std::num::NonZeroUsize::MIN)
 }
 
 /// `v`, already checked to be between 1 and `u16::MAX`.
@@ -791,9 +1014,147 @@ mod tests {
         let tls = c.mqtt.tls.unwrap();
         assert_eq!(tls.listen, "127.0.0.1:8883".parse().unwrap());
         assert_eq!((tls.cert_file, tls.key_file), (cert.clone(), key.clone()));
+        // A certificate and key without an address: the default address.
+        let c = load(&files("")).unwrap();
+        assert_eq!(c.mqtt.tls.unwrap().listen, DEFAULT_MQTT_TLS_LISTEN);
+        assert_eq!(DEFAULT_MQTT_TLS_LISTEN.to_string(), "127.0.0.1:8883");
+        // Only one of them: the other is missing.
+        let sources = Sources {
+            env: env(&[("HERD_MQTT__TLS_CERT_FILE", &cert.display().to_string())]),
+            ..Sources::default()
+        };
+        let err = load(&sources).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.0[0].contains("mqtt.tls_key_file is required"), "{err}");
         std::fs::remove_file(&cert).unwrap();
         let err = load(&files("127.0.0.1:8883")).unwrap_err().to_string();
         assert!(err.contains("mqtt.tls_cert_file: cannot read"), "{err}");
+    }
+
+    /// Loads `toml` as the configuration file (in `dir`).
+    fn load_file(dir: &Path, toml: &str) -> Result<Config, ConfigErrors> {
+        let file = dir.join("herd.toml");
+        std::fs::write(&file, toml).unwrap();
+        load(&Sources { file: Some(file), ..Sources::default() })
+    }
+
+    #[cfg(unix)]
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn mqtt_clients_other_than_devices_are_off_by_default() {
+        let c = load(&Sources::default()).unwrap();
+        assert!(c.mqtt.anonymous.is_none());
+        assert!(c.mqtt.applications.is_empty());
+        assert_eq!(
+            c.mqtt.auth_cache,
+            AuthCacheConfig { entries: 10_000, ttl: Duration::from_secs(60) }
+        );
+        let dir = tempfile::tempdir().unwrap();
+        // One key of [mqtt.anonymous] keeps the defaults of the others.
+        let c = load_file(
+            dir.path(),
+            "[mqtt]\nallow_anonymous = true\nauth_cache_entries = 0\n\
+             [mqtt.anonymous]\nsubscribe = [\"public/#\"]\n",
+        )
+        .unwrap();
+        let expected = TopicRules::new(&[] as &[&str], &["public/#"], &[]).unwrap();
+        assert_eq!(c.mqtt.anonymous.as_deref(), Some(&expected));
+        assert_eq!(c.mqtt.auth_cache.entries, 0);
+        // Rules without allow_anonymous admit nobody.
+        let c = load_file(dir.path(), "[mqtt.anonymous]\nsubscribe = [\"public/#\"]\n").unwrap();
+        assert!(c.mqtt.anonymous.is_none());
+        let err =
+            load_file(dir.path(), "[mqtt]\nauth_cache_ttl_secs = 0\n[mqtt.anonymous]\nbogus = 1\n")
+                .unwrap_err();
+        assert!(err.to_string().contains("unknown key mqtt.anonymous.bogus"), "{err}");
+    }
+
+    #[test]
+    fn applications_are_validated_all_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("grafana.secret");
+        std::fs::write(&secret, "grafana-secret-0123456789\n").unwrap();
+        #[cfg(unix)]
+        chmod(&secret, 0o600);
+        let hash = hex::encode(TokenHash::of_secret("node-red-secret-0123").as_bytes());
+        let toml = format!(
+            "[[mqtt.applications]]\nname = \"grafana\"\nsecret_file = {secret:?}\n\
+             subscribe = [\"devices/+/telemetry\"]\n\
+             [[mqtt.applications]]\nname = \"node-red\"\nsecret_sha256 = \"{hash}\"\n\
+             publish = [\"flows/#\"]\ndeny = [\"flows/admin/#\"]\n",
+            secret = secret.display().to_string()
+        );
+        let c = load_file(dir.path(), &toml).unwrap();
+        let apps = &c.mqtt.applications;
+        assert_eq!(apps.iter().map(Application::name).collect::<Vec<_>>(), ["grafana", "node-red"]);
+
+        let mut broken = String::new();
+        for entry in [
+            // 1: an unknown key
+            "name = \"a\"\nsecret_sha256 = \"{hash}\"\nsecert_file = \"x\"",
+            // 2: a name that cannot be a user name
+            "name = \"no spaces\"\nsecret_sha256 = \"{hash}\"",
+            // 3: no secret
+            "name = \"b\"",
+            // 4: two secrets
+            "name = \"c\"\nsecret_sha256 = \"{hash}\"\nsecret_file = \"{secret}\"",
+            // 5: not a hash
+            "name = \"d\"\nsecret_sha256 = \"abc\"",
+            // 6, 7: two broken filters
+            "name = \"e\"\nsecret_sha256 = \"{hash}\"\nsubscribe = [\"a/#/b\", \"$share/g/x\"]",
+            // 8: a duplicate name
+            "name = \"e\"\nsecret_sha256 = \"{hash}\"",
+        ] {
+            broken.push_str("[[mqtt.applications]]\n");
+            broken.push_str(
+                &entry.replace("{hash}", &hash).replace("{secret}", &secret.display().to_string()),
+            );
+            broken.push('\n');
+        }
+        // 9: a broken rule of anonymous clients
+        broken.push_str("[mqtt.anonymous]\ndeny = [\"x+\"]\n");
+        let err = load_file(dir.path(), &broken).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.0.len(), 9, "{text}");
+        for needle in [
+            "mqtt.applications[0]: unknown field `secert_file`",
+            "mqtt.applications[1]: \"no spaces\" is not an application name",
+            "mqtt.applications[2] (\"b\"): needs secret_sha256",
+            "mqtt.applications[3] (\"c\"): set only one of secret_sha256 and secret_file",
+            "mqtt.applications[4] (\"d\"): secret_sha256 must be 64 hex digits",
+            "mqtt.applications[5] (\"e\").subscribe: \"a/#/b\" is not a topic filter",
+            "mqtt.applications[5] (\"e\").subscribe: \"$share/g/x\" is a shared subscription",
+            "mqtt.applications[6] (\"e\"): another application has this name",
+            "mqtt.anonymous.deny: \"x+\" is not a topic filter",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in {text}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn application_secret_files_are_private_and_long_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("app.secret");
+        let toml = format!(
+            "[[mqtt.applications]]\nname = \"app\"\nsecret_file = {:?}\n",
+            secret.display().to_string()
+        );
+        std::fs::write(&secret, "long-enough-secret-0123").unwrap();
+        chmod(&secret, 0o640);
+        let err = load_file(dir.path(), &toml).unwrap_err().to_string();
+        assert!(err.contains("readable by other users") && err.contains("chmod 600"), "{err}");
+        chmod(&secret, 0o600);
+        std::fs::write(&secret, "short").unwrap();
+        let err = load_file(dir.path(), &toml).unwrap_err().to_string();
+        assert!(err.contains("at least 16 characters"), "{err}");
+        assert!(!err.contains("short"), "the secret never appears in messages: {err}");
+        std::fs::write(&secret, "long-enough-secret-0123\n").unwrap();
+        assert_eq!(load_file(dir.path(), &toml).unwrap().mqtt.applications.len(), 1);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The MQTT device gateway of `herd serve`: the TCP and TLS listeners, device authentication and
-//! per-device ACLs, and enforcement of access changes on live connections.
+//! The MQTT gateway of `herd serve`: the TCP and TLS listeners, client authentication and ACLs,
+//! and enforcement of access changes on live connections.
 //!
 //! - [`bind_mqtt_listeners`] binds the TCP listener ([`bind_mqtt`]) and the TLS listener
 //!   ([`bind_mqtt_tls`], which also loads the certificate) before [`crate::serve::run`] starts,
@@ -9,25 +9,29 @@
 //!   [`BrokerHandle::serve`] in a tracked task; on the TLS listener the task first completes the
 //!   TLS handshake within `mqtt.connect_timeout_secs`, so a slow handshake never delays accepting.
 //!   MQTT over WebSocket (`GET /mqtt` on the HTTP listener) is in [`crate::websocket`].
-//! - [`DeviceAuthenticator`] checks a CONNECT: the client identifier is the device id, the password a
-//!   device credential, and only `active` devices connect. It gives the device a [`DeviceAcl`]: its
-//!   own subtree `devices/{id}/` and nothing else.
+//! - [`GatewayAuthenticator`] (in `authenticator`) checks a CONNECT: devices (client identifier =
+//!   device id, password = a device credential of an `active` device, looked up through the
+//!   credential cache of `credential_cache`) get a [`DeviceAcl`], their own subtree
+//!   `devices/{id}/`; integration [`Application`]s (`[[mqtt.applications]]`) and anonymous
+//!   clients (`mqtt.allow_anonymous`) get their [`TopicRules`] (in `topic_rules`).
 //! - [`enforce_access_changes`] closes the live connection of a device whose access the REST API has
 //!   taken away (suspended, deleted, credential revoked); its next CONNECT is checked again.
 //! - [`record_presence`] turns the broker's connection events into presence records in the store
-//!   (`connected`, since when, from where, over which protocol, why the last connection ended).
+//!   (`connected`, since when, from where, over which protocol, why the last connection ended), and
+//!   checks each device connection once more when it is registered (see there why).
+
+mod authenticator;
+mod credential_cache;
+mod topic_rules;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use domain::{DeviceAccessChange, DeviceId, LifecycleState, Timestamp, TokenHash};
-use mqtt_broker::{
-    Acl, Authenticator, BrokerHandle, ConnectionEvent, DisconnectReason, Identity, protocol_label,
-};
-use mqtt_codec::{Connect, ReasonCode, TopicFilter, TopicName};
+use domain::{DeviceId, Timestamp};
+use mqtt_broker::{BrokerHandle, ConnectionEvent, DisconnectReason, protocol_label};
+use mqtt_codec::ReasonCode;
 use store::Store;
-use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
@@ -35,6 +39,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{MqttConfig, MqttTlsConfig};
+use crate::gateway::authenticator::LoginCheck;
+pub use crate::gateway::authenticator::{Application, DeviceAcl, GatewayAuthenticator};
+pub use crate::gateway::topic_rules::{TopicRules, filter_covers, filters_overlap};
 
 /// Capacity of the channel of access-change events from the REST API to the gateway. When it is full
 /// the REST requests that revoke access wait for room (http-api never drops an event); the gateway
@@ -225,7 +232,7 @@ pub async fn accept_loop(
     listener: TcpListener,
     transport: Transport,
     broker: BrokerHandle,
-    authenticator: Arc<DeviceAuthenticator>,
+    authenticator: Arc<GatewayAuthenticator>,
     permits: Arc<Semaphore>,
     connections: TaskTracker,
     stop: CancellationToken,
@@ -268,11 +275,16 @@ pub async fn accept_loop(
                 Transport::Tls { acceptor, handshake_timeout } => {
                     let handshake = tokio::select! {
                         () = stop.cancelled() => return,
-                        done = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)) => done,
+                        // Boxed: a TLS handshake's state is large, and the task of every plain TCP
+                        // connection would otherwise reserve room for it for its whole life.
+                        done = Box::pin(tokio::time::timeout(handshake_timeout, acceptor.accept(stream))) => done,
                     };
                     match handshake {
                         Ok(Ok(tls)) => {
-                            let _ = broker.serve(tls, Some(peer), authenticator.as_ref()).await;
+                            // Boxed for the same reason: a TLS connection's future is much larger
+                            // than a plain one's.
+                            let serve = broker.serve(tls, Some(peer), authenticator.as_ref());
+                            let _ = Box::pin(serve).await;
                         }
                         Ok(Err(error)) => {
                             metrics::counter!("mqtt_tls_handshake_failures_total", "reason" => "error")
@@ -293,18 +305,21 @@ pub async fn accept_loop(
     tracing::debug!("MQTT listener closed");
 }
 
-/// Closes the live MQTT connection of each device named on `events` with DISCONNECT 0x98
-/// (Administrative action; v3.1.1 clients see the socket close), until `stop` is cancelled or every
-/// sender is gone.
+/// Closes the live MQTT connection of each device whose access the REST API took away, with
+/// DISCONNECT 0x98 (Administrative action; v3.1.1 clients see the socket close), until `stop` is
+/// cancelled or the REST side is gone.
+///
+/// The events come through `authenticator`, which owns their channel: taking one drops the
+/// device's cached credentials in the same step, before its connection is closed here.
 pub async fn enforce_access_changes(
-    mut events: mpsc::Receiver<DeviceAccessChange>,
+    authenticator: Arc<GatewayAuthenticator>,
     broker: BrokerHandle,
     stop: CancellationToken,
 ) {
     loop {
         let event = tokio::select! {
             () = stop.cancelled() => break,
-            event = events.recv() => match event {
+            event = authenticator.next_access_change() => match event {
                 Some(event) => event,
                 None => break,
             },
@@ -331,11 +346,15 @@ pub async fn enforce_access_changes(
 /// cancelled; then records the events already queued (the `server_shutdown` disconnects of a
 /// shutdown) and returns. Cancel `stop` only once the connections have ended.
 ///
-/// Client identifiers that are not device ids are ignored (no device can own them). A store error
-/// is logged and the event is lost; the next event of the device corrects its presence.
+/// Each device connection is also checked once more when the broker reports it registered (see
+/// `confirm_connection` for why). Client identifiers that are not device ids are ignored (no device can
+/// own them). A store error is logged and the event is lost; the next event of the device corrects
+/// its presence.
 pub async fn record_presence(
     mut events: mpsc::Receiver<ConnectionEvent>,
     store: Arc<dyn Store>,
+    authenticator: Arc<GatewayAuthenticator>,
+    broker: BrokerHandle,
     stop: CancellationToken,
 ) {
     loop {
@@ -346,12 +365,60 @@ pub async fn record_presence(
                 None => return,
             },
         };
+        if let ConnectionEvent::Connected { client_id, peer, .. } = &event {
+            confirm_connection(&authenticator, &broker, client_id, *peer).await;
+        }
         record_one(store.as_ref(), event).await;
     }
     while let Ok(event) = events.try_recv() {
         record_one(store.as_ref(), event).await;
     }
     tracing::debug!("presence recorder stopped");
+}
+
+/// Closes the connection of `client_id` from `peer`, just registered by the broker, when it is a
+/// device whose access was taken away after its CONNECT was checked.
+///
+/// # Why this check is needed, and why it is enough
+///
+/// A connection is checked at CONNECT (A) and registered by the broker afterwards (R), which then
+/// reports `Connected` (V), handled here (K): A < R < V < K. A change that takes a device's access
+/// away is committed (C), then its event is sent; [`enforce_access_changes`] takes the event,
+/// which drops the device's cached credentials in the same step (I), and then asks the broker to
+/// close the device's connection (D): C < I < D.
+///
+/// The broker handles R and D in some order. When R comes first, D closes the connection. When D
+/// comes first, D finds nothing to close (the race this check exists for: A was checked before C,
+/// or from a cache entry that C made stale), and then I < D < R < V < K: the check here runs after
+/// I, so it cannot be answered from an entry that predates C (I dropped those, and the cache does
+/// not keep the result of a store read that began before an invalidation), so it reads the store,
+/// sees C, and closes the connection with the same 0x98 as D would have. In both orders the device
+/// does not stay connected.
+///
+/// The check is the credential the connection presented (remembered from A by (device, peer)) and
+/// the device's state; in the common case it is a cache hit. When it finds the access gone it
+/// closes the device's connection by client id; should a newer connection of the device with a
+/// valid credential have taken the session over in between, that one is closed instead and simply
+/// reconnects.
+pub(crate) async fn confirm_connection(
+    authenticator: &GatewayAuthenticator,
+    broker: &BrokerHandle,
+    client_id: &mqtt_codec::ClientId,
+    peer: Option<SocketAddr>,
+) {
+    let LoginCheck::Lost(why) = authenticator.confirm_device_login(client_id, peer).await else {
+        return;
+    };
+    metrics::counter!("mqtt_access_lost_at_connect_total").increment(1);
+    match broker.disconnect_client(client_id.as_str(), ReasonCode::AdministrativeAction).await {
+        Ok(connected) => tracing::info!(
+            %client_id,
+            reason = why,
+            connected,
+            "device lost its access while connecting; closing its MQTT connection"
+        ),
+        Err(error) => tracing::debug!(error = %error, "broker stopped; connection not checked"),
+    }
 }
 
 async fn record_one(store: &dyn Store, event: ConnectionEvent) {
@@ -384,177 +451,9 @@ fn presence_reason(reason: DisconnectReason) -> &'static str {
     }
 }
 
-/// Authenticates devices: client identifier = device id, password = a device credential.
-#[derive(Debug, Clone)]
-pub struct DeviceAuthenticator {
-    store: Arc<dyn Store>,
-}
-
-impl DeviceAuthenticator {
-    /// An authenticator checking credentials and devices in `store`.
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
-    }
-
-    async fn check(&self, connect: &Connect) -> Result<DeviceId, Refusal> {
-        // The client identifier names the device; an empty one (which would get an assigned
-        // identifier) names none.
-        let device_id = DeviceId::new(connect.client_id.as_str())
-            .map_err(|_| Refusal::new(ReasonCode::ClientIdentifierNotValid, "client_id"))?;
-        if let Some(username) = &connect.username
-            && username.as_str() != device_id.as_str()
-        {
-            return Err(Refusal::new(ReasonCode::BadUserNameOrPassword, "username_mismatch"));
-        }
-        let password = connect
-            .password
-            .as_ref()
-            .and_then(|p| std::str::from_utf8(p).ok())
-            .ok_or(Refusal::new(ReasonCode::BadUserNameOrPassword, "no_password"))?;
-        let hash = TokenHash::of_secret(password);
-        let credential = self
-            .store
-            .device_credential_by_hash(&hash)
-            .await
-            .map_err(|e| Refusal::unavailable(&e))?
-            .ok_or(Refusal::new(ReasonCode::BadUserNameOrPassword, "unknown_credential"))?;
-        // The store found it by this hash; comparing again in constant time keeps the decision
-        // independent of how a backend compares.
-        let same_hash: bool = credential.hash.as_bytes().ct_eq(hash.as_bytes()).into();
-        if !same_hash || credential.device_id != device_id {
-            return Err(Refusal::new(ReasonCode::BadUserNameOrPassword, "wrong_device"));
-        }
-        if !credential.is_usable_at(Timestamp::now()) {
-            return Err(Refusal::new(ReasonCode::BadUserNameOrPassword, "credential_not_usable"));
-        }
-        let device = self.store.device(&device_id).await.map_err(|e| Refusal::unavailable(&e))?;
-        match device.map(|d| d.state) {
-            Some(LifecycleState::Active) => Ok(device_id),
-            // MQTT 5 §3.2.2.2: 0x8A Banned, "this Client has been banned by administrative action":
-            // an operator took the device out of service.
-            Some(
-                LifecycleState::Suspended
-                | LifecycleState::Decommissioned
-                | LifecycleState::Retired,
-            ) => Err(Refusal::new(ReasonCode::Banned, "device_not_active")),
-            // 0x87 Not authorized, "the Client is not authorized to connect": a registered device
-            // has not been activated yet; a deleted one has no right at all. Both are return code 5
-            // (refused, not authorized) on v3.1.1, as is 0x8A.
-            Some(LifecycleState::Registered) | None => {
-                Err(Refusal::new(ReasonCode::NotAuthorized, "device_not_active"))
-            }
-        }
-    }
-}
-
-/// Why a CONNECT was refused: the reason code the client gets and a label for logs and metrics.
-#[derive(Debug, Clone, Copy)]
-struct Refusal {
-    code: ReasonCode,
-    why: &'static str,
-}
-
-impl Refusal {
-    fn new(code: ReasonCode, why: &'static str) -> Self {
-        Self { code, why }
-    }
-
-    /// The store failed: 0x88 Server unavailable (v3.1.1 return code 3), so the device retries.
-    fn unavailable(error: &store::StoreError) -> Self {
-        tracing::error!(error = %error, "device authentication failed: store error");
-        Self::new(ReasonCode::ServerUnavailable, "store_error")
-    }
-}
-
-impl Authenticator for DeviceAuthenticator {
-    async fn authenticate(
-        &self,
-        connect: &Connect,
-        _peer: Option<SocketAddr>,
-    ) -> Result<Identity, ReasonCode> {
-        match self.check(connect).await {
-            Ok(device_id) => {
-                let acl = DeviceAcl::new(&device_id);
-                Ok(Identity::new(device_id.as_str(), Arc::new(acl)))
-            }
-            Err(refusal) => {
-                metrics::counter!("mqtt_auth_failures_total", "reason" => refusal.why).increment(1);
-                tracing::info!(
-                    reason = refusal.why,
-                    code = ?refusal.code,
-                    "device authentication refused"
-                );
-                Err(refusal.code)
-            }
-        }
-    }
-}
-
-/// A device's ACL: publish and subscribe only under `devices/{its id}/`.
-///
-/// Device ids hold only `[A-Za-z0-9._:-]`, so the prefix has no wildcard or separator of its own: a
-/// filter that starts with it can only match topics inside the subtree, whatever wildcards follow.
-#[derive(Debug, Clone)]
-pub struct DeviceAcl {
-    /// `devices/{id}/`.
-    prefix: String,
-}
-
-impl DeviceAcl {
-    /// The ACL of device `id`.
-    pub fn new(id: &DeviceId) -> Self {
-        Self { prefix: format!("devices/{}/", id.as_str()) }
-    }
-}
-
-impl Acl for DeviceAcl {
-    fn may_publish(&self, topic: &TopicName) -> bool {
-        topic.as_str().starts_with(&self.prefix)
-    }
-
-    fn may_subscribe(&self, filter: &TopicFilter) -> bool {
-        // For `$share/{group}/{filter}` this is the inner filter, so a shared subscription is allowed
-        // exactly when the same filter would be.
-        filter.filter().starts_with(&self.prefix)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[track_caller]
-    fn check_subscribe(filter: &str, allowed: bool) {
-        let acl = DeviceAcl::new(&DeviceId::new("dev-1").unwrap());
-        let f = TopicFilter::new(filter).unwrap();
-        assert_eq!(acl.may_subscribe(&f), allowed, "{filter}");
-    }
-
-    #[track_caller]
-    fn check_publish(topic: &str, allowed: bool) {
-        let acl = DeviceAcl::new(&DeviceId::new("dev-1").unwrap());
-        let t = TopicName::new(topic).unwrap();
-        assert_eq!(acl.may_publish(&t), allowed, "{topic}");
-    }
-
-    #[test]
-    fn subscriptions_stay_in_the_subtree() {
-        check_subscribe("devices/dev-1/#", true);
-        check_subscribe("devices/dev-1/telemetry", true);
-        check_subscribe("devices/dev-1/+/x", true);
-        check_subscribe("$share/g/devices/dev-1/#", true);
-        check_subscribe("#", false);
-        check_subscribe("+/dev-1/#", false);
-        check_subscribe("devices/#", false);
-        check_subscribe("devices/+/telemetry", false);
-        check_subscribe("devices/dev-1", false);
-        check_subscribe("devices/dev-10/#", false);
-        check_subscribe("devices/dev-2/#", false);
-        check_subscribe("$share/g/#", false);
-        check_subscribe("$share/g/devices/+/x", false);
-        check_subscribe("$share/devices/dev-1/#", false);
-        check_subscribe("$SYS/#", false);
-    }
 
     #[tokio::test]
     async fn a_taken_address_names_the_setting_to_change() {
@@ -594,15 +493,5 @@ mod tests {
         let e = format!("{:#}", bind_mqtt_tls(&taken).await.unwrap_err());
         assert!(e.contains(&taken.listen.to_string()) && e.contains("--mqtts-listen"), "{e}");
         assert!(e.contains("HERD_MQTT__TLS_LISTEN"), "{e}");
-    }
-
-    #[test]
-    fn publishing_stays_in_the_subtree() {
-        check_publish("devices/dev-1/telemetry", true);
-        check_publish("devices/dev-1/a/b", true);
-        check_publish("devices/dev-1", false);
-        check_publish("devices/dev-10/telemetry", false);
-        check_publish("devices/dev-2/telemetry", false);
-        check_publish("other", false);
     }
 }

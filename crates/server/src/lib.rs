@@ -8,11 +8,14 @@
 //! - [`gateway`] is the MQTT device gateway: the TCP and TLS listeners, device authentication and
 //!   per-device ACLs on top of `mqtt-broker`.
 //! - [`websocket`] serves MQTT over WebSocket at `/mqtt` on the HTTP listener.
+//! - [`mqtt_persist`] keeps the broker's persistent sessions and retained messages in the store, so
+//!   that they survive a restart.
 //! - [`cli`] is the command line: `herd serve` and the operator commands, which talk to a server's
 //!   REST API like any other client.
 
 pub mod cli;
 pub mod config;
 pub mod gateway;
+pub mod mqtt_persist;
 pub mod serve;
 pub mod websocket;

@@ -6,14 +6,18 @@
 //! 1. the HTTP and MQTT (TCP and TLS) listeners stop accepting connections, and TLS handshakes in
 //!    progress end;
 //! 2. the broker tells every MQTT client (TCP, TLS and WebSocket alike) DISCONNECT 0x8B (Server shutting down; v3.1.1 clients see
-//!    the socket close), the connection tasks end and the broker task stops; then the presence
+//!    the socket close), the connection tasks end and the broker task stops; the session writer
+//!    commits the broker's last changes and stops; then the presence
 //!    recorder writes the disconnects already reported (`server_shutdown`) and stops;
 //! 3. HTTP requests in flight run to completion (their writes commit and are acknowledged);
 //! 4. the store is closed (SQLite checkpoints its WAL, PostgreSQL connections close);
 //! 5. `run` returns.
 //!
 //! At startup, before any device can connect, every device still recorded as connected (the last run
-//! ended without recording it) is marked disconnected with reason `server_restart`.
+//! ended without recording it) is marked disconnected with reason `server_restart`, and the broker
+//! gets back the persistent MQTT sessions (subscriptions, queued QoS 1 and 2 messages) and retained
+//! messages from the store (`mqtt_persist`); they survive a graceful stop and a crash alike, since
+//! whatever the broker acknowledged was committed first.
 //!
 //! Steps 1–3 share one deadline, `server.shutdown_timeout_secs`; past it, remaining MQTT connections
 //! are dropped and remaining requests are aborted (their transactions roll back, nothing half-written
@@ -28,7 +32,7 @@ use std::sync::{Arc, OnceLock};
 use anyhow::Context as _;
 use domain::{Actor, Mutation, NewToken, Role, Timestamp, TokenHash};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use mqtt_broker::Broker;
+use mqtt_broker::{Broker, SessionStore as _};
 use store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
@@ -223,13 +227,24 @@ pub async fn run(
     }
 
     // The broker runs whether or not devices can reach it over TCP: Herd's features use it in-process.
+    // Persistent sessions and retained messages come back from the store before anyone can connect;
+    // the session writer commits the broker's changes from then on (see `mqtt_persist`).
+    let sessions = Arc::new(crate::mqtt_persist::StoreSessions::new(Arc::clone(&store)));
+    let snapshot =
+        sessions.load().await.context("failed to load MQTT sessions and retained messages")?;
     let broker_stop = CancellationToken::new();
-    let (broker, broker_handle) = Broker::new(config.mqtt.broker.clone(), broker_stop.clone());
+    let (broker, broker_handle, session_writer) =
+        Broker::with_store(config.mqtt.broker.clone(), broker_stop.clone(), sessions, snapshot);
     let tasks = TaskTracker::new();
     tasks.spawn(broker.run());
+    tasks.spawn(session_writer.run());
     let (access_tx, access_rx) = mpsc::channel(gateway::ACCESS_EVENTS_CAPACITY);
+    // The authenticator owns the access-change receiver: its credential cache drops a device's
+    // entries in the same step as the enforcer takes the event (see `gateway::credential_cache`).
+    let authenticator =
+        Arc::new(gateway::GatewayAuthenticator::new(Arc::clone(&store), &config.mqtt, access_rx));
     tasks.spawn(gateway::enforce_access_changes(
-        access_rx,
+        Arc::clone(&authenticator),
         broker_handle.clone(),
         broker_stop.clone(),
     ));
@@ -248,8 +263,13 @@ pub async fn run(
         NonZeroUsize::new(gateway::PRESENCE_EVENTS_CAPACITY)
             .expect("the capacity constant is not zero"),
     );
-    presence.spawn(gateway::record_presence(events, Arc::clone(&store), presence_stop.clone()));
-    let authenticator = Arc::new(gateway::DeviceAuthenticator::new(Arc::clone(&store)));
+    presence.spawn(gateway::record_presence(
+        events,
+        Arc::clone(&store),
+        Arc::clone(&authenticator),
+        broker_handle.clone(),
+        presence_stop.clone(),
+    ));
     // One budget of connections for TCP, TLS and WebSocket together.
     let permits = Arc::new(Semaphore::new(config.mqtt.max_connections));
     let mqtt_local = match mqtt.tcp {

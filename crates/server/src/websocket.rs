@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-use crate::gateway::DeviceAuthenticator;
+use crate::gateway::GatewayAuthenticator;
 
 /// Where MQTT over WebSocket is served on the HTTP listener.
 pub const PATH: &str = "/mqtt";
@@ -45,7 +45,7 @@ pub struct WebSocketGateway {
     /// The broker serving the connections.
     pub broker: BrokerHandle,
     /// Checks each CONNECT.
-    pub authenticator: Arc<DeviceAuthenticator>,
+    pub authenticator: Arc<GatewayAuthenticator>,
     /// Connection permits shared with the TCP and TLS listeners.
     pub permits: Arc<Semaphore>,
     /// The tasks of MQTT connections, waited for at shutdown.

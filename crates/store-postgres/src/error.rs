@@ -30,6 +30,14 @@ pub enum PostgresError {
         /// Why it was rejected.
         reason: String,
     },
+    /// A number does not fit its column (a sequence number beyond `i64`).
+    #[error("{what} {value} does not fit in a 64-bit integer column")]
+    OutOfRange {
+        /// What the number is.
+        what: &'static str,
+        /// The number.
+        value: u64,
+    },
     /// Applying the embedded migrations failed.
     #[error("failed to migrate the database schema")]
     Migrate(#[source] sqlx::migrate::MigrateError),

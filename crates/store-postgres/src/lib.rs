@@ -5,8 +5,8 @@
 //! is then used as `Arc<dyn Store>` like every other backend; the conformance suite in `store` pins
 //! its behaviour to be the same as SQLite's.
 //!
-//! Inside, each area has its module: `devices`, `groups`, `tokens`, `credentials` and `presence` hold the
-//! queries, `audit` appends to the hash chain in the same transaction as each change, `filter_sql`
+//! Inside, each area has its module: `devices`, `groups`, `tokens`, `credentials`, `presence` and `mqtt`
+//! (the broker's persistent sessions and retained messages) hold the queries, `audit` appends to the hash chain in the same transaction as each change, `filter_sql`
 //! turns device filters into index-backed SQL with bind parameters, and `rows` decodes stored rows
 //! back into validated domain values. Queries are built at run time with binds (`sqlx::query`), never by
 //! pasting values into SQL.
@@ -21,6 +21,7 @@ mod devices;
 mod error;
 mod filter_sql;
 mod groups;
+mod mqtt;
 mod presence;
 mod rows;
 mod tokens;
@@ -40,8 +41,8 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 use store::{
-    ConnectivitySummary, DeviceQuery, ImportMode, ImportOutcome, Page, StateCounts, Store,
-    StoreError, StoreResult,
+    ConnectivitySummary, DeviceQuery, ImportMode, ImportOutcome, MqttOp, MqttSnapshot, Page,
+    StateCounts, Store, StoreError, StoreResult,
 };
 
 pub use crate::error::PostgresError;
@@ -325,6 +326,14 @@ impl Store for PostgresStore {
 
     async fn reset_presence(&self, at: Timestamp) -> StoreResult<u64> {
         presence::reset(&self.pool, at).await
+    }
+
+    async fn mqtt_load(&self) -> StoreResult<MqttSnapshot> {
+        mqtt::load(&self.pool).await
+    }
+
+    async fn mqtt_apply(&self, ops: &[MqttOp]) -> StoreResult<()> {
+        mqtt::apply(&self.pool, ops).await
     }
 
     async fn audit_records(&self, after: u64, limit: NonZeroU32) -> StoreResult<Vec<AuditRecord>> {

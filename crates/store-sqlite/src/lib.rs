@@ -13,7 +13,8 @@
 //! index-backed page query (`devices` picks which index drives it); imports are judged in memory
 //! and written in multi-row statements (`bulk`); `audit_chain` seals each change's audit record in
 //! the change's transaction; `rows` reads rows back through the domain's validating constructors,
-//! so a corrupt row is a [`StoreError::Backend`], never a panic.
+//! so a corrupt row is a [`StoreError::Backend`], never a panic. `mqtt` keeps the broker's
+//! persistent sessions and retained messages, written in batches on the writer connection.
 
 mod audit_chain;
 mod bulk;
@@ -21,6 +22,7 @@ mod credentials;
 mod devices;
 mod filter_sql;
 mod groups;
+mod mqtt;
 mod presence;
 mod rows;
 mod tokens;
@@ -40,8 +42,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 use store::{
-    ConnectivitySummary, DeviceQuery, ImportMode, ImportOutcome, Page, StateCounts, Store,
-    StoreError, StoreResult,
+    ConnectivitySummary, DeviceQuery, ImportMode, ImportOutcome, MqttOp, MqttSnapshot, Page,
+    StateCounts, Store, StoreError, StoreResult,
 };
 
 use crate::rows::{AUDIT_COLUMNS, AuditRow, audit_from_row, db};
@@ -366,6 +368,14 @@ impl Store for SqliteStore {
 
     async fn reset_presence(&self, at: Timestamp) -> StoreResult<u64> {
         presence::reset(self, at).await
+    }
+
+    async fn mqtt_load(&self) -> StoreResult<MqttSnapshot> {
+        mqtt::load(&mut *self.read().await?).await
+    }
+
+    async fn mqtt_apply(&self, ops: &[MqttOp]) -> StoreResult<()> {
+        mqtt::apply(self, ops).await
     }
 
     async fn audit_records(&self, after: u64, limit: NonZeroU32) -> StoreResult<Vec<AuditRecord>> {

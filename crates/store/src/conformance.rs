@@ -30,6 +30,9 @@
 //!   `{"added": [ids]}` / `{"removed": [ids]}`: the ids that actually changed, ascending.
 //! - Presence writes (`record_connect`, `record_disconnect`, `reset_presence`) append no audit
 //!   record; a device's presence is deleted with it.
+//! - MQTT session state (`mqtt_apply`) appends no audit record and is independent of devices;
+//!   `mqtt_load` returns it in a fixed order (sessions by client id, subscriptions by filter,
+//!   messages by seq, retained messages by topic, all compared bytewise).
 //! - Failed writes leave no trace, in the data nor in the audit log.
 //! - Timestamps are the `Mutation`'s; audit `seq` runs from 1 without gaps and
 //!   [`verify_chain`] holds after every case.
@@ -39,6 +42,8 @@
 // This module is test code compiled as a library so that every backend's tests can call it:
 // a store call that fails where it must succeed is a failed case, reported with its error.
 #![expect(clippy::unwrap_used, reason = "test code: an unexpected error fails the case")]
+
+mod mqtt;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -51,6 +56,8 @@ use domain::{
     Tags, Timestamp, TokenHash, TokenId,
 };
 use serde_json::{Value, json};
+
+pub use crate::conformance::mqtt::*;
 
 use crate::{
     ConnectivitySummary, DeviceQuery, ImportMode, ImportOutcome, MAX_PAGE_SIZE, Page, Store,
@@ -116,6 +123,13 @@ macro_rules! conformance_tests {
             audit_trail_of_every_mutation,
             audit_records_page,
             concurrent_writes_keep_the_chain,
+            mqtt_fresh_store_is_empty,
+            mqtt_sessions_round_trip,
+            mqtt_delete_session_cascades,
+            mqtt_ack_and_unsubscribe_remove_one,
+            mqtt_retained_put_overwrite_delete,
+            mqtt_ops_are_idempotent_and_ignore_unknown_sessions,
+            mqtt_failed_batch_applies_nothing,
         );
     };
     (@cases ($factory:expr) $($case:ident),+ $(,)?) => {

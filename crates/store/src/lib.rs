@@ -9,6 +9,7 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod mqtt;
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -18,6 +19,10 @@ use domain::{
     ApiToken, AuditRecord, CredentialId, Device, DeviceCredential, DeviceId, DevicePatch, Filter,
     Group, GroupName, GroupPatch, IllegalTransition, ImportRow, LifecycleState, Mutation,
     NewDevice, NewDeviceCredential, NewGroup, NewToken, Presence, Timestamp, TokenHash, TokenId,
+};
+
+pub use crate::mqtt::{
+    MqttMessage, MqttOp, MqttQueued, MqttSession, MqttSnapshot, MqttSubscription,
 };
 
 /// Largest page any list call returns.
@@ -341,6 +346,25 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// [`domain::presence::SERVER_RESTART`]; returns how many were. Called once at startup, before
     /// the gateway accepts connections: no connection survives a restart.
     async fn reset_presence(&self, at: Timestamp) -> StoreResult<u64>;
+
+    // ---- MQTT sessions ----
+    //
+    // The broker's persistent sessions and retained messages (see the `mqtt` module). Written by the
+    // broker's session writer only, in batches, outside the audit log (they are traffic, not an
+    // operator's change) and with no link to devices: a client identifier need not name a device.
+
+    /// Everything [`Store::mqtt_apply`] has stored: sessions by client identifier, each with its
+    /// subscriptions by filter and its messages by `seq`, and retained messages by topic. Called
+    /// once at startup.
+    async fn mqtt_load(&self) -> StoreResult<MqttSnapshot>;
+
+    /// Applies `ops` in order, in one transaction: all or nothing. See [`MqttOp`] for what each op
+    /// does; every op is idempotent. Appends no audit record.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the transaction does not commit (nothing is applied), including
+    /// when a sequence number does not fit the database (above `i64::MAX`).
+    async fn mqtt_apply(&self, ops: &[MqttOp]) -> StoreResult<()>;
 
     // ---- audit ----
 

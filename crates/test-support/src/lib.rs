@@ -3,6 +3,7 @@
 //! [`TestServer`] runs the real server in-process: HTTP and MQTT (and MQTT over TLS when the test
 //! configures a certificate) on `127.0.0.1:0`, SQLite in a temporary
 //! directory, a known admin token, shutdown when stopped or dropped. Clients are real HTTP clients.
+//! [`TestCerts`] makes a throwaway CA and server certificate for the TLS listener and its clients.
 
 // The standing exception of STYLE.md: test helpers fail loudly.
 #![expect(
@@ -10,12 +11,16 @@
     reason = "test helpers panic on failure, like the tests that call them"
 )]
 
+mod certs;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use server::config::{Config, Sources, load};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+pub use crate::certs::TestCerts;
 
 /// The admin token every [`TestServer`] is bootstrapped with.
 pub const ADMIN_TOKEN: &str = "herd_test_admin_token_0123456789abcdef";

@@ -6,6 +6,7 @@
 mod connect;
 mod handle;
 mod interop;
+mod persist;
 mod publish;
 mod retained;
 mod session;

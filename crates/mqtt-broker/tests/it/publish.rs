@@ -315,3 +315,71 @@ async fn messages_larger_than_the_client_maximum_are_not_sent_mqtt_3_1_2_25() {
     broker.handle.publish(crate::handle::message("t", "small", QoS::AtLeastOnce)).await.unwrap();
     assert_eq!(sub.recv_publish().await.payload, "small");
 }
+
+#[tokio::test(start_paused = true)]
+async fn outbound_topic_aliases_stay_within_the_clients_maximum_mqtt_3_3_2_9() {
+    let broker = TestBroker::start();
+    let mut c = connect(V5, "sub");
+    c.properties.topic_alias_maximum = Some(1);
+    let (mut sub, _) = broker.connect_with(c).await;
+    sub.subscribe("t/+", QoS::AtMostOnce).await;
+    let mut publ = broker.connect(V5, "pub").await;
+    for t in ["t/a", "t/a", "t/b", "t/a"] {
+        publ.send(Packet::Publish(publish(t, "x", QoS::AtMostOnce, 0))).await;
+    }
+    // First message to t/a: topic and alias 1; then alias alone; t/b gets no alias (the client
+    // accepts one); t/a again by alias.
+    let first = sub.recv_publish().await;
+    assert_eq!(first.topic, Some(topic("t/a")));
+    assert_eq!(first.properties.topic_alias, NonZeroU16::new(1));
+    let second = sub.recv_publish().await;
+    assert_eq!(second.topic, None);
+    assert_eq!(second.properties.topic_alias, NonZeroU16::new(1));
+    let third = sub.recv_publish().await;
+    assert_eq!(third.topic, Some(topic("t/b")));
+    assert_eq!(third.properties.topic_alias, None);
+    let fourth = sub.recv_publish().await;
+    assert_eq!((fourth.topic, fourth.properties.topic_alias), (None, NonZeroU16::new(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_outbound_topic_alias_without_the_clients_topic_alias_maximum_mqtt_3_2_2_17() {
+    for version in [V311, V5] {
+        let broker = TestBroker::start();
+        let mut sub = broker.connect(version, "sub").await;
+        sub.subscribe("t", QoS::AtMostOnce).await;
+        for _ in 0..2 {
+            broker.handle.publish(crate::handle::message("t", "x", QoS::AtMostOnce)).await.unwrap();
+            let got = sub.recv_publish().await;
+            assert_eq!((got.topic, got.properties.topic_alias), (Some(topic("t")), None));
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_over_its_publish_rate_is_slowed_down_not_refused() {
+    let config = BrokerConfig {
+        publish_rate: Some(mqtt_broker::PublishRate { per_second: 10.0, burst: 2 }),
+        ..BrokerConfig::default()
+    };
+    let broker = TestBroker::with_config(config);
+    let mut sub = broker.connect(V5, "sub").await;
+    sub.subscribe("t", QoS::AtLeastOnce).await;
+    let mut publ = broker.connect(V5, "pub").await;
+    let start = tokio::time::Instant::now();
+    for id in 1..=5 {
+        publ.send(Packet::Publish(publish("t", "x", QoS::AtLeastOnce, id))).await;
+    }
+    for id in 1..=5 {
+        match publ.recv().await {
+            Packet::PubAck(ack) => {
+                assert_eq!((ack.packet_id, ack.reason_code), (pid(id), ReasonCode::Success));
+            }
+            other => panic!("{other:?}"),
+        }
+        let got = sub.recv_publish().await;
+        sub.puback(got.delivery.packet_id().unwrap()).await;
+    }
+    // Two at once (the burst), then one per 100 ms of (virtual) time.
+    assert!(start.elapsed() >= Duration::from_millis(300), "{:?}", start.elapsed());
+}

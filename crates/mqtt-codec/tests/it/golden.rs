@@ -466,7 +466,7 @@ fn cases() -> Vec<(&'static str, ProtocolVersion, Vec<u8>, Packet)> {
         (
             "disconnect v5 server shutting down",
             V5,
-            vec![0xE0, 0x01, 0x8B],
+            vec![0xE0, 0x02, 0x8B, 0x00],
             Packet::Disconnect(Disconnect::new(ReasonCode::ServerShuttingDown)),
         ),
         // 5.0 §3.14.2: disconnect with will message, session expiry 0 and a reason string.

@@ -1,7 +1,9 @@
 //! Integration tests of `mqtt-codec`: golden byte vectors from the MQTT 3.1.1 and 5.0 specifications,
-//! incomplete input, malformed input with its reason code, and property tests.
+//! incomplete input, malformed input with its reason code, property tests, and differential decoding
+//! against rmqtt-codec.
 #![expect(clippy::unwrap_used, reason = "test code: an unexpected error fails the test")]
 
+mod differential;
 mod golden;
 mod incomplete;
 mod malformed;

@@ -76,3 +76,25 @@ proptest! {
         decode_never_overreads(&bytes[..end], MAX_PACKET_SIZE);
     }
 }
+
+proptest! {
+    /// The stored form of a PUBLISH's properties reads back as what was written.
+    #[test]
+    fn publish_properties_round_trip(p in packet(V5)) {
+        if let Packet::Publish(publish) = p {
+            let mut buf = BytesMut::new();
+            publish.properties.encode_publish(&mut buf).unwrap();
+            let back = mqtt_codec::Properties::decode_publish(buf.freeze()).unwrap();
+            prop_assert_eq!(back, publish.properties);
+        }
+    }
+}
+
+#[test]
+fn stored_publish_properties_reject_trailing_bytes() {
+    let mut buf = BytesMut::new();
+    mqtt_codec::Properties::default().encode_publish(&mut buf).unwrap();
+    assert_eq!(&buf[..], &[0]);
+    buf.extend_from_slice(&[1]);
+    assert!(mqtt_codec::Properties::decode_publish(buf.freeze()).is_err());
+}

@@ -418,6 +418,10 @@ pub enum AuditCommand {
 pub enum ConfigCommand {
     /// Print the commented default configuration.
     Default,
+    /// Read a secret from standard input and print its hex SHA-256, the `secret_sha256` of an
+    /// `[[mqtt.applications]]` entry (surrounding whitespace, like the newline of `echo`, is
+    /// ignored, as in a `secret_file`).
+    HashSecret,
 }
 
 /// Runs a parsed command line and returns the process exit code.
@@ -425,6 +429,7 @@ pub fn execute(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => return serve(&args),
         Command::Config(ConfigCommand::Default) => output::write_raw(config::DEFAULT_CONFIG),
+        Command::Config(ConfigCommand::HashSecret) => hash_secret(),
         Command::Device(cmd) => block_on(commands::device(cmd)),
         Command::Group(cmd) => block_on(commands::group(cmd)),
         Command::Token(cmd) => block_on(commands::token(cmd)),
@@ -438,6 +443,19 @@ pub fn execute(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `herd config hash-secret`: the hex SHA-256 of the secret on standard input.
+fn hash_secret() -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::io::stdin()
+        .lock()
+        .read_to_string(&mut text)
+        .map_err(|e| anyhow::anyhow!("cannot read the secret from standard input: {e}"))?;
+    let secret = text.trim();
+    config::check_application_secret(secret).map_err(anyhow::Error::msg)?;
+    output::write_raw(&hex::encode(domain::TokenHash::of_secret(secret).as_bytes()))
 }
 
 /// Runs an operator command on a small single-threaded runtime.

@@ -1,9 +1,13 @@
 //! End-to-end tests of the `herd` binary: the README tour, the operator CLI against an in-process
-//! server, the `herd serve` process itself (startup, configuration errors, shutdown), and the MQTT
-//! device gateway with real clients.
+//! server, the `herd serve` process itself (startup, configuration errors, shutdown), the MQTT
+//! device gateway with real clients, and interoperability with the paho-mqtt (Python) and rumqttc
+//! client libraries.
 
 mod cli;
+mod interop_paho;
+mod interop_rumqttc;
 mod mqtt;
+mod persistence;
 mod postgres;
 mod process;
 mod tour;

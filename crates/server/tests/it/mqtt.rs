@@ -16,7 +16,7 @@ use mqtt_codec::{
     TopicFilter, TopicName,
 };
 use serde_json::json;
-use test_support::TestServer;
+use test_support::{TestCerts, TestServer};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -24,6 +24,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use ProtocolVersion::{V5, V311};
+
+mod access;
 
 /// How long a test waits for something that should happen.
 const WAIT: Duration = Duration::from_secs(20);
@@ -49,7 +51,7 @@ fn mosquitto_clients() -> bool {
 }
 
 /// Creates device `id` (registered) and issues a credential; returns its secret.
-async fn registered_device(server: &TestServer, id: &str) -> String {
+pub(crate) async fn registered_device(server: &TestServer, id: &str) -> String {
     let (status, body) = server.post("/api/v1/devices", &json!({ "id": id })).await;
     assert_eq!(status, 201, "{body}");
     let (status, body) =
@@ -59,7 +61,7 @@ async fn registered_device(server: &TestServer, id: &str) -> String {
 }
 
 /// Creates device `id`, activates it and issues a credential; returns its secret.
-async fn active_device(server: &TestServer, id: &str) -> String {
+pub(crate) async fn active_device(server: &TestServer, id: &str) -> String {
     let token = registered_device(server, id).await;
     set_state(server, id, "active").await;
     token
@@ -706,75 +708,27 @@ async fn presence_follows_connects_and_disconnects() {
     assert_eq!(revoked["last_disconnect_reason"], "revoked");
 }
 
-/// A CA and a server certificate for `localhost` and 127.0.0.1 signed by it, as PEM files in a
-/// temporary directory (the key file with mode 0600, like a real one).
-struct TestCerts {
-    dir: tempfile::TempDir,
-    ca: rustls::pki_types::CertificateDer<'static>,
-}
-
-impl TestCerts {
-    fn new() -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "Herd test CA");
-        let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
-        let issuer = Issuer::new(ca_params, ca_key);
-        let key = KeyPair::generate().expect("server key");
-        let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .expect("server params");
-        let cert = params.signed_by(&key, &issuer).expect("server certificate");
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write ca.pem");
-        std::fs::write(dir.path().join("cert.pem"), cert.pem()).expect("write cert.pem");
-        let key_file = dir.path().join("key.pem");
-        std::fs::write(&key_file, key.serialize_pem()).expect("write key.pem");
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))
-                .expect("chmod 600");
-        }
-        Self { dir, ca: ca.der().clone() }
-    }
-
-    fn path(&self, name: &str) -> std::path::PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// The server's TLS settings: listen on port 0 with these files.
-    fn config(&self) -> server::config::MqttTlsConfig {
-        server::config::MqttTlsConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            cert_file: self.path("cert.pem"),
-            key_file: self.path("key.pem"),
-        }
-    }
-
-    /// A TLS connection to `addr` trusting only the test CA, with `versions` of TLS.
-    async fn connect(
-        &self,
-        addr: SocketAddr,
-        versions: &[&'static rustls::SupportedProtocolVersion],
-    ) -> tokio_rustls::client::TlsStream<TcpStream> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.clone()).expect("CA certificate");
-        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(versions)
-            .expect("TLS versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-        let tcp = TcpStream::connect(addr).await.expect("connect to the TLS listener");
-        let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
-        tokio::time::timeout(WAIT, connector.connect(name, tcp))
-            .await
-            .expect("TLS handshake in time")
-            .expect("TLS handshake")
-    }
+/// A TLS connection to `addr` trusting only the test CA of `certs`, with `versions` of TLS.
+async fn tls_connect(
+    certs: &TestCerts,
+    addr: SocketAddr,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certs.ca()).expect("CA certificate");
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.expect("connect to the TLS listener");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
+    tokio::time::timeout(WAIT, connector.connect(name, tcp))
+        .await
+        .expect("TLS handshake in time")
+        .expect("TLS handshake")
 }
 
 /// A [`Probe`] connected over TLS.
@@ -786,7 +740,7 @@ async fn tls_probe(
     id: &str,
     password: &str,
 ) -> Probe {
-    let tls = certs.connect(addr, versions).await;
+    let tls = tls_connect(certs, addr, versions).await;
     let local_addr = tls.get_ref().0.local_addr().expect("local address");
     let (probe, code) =
         Probe::connect_over(Transport::Stream(Box::new(tls)), local_addr, version, id, password)

@@ -9,13 +9,18 @@ use std::time::Duration;
 use crate::{herd, stderr, stdout};
 
 /// A `herd serve` child process and the lines it logs.
-struct Serving {
+pub(crate) struct Serving {
     child: Child,
     lines: mpsc::Receiver<String>,
-    addr: String,
+    /// The HTTP address.
+    pub(crate) addr: String,
+    /// The MQTT (TCP) address, or `disabled`.
+    pub(crate) mqtt: String,
 }
 
-fn spawn_serve(args: &[&str], env: &[(&str, &str)]) -> Serving {
+/// Starts `herd serve` with `args` and `env` (and none of the caller's `HERD_*` variables) and waits
+/// until it serves.
+pub(crate) fn spawn_serve(args: &[&str], env: &[(&str, &str)]) -> Serving {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herd"));
     cmd.arg("serve")
         .args(args)
@@ -43,21 +48,23 @@ fn spawn_serve(args: &[&str], env: &[(&str, &str)]) -> Serving {
         }
     });
     let mut seen = Vec::new();
-    let addr = loop {
+    let (addr, mqtt) = loop {
         let line = lines.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
             panic!("herd serve did not start; it logged:\n{}", seen.join("\n"))
         });
         if line.contains("herd is serving") {
             let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
-            break v["http"].as_str().expect("http field").to_owned();
+            let field = |name: &str| v[name].as_str().expect("address field").to_owned();
+            break (field("http"), field("mqtt"));
         }
         seen.push(line);
     };
-    Serving { child, lines, addr }
+    Serving { child, lines, addr, mqtt }
 }
 
 impl Serving {
-    fn terminate(mut self) -> std::process::ExitStatus {
+    /// Stops the process with SIGTERM (a graceful shutdown) and waits for it to exit.
+    pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         let ok = Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success();
         assert!(ok, "kill -TERM failed");
@@ -79,7 +86,7 @@ impl Serving {
 
 impl Serving {
     /// Kills the process with SIGKILL: no shutdown code runs.
-    fn kill9(mut self) {
+    pub(crate) fn kill9(mut self) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-KILL", &pid]).status().expect("kill").success());
         let status = self.child.wait().expect("wait");

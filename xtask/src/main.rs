@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use tokio::sync::{Semaphore, mpsc};
 
 /// Publishers in the fan-in scenario.
@@ -38,6 +38,9 @@ const FAN_IN_PUBLISHERS: usize = 100;
 const INFLIGHT: u16 = 32;
 /// Bytes of each benchmark payload (the first 8 are a send timestamp).
 const PAYLOAD: usize = 64;
+/// The application Herd's fan-in subscriber connects as, and its secret.
+const APP_NAME: &str = "bench-subscriber";
+const APP_SECRET: &str = "bench-subscriber-secret-0123456789";
 /// Target rate of the latency scenario.
 const LATENCY_RATE: u64 = 10_000;
 /// A scenario gives up when nothing has arrived for this long.
@@ -139,6 +142,9 @@ struct Broker {
     passwords: Option<Vec<String>>,
     /// Herd's HTTP base URL, for `/metrics`.
     http: Option<String>,
+    /// An application's user name and secret (Herd): the fan-in subscriber, which no device could
+    /// be. `None`: the subscriber is an anonymous client (Mosquitto).
+    app: Option<(String, String)>,
 }
 
 impl Drop for Broker {
@@ -167,7 +173,31 @@ impl Broker {
 
     /// Connects device `i` and waits for its CONNACK.
     async fn connect(&self, i: usize, cap: usize) -> Result<(AsyncClient, EventLoop)> {
-        let (client, mut ev) = AsyncClient::new(self.options(i, Duration::from_secs(60)), cap);
+        self.connect_with(self.options(i, Duration::from_secs(60)), cap).await
+    }
+
+    /// Connects the fan-in subscriber: Herd's bench application, or an anonymous client.
+    async fn connect_subscriber(&self, cap: usize) -> Result<(AsyncClient, EventLoop)> {
+        match &self.app {
+            Some((name, secret)) => {
+                let mut o = MqttOptions::new(name.clone(), "127.0.0.1", self.port);
+                o.set_keep_alive(Duration::from_secs(60));
+                o.set_clean_session(true);
+                o.set_inflight(INFLIGHT);
+                o.set_credentials(name.clone(), secret.clone());
+                self.connect_with(o, cap).await
+            }
+            None => self.connect(FAN_IN_PUBLISHERS, cap).await,
+        }
+    }
+
+    async fn connect_with(
+        &self,
+        options: MqttOptions,
+        cap: usize,
+    ) -> Result<(AsyncClient, EventLoop)> {
+        let id = options.client_id();
+        let (client, mut ev) = AsyncClient::new(options, cap);
         // Without it Nagle's algorithm and delayed ACKs, not the broker, set the QoS 1 pace.
         let mut net = ev.network_options();
         net.set_tcp_nodelay(true);
@@ -176,8 +206,8 @@ impl Broker {
             match tokio::time::timeout(STALL, ev.poll()).await {
                 Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => return Ok((client, ev)),
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => bail!("{}: connect {}: {e}", self.name, device_id(i)),
-                Err(_) => bail!("{}: connect {} timed out", self.name, device_id(i)),
+                Ok(Err(e)) => bail!("{}: connect {id}: {e}", self.name),
+                Err(_) => bail!("{}: connect {id} timed out", self.name),
             }
         }
     }
@@ -220,6 +250,27 @@ async fn start_herd(dir: &Path, sizes: &Sizes) -> Result<Broker> {
     let port = free_port()?;
     let admin = "herd-bench-admin-token-0123456789abcdef";
     let log = dir.join("herd.log");
+    // The fan-in subscriber: an application that may read every device's telemetry.
+    let secret_file = dir.join("bench-app-secret");
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&secret_file)?;
+        f.write_all(APP_SECRET.as_bytes())?;
+    }
+    let config = dir.join("herd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[mqtt.applications]]\nname = \"{APP_NAME}\"\nsecret_file = \"{}\"\n\
+             subscribe = [\"devices/+/telemetry\"]\n",
+            secret_file.display()
+        ),
+    )?;
     // HERD_BENCH_WRAPPER runs Herd under a profiler, e.g. `heaptrack` or `perf record -g --`.
     let wrapper = std::env::var("HERD_BENCH_WRAPPER").unwrap_or_default();
     let mut words = wrapper.split_whitespace();
@@ -232,18 +283,31 @@ async fn start_herd(dir: &Path, sizes: &Sizes) -> Result<Broker> {
         None => Command::new(&herd),
     };
     let child = command
-        .args(["serve", "--data-dir"])
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
         .arg(dir.join("data"))
         .args(["--http-listen", "127.0.0.1:0", "--mqtt-listen"])
         .arg(format!("127.0.0.1:{port}"))
         .args(["--log-format", "json"])
         .env("HERD_ADMIN_TOKEN", admin)
+        // The scenarios publish as fast as one device can: Herd's per-device rate limit
+        // (`mqtt.publish_rate_per_sec`, 1,000/s by default) would measure itself. Mosquitto has none.
+        .env("HERD_MQTT__PUBLISH_RATE_PER_SEC", "0")
+        // As Mosquitto's `max_queued_messages 200000`: the fan-in subscriber measures routing, not
+        // the default queue limits (1,000 on both), which drop most of a 100,000-message burst.
+        .env("HERD_MQTT__MAX_QUEUED_MESSAGES", "200000")
+        // Room for the ~19,000-connection idle point (the per-process file limit is 20,000).
+        .env("HERD_MQTT__MAX_CONNECTIONS", "20000")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)
         .spawn()
         .context("start herd")?;
-    let mut broker = Broker { name: "Herd", port, child, passwords: None, http: None };
+    let app = (APP_NAME.to_owned(), APP_SECRET.to_owned());
+    let mut broker =
+        Broker { name: "Herd", port, child, passwords: None, http: None, app: Some(app) };
     let http = wait_for_serving(&log).await?;
     let base = format!("http://{http}");
     broker.passwords = Some(provision(&base, admin, sizes.devices()).await?);
@@ -329,7 +393,7 @@ async fn start_mosquitto(dir: &Path) -> Result<Broker> {
     std::fs::write(
         &conf,
         format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nmax_connections -1\n"
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nmax_connections -1\nmax_queued_messages 200000\n"
         ),
     )?;
     let child = Command::new("mosquitto")
@@ -342,7 +406,14 @@ async fn start_mosquitto(dir: &Path) -> Result<Broker> {
         .context("start mosquitto (apt-get install mosquitto)")?;
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return Ok(Broker { name: "Mosquitto", port, child, passwords: None, http: None });
+            return Ok(Broker {
+                name: "Mosquitto",
+                port,
+                child,
+                passwords: None,
+                http: None,
+                app: None,
+            });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -541,18 +612,20 @@ async fn latency(b: &Broker, secs: u64) -> Result<(Figure, Figure)> {
 async fn fan_in(b: &Broker, each: usize) -> Result<(Figure, Option<Figure>)> {
     let total = FAN_IN_PUBLISHERS * each;
     let metric_before = b.received_qos1().await?;
-    // Herd's ACL allows no subscriber to another device's topics: only Mosquitto gets one.
-    let subscriber = if b.http.is_none() {
-        let (client, mut ev) = b.connect(FAN_IN_PUBLISHERS, 16).await?;
+    // On Herd the subscriber is an application allowed to read `devices/+/telemetry` (no device may
+    // read another's topics); on Mosquitto an anonymous client.
+    let subscriber = {
+        let (client, mut ev) = b.connect_subscriber(16).await?;
         client.subscribe("devices/+/telemetry", QoS::AtLeastOnce).await?;
         loop {
-            if let Event::Incoming(Packet::SubAck(_)) = ev.poll().await? {
+            if let Event::Incoming(Packet::SubAck(ack)) = ev.poll().await? {
+                if !matches!(ack.return_codes.first(), Some(SubscribeReasonCode::Success(_))) {
+                    bail!("{}: fan-in subscription refused: {ack:?}", b.name);
+                }
                 break;
             }
         }
         Some((client, ev))
-    } else {
-        None
     };
     let mut publishers = Vec::with_capacity(FAN_IN_PUBLISHERS);
     for i in 0..FAN_IN_PUBLISHERS {

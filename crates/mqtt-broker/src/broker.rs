@@ -50,7 +50,7 @@ use crate::persist::{FinishedMessages, Recorder};
 use crate::retained::{RetainOutcome, RetainedStore};
 use crate::session::{Outbound, SessionState, SubscriberId};
 use crate::topic_tree::{Match, SubOptions, TopicTree};
-use crate::{Authenticator, BrokerConfig, BrokerError, ConnectionError, Message};
+use crate::{Authenticator, BrokerConfig, BrokerError, ConnectionError, Identity, Message};
 
 mod persistence;
 
@@ -167,6 +167,8 @@ pub(crate) struct ConnectRequest {
     pub(crate) clean_start: bool,
     /// The granted Session Expiry Interval in seconds.
     pub(crate) session_expiry: u32,
+    /// Who connects: a resumed session keeps only what this identity may see.
+    pub(crate) identity: Identity,
     pub(crate) link: ConnLink,
     pub(crate) reply: oneshot::Sender<ConnectReply>,
 }
@@ -212,15 +214,19 @@ struct SessionEntry {
     link: Option<ConnLink>,
     /// The session state while no connection owns it; while one does, only messages routed after the
     /// connection closed its channel land in `state.queue`.
-    state: SessionState,
+    ///
+    /// `None` while it would be empty (always while a connection owns the state): an online
+    /// session, or an offline one with nothing waiting, costs no room for it.
+    state: Option<Box<SessionState>>,
     /// Session Expiry Interval, seconds.
     expiry: u32,
     /// When the session ends if nobody connects; `None` while connected.
     expires_at: Option<Instant>,
     /// A will waiting for its delay, and when to publish it.
-    will: Option<(WillMessage, Instant)>,
-    /// A connection waiting for the current one to hand the session over.
-    waiting: Option<ConnectRequest>,
+    will: Option<Box<(WillMessage, Instant)>>,
+    /// A connection waiting for the current one to hand the session over (boxed, like `will`:
+    /// rare, and every session would pay for it inline).
+    waiting: Option<Box<ConnectRequest>>,
 }
 
 impl Broker {
@@ -368,7 +374,7 @@ impl Broker {
                     client_id: request.client_id.clone(),
                     subscriptions: HashSet::new(),
                     link: None,
-                    state: SessionState::default(),
+                    state: None,
                     expiry: 0,
                     expires_at: None,
                     will: None,
@@ -384,7 +390,7 @@ impl Broker {
             // old one has handed it back (see `disconnected`). A connection already waiting is
             // superseded: dropping its reply refuses it.
             let _ = link.control.try_send(Control::TakenOver);
-            entry.waiting = Some(request);
+            entry.waiting = Some(Box::new(request));
             return;
         }
         self.attach(id, request, true);
@@ -394,6 +400,8 @@ impl Broker {
     fn attach(&mut self, id: SubscriberId, request: ConnectRequest, existed: bool) {
         if request.clean_start {
             self.clear_session(id);
+        } else if existed {
+            self.confine_session(id, &request.identity);
         }
         let Some(entry) = self.sessions.get_mut(&id) else { return };
         if let Some(persist) = &mut self.persist {
@@ -403,7 +411,7 @@ impl Broker {
         entry.will = None;
         entry.expiry = request.session_expiry;
         entry.expires_at = None;
-        let state = std::mem::take(&mut entry.state);
+        let state = entry.state.take().map(|state| *state).unwrap_or_default();
         let reply =
             ConnectReply { session: id, session_present: existed && !request.clean_start, state };
         let conn_id = request.link.conn_id;
@@ -426,7 +434,7 @@ impl Broker {
         for filter in entry.subscriptions.drain() {
             self.tree.unsubscribe(&filter, &id);
         }
-        entry.state = SessionState::default();
+        entry.state = None;
     }
 
     fn disconnected(&mut self, mut disconnected: Disconnected) {
@@ -439,7 +447,9 @@ impl Broker {
         entry.link = None;
         // Messages routed after the connection closed its channel are newer than its own queue.
         let state = &mut disconnected.state;
-        state.queue.extend(entry.state.queue.drain(..));
+        if let Some(late) = entry.state.take() {
+            state.queue.extend(late.queue);
+        }
         while state.queue.len() > max_queued {
             if let Some(out) = state.queue.pop_back() {
                 counters::dropped(DropReason::QueueFull, out.qos);
@@ -450,7 +460,7 @@ impl Broker {
             persist.finished(&entry.client_id, state.finished.drain(..));
             persist.session_disconnected(&entry.client_id, disconnected.session_expiry);
         }
-        entry.state = disconnected.state;
+        entry.state = (!disconnected.state.is_idle()).then(|| Box::new(disconnected.state));
         entry.expiry = disconnected.session_expiry;
         let now = Instant::now();
         if let Some(request) = entry.waiting.take() {
@@ -462,7 +472,7 @@ impl Broker {
             {
                 self.publish_will(&will, now);
             }
-            self.attach(id, request, true);
+            self.attach(id, *request, true);
             return;
         }
         if let Some(will) = disconnected.will {
@@ -470,7 +480,7 @@ impl Broker {
                 self.publish_will(&will, now);
             } else if let Some(entry) = self.sessions.get_mut(&id) {
                 let at = now + Duration::from_secs(u64::from(will.delay.min(entry.expiry)));
-                entry.will = Some((will, at));
+                entry.will = Some(Box::new((will, at)));
                 self.timers.insert((at, id));
             }
         }
@@ -493,8 +503,8 @@ impl Broker {
             persist.session_ended(&entry.client_id);
         }
         tracing::debug!(client_id = %entry.client_id, "session ended");
-        if let Some((will, _)) = entry.will {
-            self.publish_will(&will, Instant::now());
+        if let Some(will) = entry.will {
+            self.publish_will(&will.0, Instant::now());
         }
     }
 
@@ -511,10 +521,10 @@ impl Broker {
             }
             self.timers.pop_first();
             let Some(entry) = self.sessions.get_mut(&id) else { continue };
-            if entry.will.as_ref().is_some_and(|(_, at)| *at <= now)
-                && let Some((will, _)) = entry.will.take()
+            if entry.will.as_ref().is_some_and(|will| will.1 <= now)
+                && let Some(will) = entry.will.take()
             {
-                self.publish_will(&will, now);
+                self.publish_will(&will.0, now);
             }
             let Some(entry) = self.sessions.get(&id) else { continue };
             if entry.link.is_none() && entry.expires_at.is_some_and(|at| at <= now) {
@@ -577,6 +587,49 @@ impl Broker {
             results.push(Ok(retained));
         }
         results
+    }
+
+    /// Removes from session `id` the subscriptions and the waiting messages that `identity` may not
+    /// see. A session is found by client identifier alone, and whoever made it was checked against
+    /// their own ACL: an application that once used a client identifier some device later gets, or
+    /// a session restored from the store, must not hand the next owner what only the previous one
+    /// was allowed.
+    fn confine_session(&mut self, id: SubscriberId, identity: &Identity) {
+        let Some(entry) = self.sessions.get(&id) else { return };
+        let denied: Vec<TopicFilter> =
+            entry.subscriptions.iter().filter(|f| !identity.may_subscribe(f)).cloned().collect();
+        if !denied.is_empty() {
+            tracing::info!(
+                client_id = %entry.client_id,
+                identity = identity.name(),
+                subscriptions = denied.len(),
+                "resumed session had subscriptions this identity may not make; removed"
+            );
+            self.unsubscribe(id, &denied);
+        }
+        let Some(entry) = self.sessions.get_mut(&id) else { return };
+        let may_receive = |out: &Outbound| {
+            TopicFilter::new(out.message.topic.as_str()).is_ok_and(|f| identity.may_subscribe(&f))
+        };
+        let mut dropped = Vec::new();
+        let Some(state) = entry.state.as_mut() else { return };
+        state.queue.retain(|out| {
+            let keep = may_receive(out);
+            if !keep {
+                dropped.extend(out.seq.map(NonZeroU64::get));
+            }
+            keep
+        });
+        state.inflight.retain(|flight| {
+            let keep = may_receive(&flight.out);
+            if !keep {
+                dropped.extend(flight.out.seq.map(NonZeroU64::get));
+            }
+            keep
+        });
+        if let Some(persist) = &mut self.persist {
+            persist.finished(&entry.client_id, dropped);
+        }
     }
 
     fn unsubscribe(&mut self, id: SubscriberId, filters: &[TopicFilter]) -> Vec<bool> {
@@ -654,8 +707,14 @@ impl Broker {
         if let Some(persist) = &mut self.persist {
             persist.enqueue(&entry.client_id, &mut out);
         }
+        // QoS 1 and 2 messages may also take the room of the session's queue: a connection that is
+        // briefly behind must not lose them (they are dropped only where the queue is full).
+        let room = match out.qos {
+            QoS::AtMostOnce => self.config.connection_channel_capacity.get(),
+            _ => self.config.connection_channel_capacity.get() + self.config.max_queued_messages,
+        };
         let out = match &entry.link {
-            Some(link) => match link.outbound.try_send(out) {
+            Some(link) => match link.outbound.try_send_within(out, room) {
                 Ok(()) => return,
                 Err(TrySendError::Full(out)) => {
                     counters::dropped(DropReason::ChannelFull, out.qos);
@@ -671,13 +730,15 @@ impl Broker {
         };
         if out.qos == QoS::AtMostOnce {
             counters::dropped(DropReason::Offline, out.qos);
-        } else if entry.state.queue.len() >= self.config.max_queued_messages {
+        } else if entry.state.as_ref().map_or(0, |state| state.queue.len())
+            >= self.config.max_queued_messages
+        {
             counters::dropped(DropReason::QueueFull, out.qos);
             if let Some(persist) = &mut self.persist {
                 persist.finished(&entry.client_id, out.seq.map(NonZeroU64::get));
             }
         } else {
-            entry.state.queue.push_back(out);
+            entry.state.get_or_insert_default().queue.push_back(out);
         }
     }
 }

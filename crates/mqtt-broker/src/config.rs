@@ -32,8 +32,9 @@ pub struct BrokerConfig {
     /// the connection is closed. Applies to v3.1.1 clients too, which cannot be told.
     pub receive_maximum: NonZeroU16,
     /// How many topic aliases a v5 client may set on the messages it sends; advertised as Topic Alias
-    /// Maximum in the CONNACK. A PUBLISH with an alias of 0 or above this gets DISCONNECT 0x94 (Topic
-    /// Alias invalid). 0 disables inbound topic aliases.
+    /// Maximum in the CONNACK. A PUBLISH with an alias above this gets DISCONNECT 0x94 (Topic Alias
+    /// invalid); an alias of 0 is malformed ([MQTT-3.3.2-8]) and gets 0x82 (Protocol Error). 0
+    /// disables inbound topic aliases.
     pub topic_alias_maximum: u16,
     /// How many topic aliases the broker sets, per connection, on the messages it sends a v5 client
     /// (never more than the client's own Topic Alias Maximum). The first topics sent get an alias, and
@@ -61,10 +62,11 @@ pub struct BrokerConfig {
     /// it was sent, so TCP slows a client down that publishes faster than it reads (its own
     /// deliveries, its acknowledgements). The buffer is allocated only while bytes wait.
     pub outbound_buffer_high_water: usize,
-    /// The capacity of the channel from the broker task to each connection. The connection empties it
+    /// How many QoS 0 messages may wait in the mailbox from the broker task to each connection (QoS 1
+    /// and 2 messages may also use `max_queued_messages` more). The connection empties it
     /// continuously into its own queue, so it fills only when the connection task cannot keep up; then
     /// the broker drops further messages for that connection and counts them (`reason="channel_full"`)
-    /// rather than wait.
+    /// rather than wait. Allocated only while messages wait.
     pub connection_channel_capacity: NonZeroUsize,
     /// The longest Session Expiry Interval, in seconds, the broker grants. A v5 client asking for more
     /// is told this value in its CONNACK; a v3.1.1 client with Clean Session 0 gets this value. At

@@ -174,14 +174,14 @@ where
     }
 
     let conn_id = handle.next_id();
-    let (outbound_tx, control_tx, mailbox) =
-        mailbox::mailbox(config.connection_channel_capacity.get());
+    let (outbound_tx, control_tx, mailbox) = mailbox::mailbox();
     let (reply_tx, reply_rx) = oneshot::channel();
     handle
         .send(Command::Connect(ConnectRequest {
             client_id: client_id.clone(),
             clean_start: connect.clean_start,
             session_expiry,
+            identity: identity.clone(),
             link: ConnLink { conn_id, outbound: outbound_tx, control: control_tx },
             reply: reply_tx,
         }))
@@ -257,6 +257,7 @@ where
         aliases: None,
         bucket: bucket.map(Box::new),
         held: None,
+        resending: false,
         out_alias_limit,
         session_expiry,
         mailbox,
@@ -480,6 +481,8 @@ struct Connection<IO> {
     inbound: VecDeque<PendingAck>,
     /// Topic aliases in both directions (v5, §3.3.2.3.4); allocated when the first is set.
     aliases: Option<Box<Aliases>>,
+    /// Whether in-flight messages of the resumed session wait for room in the window.
+    resending: bool,
     /// The publish rate limit ([`BrokerConfig::publish_rate`]).
     bucket: Option<Box<TokenBucket>>,
     /// A PUBLISH over the rate limit, and when it may go.
@@ -603,10 +606,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 // each keeps the window full before the queue's limit is applied.
                 self.enqueue(out)?;
                 self.pump()?;
-                while let Some(out) = self.mailbox.try_recv() {
-                    self.enqueue(out)?;
-                    self.pump()?;
-                }
+                self.drain_mailbox()?;
             }
             Event::Accepted(accepted) => {
                 let accepted = accepted.map_err(|_| ConnectionError::BrokerStopped)?;
@@ -662,6 +662,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 self.held = Some(Box::new((publish.clone(), until)));
                 return Ok(None);
             }
+            // Take what the broker has routed to this client meanwhile, so that a burst of input
+            // (this client's own publications, say) does not overfill the mailbox.
+            self.drain_mailbox()?;
             if let Some(end) = self.on_packet(packet).await? {
                 return Ok(Some(end));
             }
@@ -927,6 +930,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         Ok(End::Client { publish_will: disconnect.reason_code != ReasonCode::Success })
     }
 
+    /// Takes every message waiting in the mailbox (see [`Connection::enqueue`]).
+    fn drain_mailbox(&mut self) -> Result<(), ConnectionError> {
+        while let Some(out) = self.mailbox.try_recv() {
+            self.enqueue(out)?;
+            self.pump()?;
+        }
+        Ok(())
+    }
+
     /// Takes a message from the broker, by the slow-consumer policy in the module documentation.
     fn enqueue(&mut self, out: Outbound) -> Result<(), ConnectionError> {
         if out.expires_at.is_some_and(|at| at <= Instant::now()) {
@@ -954,6 +966,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
 
     /// Moves queued QoS 1 and 2 messages into flight while the window and the write buffer have room.
     fn pump(&mut self) -> Result<(), ConnectionError> {
+        if self.resending {
+            self.resend_unsent()?;
+            self.resending = self.state.inflight.iter().any(|f| !f.sent);
+        }
         while self.state.inflight.len() < self.send_window
             && self.out_buf.len() < self.config.outbound_buffer_high_water
         {
@@ -972,7 +988,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             };
             let publish = Self::outbound_publish(&out, delivery);
             if self.write_publish(publish, out.qos)? {
-                self.state.inflight.push_back(InFlight { packet_id, out, stage });
+                self.state.inflight.push_back(InFlight { packet_id, out, stage, sent: true });
             } else {
                 self.state.finish(&out);
             }
@@ -982,9 +998,25 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
 
     /// Resends what a resumed session left in flight, with DUP set (§4.4).
     fn resend_inflight(&mut self) -> Result<(), ConnectionError> {
-        let flights: Vec<(PacketId, Awaiting, Outbound)> =
-            self.state.inflight.iter().map(|f| (f.packet_id, f.stage, f.out.clone())).collect();
-        for (packet_id, stage, out) in flights {
+        for flight in &mut self.state.inflight {
+            flight.sent = false;
+        }
+        self.resend_unsent()?;
+        self.resending = self.state.inflight.iter().any(|f| !f.sent);
+        Ok(())
+    }
+
+    /// Resends, oldest first, the in-flight messages of a resumed session that have not gone out
+    /// on this connection, as far as the client's Receive Maximum allows ([MQTT-3.3.4-9]: a
+    /// client that reconnects with a smaller one is never sent more); PUBRELs count too, since
+    /// their messages are not yet completely acknowledged.
+    fn resend_unsent(&mut self) -> Result<(), ConnectionError> {
+        let mut outstanding = self.state.inflight.iter().filter(|f| f.sent).count();
+        while outstanding < self.send_window {
+            let Some(flight) = self.state.inflight.iter_mut().find(|f| !f.sent) else { break };
+            flight.sent = true;
+            let (packet_id, stage, out) = (flight.packet_id, flight.stage, flight.out.clone());
+            outstanding += 1;
             match stage {
                 Awaiting::PubAck => {
                     let delivery = Delivery::AtLeastOnce { packet_id, dup: true };

@@ -6,7 +6,7 @@
 //! grows only while messages wait and is released when it empties after a burst.
 //!
 //! The broker task holds the two senders ([`MessageSender`], [`ControlSender`]) in its `ConnLink` and
-//! never waits on them: [`MessageSender::try_send`] fails with the same [`TrySendError`] as a tokio
+//! never waits on them: [`MessageSender::try_send_within`] fails with the same [`TrySendError`] as a tokio
 //! channel. The connection task holds the [`Receiver`]; [`Receiver::recv`] returns the control notice
 //! first, so a takeover or an administrative disconnect is never stuck behind messages.
 //!
@@ -24,10 +24,9 @@ use crate::broker::Control;
 /// A queue larger than this is released when it empties, so a burst does not pin memory.
 const QUEUE_KEEP: usize = 16;
 
-/// Creates a mailbox holding at most `capacity` messages (and one control notice).
-pub(crate) fn mailbox<T>(capacity: usize) -> (MessageSender<T>, ControlSender<T>, Receiver<T>) {
+/// Creates a mailbox; its bound is given with each message ([`MessageSender::try_send_within`]).
+pub(crate) fn mailbox<T>() -> (MessageSender<T>, ControlSender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
-        capacity,
         state: Mutex::new(State {
             queue: VecDeque::new(),
             control: None,
@@ -45,7 +44,6 @@ pub(crate) fn mailbox<T>(capacity: usize) -> (MessageSender<T>, ControlSender<T>
 
 #[derive(Debug)]
 struct Shared<T> {
-    capacity: usize,
     state: Mutex<State<T>>,
 }
 
@@ -87,14 +85,15 @@ pub(crate) struct MessageSender<T> {
 }
 
 impl<T> MessageSender<T> {
-    /// Queues `value` unless the mailbox is full or closed; never waits.
-    pub(crate) fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
+    /// Queues `value` unless `room` messages already wait or the mailbox is closed; never waits.
+    /// The broker gives QoS 1 and 2 messages more room than QoS 0 ones.
+    pub(crate) fn try_send_within(&self, value: T, room: usize) -> Result<(), TrySendError<T>> {
         let waker = {
             let mut state = self.shared.lock();
             if state.closed {
                 return Err(TrySendError::Closed(value));
             }
-            if state.queue.len() >= self.shared.capacity {
+            if state.queue.len() >= room {
                 return Err(TrySendError::Full(value));
             }
             state.queue.push_back(value);
@@ -223,10 +222,10 @@ mod tests {
 
     #[tokio::test]
     async fn control_overtakes_messages_and_capacity_is_enforced() {
-        let (tx, control, mut rx) = mailbox::<u32>(2);
-        tx.try_send(1).unwrap();
-        tx.try_send(2).unwrap();
-        assert!(matches!(tx.try_send(3), Err(TrySendError::Full(3))));
+        let (tx, control, mut rx) = mailbox::<u32>();
+        tx.try_send_within(1, 2).unwrap();
+        tx.try_send_within(2, 2).unwrap();
+        assert!(matches!(tx.try_send_within(3, 2), Err(TrySendError::Full(3))));
         control.try_send(Control::TakenOver).unwrap();
         assert!(control.try_send(Control::TakenOver).is_err());
         assert!(matches!(rx.recv().await, Received::Control(Control::TakenOver)));
@@ -237,23 +236,23 @@ mod tests {
 
     #[tokio::test]
     async fn closing_refuses_new_messages_and_keeps_queued_ones() {
-        let (tx, _control, mut rx) = mailbox::<u32>(4);
-        tx.try_send(1).unwrap();
+        let (tx, _control, mut rx) = mailbox::<u32>();
+        tx.try_send_within(1, 4).unwrap();
         rx.close();
-        assert!(matches!(tx.try_send(2), Err(TrySendError::Closed(2))));
+        assert!(matches!(tx.try_send_within(2, 4), Err(TrySendError::Closed(2))));
         assert_eq!(rx.try_recv(), Some(1));
     }
 
     #[tokio::test]
     async fn a_waiting_receiver_wakes_for_a_message_and_for_the_end() {
-        let (tx, control, mut rx) = mailbox::<u32>(4);
+        let (tx, control, mut rx) = mailbox::<u32>();
         let waiter = tokio::spawn(async move {
             let first = rx.recv().await;
             let second = rx.recv().await;
             (matches!(first, Received::Message(7)), matches!(second, Received::Closed))
         });
         tokio::task::yield_now().await;
-        tx.try_send(7).unwrap();
+        tx.try_send_within(7, 4).unwrap();
         drop(tx);
         drop(control);
         assert_eq!(waiter.await.unwrap(), (true, true));

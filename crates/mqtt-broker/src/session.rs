@@ -55,6 +55,9 @@ pub(crate) struct InFlight {
     pub(crate) packet_id: PacketId,
     pub(crate) out: Outbound,
     pub(crate) stage: Awaiting,
+    /// Whether it went out on the current connection. A resumed session's messages wait, with
+    /// their Packet Identifiers, until the new connection's Receive Maximum has room for them.
+    pub(crate) sent: bool,
 }
 
 /// The part of a session that is handed between the broker and a connection.
@@ -78,6 +81,15 @@ pub(crate) struct SessionState {
 }
 
 impl SessionState {
+    /// Whether nothing waits: no message queued or in flight, no QoS 2 release or acknowledgement
+    /// report pending.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.inflight.is_empty()
+            && self.queue.is_empty()
+            && self.inbound_qos2.is_empty()
+            && self.finished.is_empty()
+    }
+
     /// Notes that the client is finished with `out`: acknowledged, or dropped by policy. Only
     /// persisted messages need it.
     pub(crate) fn finish(&mut self, out: &Outbound) {

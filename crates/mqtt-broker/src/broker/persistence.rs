@@ -18,7 +18,6 @@ use crate::persist::{
     restore_retained, unix_millis_now,
 };
 use crate::retained::RetainOutcome;
-use crate::session::SessionState;
 use crate::topic_tree::SubOptions;
 
 /// Most commands the broker handles in one turn, whose changes go to the writer as one batch.
@@ -92,7 +91,7 @@ impl Broker {
                 client_id: client_id.clone(),
                 subscriptions: HashSet::new(),
                 link: None,
-                state: SessionState::default(),
+                state: None,
                 expiry: stored.expiry,
                 expires_at: Some(now + Duration::from_millis(left)),
                 will: None,
@@ -113,8 +112,11 @@ impl Broker {
             for message in queued {
                 let (seq, qos) = (message.seq, message.message.qos);
                 match restore_outbound(message, now, now_ms) {
-                    Some(out) if entry.state.queue.len() < max_queued => {
-                        entry.state.queue.push_back(out);
+                    Some(out)
+                        if entry.state.as_ref().map_or(0, |state| state.queue.len())
+                            < max_queued =>
+                    {
+                        entry.state.get_or_insert_default().queue.push_back(out);
                         messages += 1;
                     }
                     Some(_) => {

@@ -8,6 +8,7 @@ mod handle;
 mod interop;
 mod persist;
 mod publish;
+mod qos;
 mod retained;
 mod session;
 mod subscribe;
@@ -104,18 +105,21 @@ pub(crate) enum TestAuth {
     Refuse(ReasonCode),
     /// Allows publishing and subscribing only under this prefix.
     Prefix(&'static str),
+    /// Allows publishing and subscribing only under the client's user name (a prefix such as
+    /// `a/`; everything without one).
+    PrefixFromUserName,
 }
 
 #[derive(Debug)]
-struct PrefixAcl(&'static str);
+struct PrefixAcl(String);
 
 impl Acl for PrefixAcl {
     fn may_publish(&self, topic: &TopicName) -> bool {
-        topic.as_str().starts_with(self.0)
+        topic.as_str().starts_with(&self.0)
     }
 
     fn may_subscribe(&self, filter: &TopicFilter) -> bool {
-        filter.share_name().is_none() && filter.filter().starts_with(self.0)
+        filter.share_name().is_none() && filter.filter().starts_with(&self.0)
     }
 }
 
@@ -128,7 +132,13 @@ impl Authenticator for TestAuth {
         match self {
             Self::AllowAll => AllowAll.authenticate(connect, peer).await,
             Self::Refuse(code) => Err(*code),
-            Self::Prefix(prefix) => Ok(Identity::new("device", Arc::new(PrefixAcl(prefix)))),
+            Self::Prefix(prefix) => {
+                Ok(Identity::new("device", Arc::new(PrefixAcl((*prefix).to_owned()))))
+            }
+            Self::PrefixFromUserName => {
+                let prefix = connect.username.as_ref().map_or("", |u| u.as_str()).to_owned();
+                Ok(Identity::new(prefix.clone(), Arc::new(PrefixAcl(prefix))))
+            }
         }
     }
 }

@@ -3,8 +3,11 @@
 //! reads.
 //!
 //! It maps the SHA-256 of a credential secret to the device and credential it authenticated and is
-//! bounded twice: at most `mqtt.auth_cache_entries` entries (the oldest goes first), each for at
-//! most `mqtt.auth_cache_ttl_secs` and never past its credential's expiry. Only credentials of
+//! bounded twice: at most `mqtt.auth_cache_entries` entries, each for at most
+//! `mqtt.auth_cache_ttl_secs` and never past its credential's expiry. When it is full, stale entries
+//! go first, then arbitrary ones (an eighth of the cache at a time). It keeps no index besides the
+//! map: an entry costs a few hundred bytes per device, and an access change, a rare operator
+//! action, scans the map (at most `mqtt.auth_cache_entries` comparisons). Only credentials of
 //! `active` devices are cached; failures never are (an attacker chooses the keys of failures).
 //!
 //! # Invalidation
@@ -21,8 +24,7 @@
 //! and the [`Ticket`] the miss returned; the offer is dropped when any invalidation happened in
 //! between, because the store read may have preceded the change that the invalidation reported.
 
-use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -74,12 +76,6 @@ struct Inner {
     /// Access changes from the REST side, sent after their commit.
     changes: mpsc::Receiver<DeviceAccessChange>,
     entries: HashMap<TokenHash, Entry>,
-    /// The cached hashes of each device, to invalidate a device at once.
-    by_device: HashMap<DeviceId, Vec<TokenHash>>,
-    /// Insertion order, oldest first, for eviction; records whose `seq` no longer matches the
-    /// entry (removed or replaced since) are skipped and compacted away.
-    order: VecDeque<(TokenHash, u64)>,
-    next_seq: u64,
     /// Bumped by every invalidation.
     generation: u64,
 }
@@ -88,7 +84,6 @@ struct Inner {
 struct Entry {
     credential: CachedCredential,
     fresh_until: Instant,
-    seq: u64,
 }
 
 impl CredentialCache {
@@ -98,14 +93,7 @@ impl CredentialCache {
         ttl: Duration,
         changes: mpsc::Receiver<DeviceAccessChange>,
     ) -> Self {
-        let inner = Inner {
-            changes,
-            entries: HashMap::new(),
-            by_device: HashMap::new(),
-            order: VecDeque::new(),
-            next_seq: 0,
-            generation: 0,
-        };
+        let inner = Inner { changes, entries: HashMap::new(), generation: 0 };
         Self { capacity, ttl, inner: Mutex::new(inner) }
     }
 
@@ -130,7 +118,7 @@ impl CredentialCache {
         };
         let expired = entry.credential.expires_at.is_some_and(|e| now >= e);
         if expired || Instant::now() >= entry.fresh_until {
-            inner.remove(hash);
+            inner.entries.remove(hash);
             metrics::counter!("mqtt_auth_cache_total", "result" => "expired").increment(1);
             return Lookup::Miss(Ticket { generation });
         }
@@ -150,24 +138,12 @@ impl CredentialCache {
         if inner.generation != generation || !inner.changes.is_empty() {
             return;
         }
-        inner.remove(&hash);
-        while inner.entries.len() >= self.capacity {
-            let Some((old, seq)) = inner.order.pop_front() else { break };
-            if inner.entries.get(&old).is_some_and(|e| e.seq == seq) {
-                inner.remove(&old);
-            }
+        inner.entries.remove(&hash);
+        if inner.entries.len() >= self.capacity {
+            inner.make_room(self.capacity, Instant::now());
         }
-        let seq = inner.next_seq;
-        inner.next_seq += 1;
-        inner.by_device.entry(credential.device_id.clone()).or_default().push(hash);
         let fresh_until = Instant::now() + self.ttl;
-        inner.entries.insert(hash, Entry { credential, fresh_until, seq });
-        inner.order.push_back((hash, seq));
-        // Removals leave their records in `order`; keep it within a constant factor of the map.
-        if inner.order.len() > 2 * self.capacity + 16 {
-            let Inner { order, entries, .. } = &mut *inner;
-            order.retain(|(h, s)| entries.get(h).is_some_and(|e| e.seq == *s));
-        }
+        inner.entries.insert(hash, Entry { credential, fresh_until });
     }
 
     /// Takes the next access change off the channel, dropping the entries of its device in the
@@ -198,19 +174,19 @@ impl CredentialCache {
 impl Inner {
     fn invalidate(&mut self, device: &DeviceId) {
         self.generation += 1;
-        if let Some(hashes) = self.by_device.remove(device) {
-            for hash in hashes {
-                self.entries.remove(&hash);
-            }
-        }
+        self.entries.retain(|_, entry| entry.credential.device_id != *device);
     }
 
-    fn remove(&mut self, hash: &TokenHash) {
-        let Some(entry) = self.entries.remove(hash) else { return };
-        if let MapEntry::Occupied(mut hashes) = self.by_device.entry(entry.credential.device_id) {
-            hashes.get_mut().retain(|h| h != hash);
-            if hashes.get().is_empty() {
-                hashes.remove();
+    /// Brings a full cache below `capacity`: stale entries first, then arbitrary ones (the map's
+    /// order), down to seven eighths, so that the scan is paid once per eighth of the cache.
+    fn make_room(&mut self, capacity: usize, now: Instant) {
+        self.entries.retain(|_, entry| entry.fresh_until > now);
+        let target = capacity - capacity.div_ceil(8);
+        if self.entries.len() > target {
+            let excess = self.entries.len() - target;
+            let victims: Vec<TokenHash> = self.entries.keys().take(excess).copied().collect();
+            for hash in &victims {
+                self.entries.remove(hash);
             }
         }
     }
@@ -328,23 +304,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_oldest_entries_make_room() {
-        let (cache, _tx) = cache(3);
-        let creds: Vec<_> = (0..5).map(|n| credential(&format!("d{n}"), n, None)).collect();
+    async fn a_full_cache_stays_within_its_capacity() {
+        let (cache, _tx) = cache(8);
+        let creds: Vec<_> = (0..20).map(|n| credential(&format!("d{n}"), n, None)).collect();
         for (n, c) in creds.iter().enumerate() {
             fill(&cache, n as u8, c);
+            assert!(cache.len() <= 8);
         }
-        assert_eq!(cache.len(), 3);
-        check_hit(&cache, 0, None);
-        check_hit(&cache, 1, None);
-        check_hit(&cache, 4, Some(&creds[4]));
-        // Invalidations and refills do not let the bookkeeping grow.
+        // The last one offered is always kept.
+        check_hit(&cache, 19, Some(&creds[19]));
+        // Invalidations and refills neither grow it nor lose other devices' entries.
+        let before = cache.len();
         for _ in 0..100 {
-            cache.lock().invalidate(&creds[4].device_id);
-            fill(&cache, 4, &creds[4]);
+            cache.lock().invalidate(&creds[19].device_id);
+            fill(&cache, 19, &creds[19]);
         }
-        assert!(cache.lock().order.len() <= 2 * 3 + 16);
-        assert_eq!(cache.len(), 3);
+        assert_eq!(cache.len(), before);
         // Disabled: nothing is kept.
         let (cache, _tx) = super::tests::cache(0);
         fill(&cache, 1, &creds[1]);

@@ -824,6 +824,22 @@ impl BrokerHandle {
         crate::connection::serve(self.clone(), io, peer, authenticator)
     }
 
+    /// As [`BrokerHandle::serve`], with the authenticator shared: the future owns everything it
+    /// needs (`'static` when `IO` is), so a listener can spawn it as it is, without an `async`
+    /// block around it that would make every connection's task larger.
+    pub fn serve_owned<IO, A>(
+        &self,
+        io: IO,
+        peer: Option<SocketAddr>,
+        authenticator: Arc<A>,
+    ) -> impl Future<Output = Result<(), ConnectionError>> + Send + use<IO, A>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send,
+        A: Authenticator,
+    {
+        crate::connection::serve(self.clone(), io, peer, authenticator)
+    }
+
     /// Closes the live connection of the client `client_id`, as a server-initiated disconnect: a v5
     /// client gets DISCONNECT with `reason` (such as [`ReasonCode::AdministrativeAction`]), a v3.1.1
     /// client sees its socket close. Its will is published as for any connection that ends without a

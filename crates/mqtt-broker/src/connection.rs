@@ -22,6 +22,7 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
+use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -57,15 +58,18 @@ thread_local! {
 }
 
 /// Serves one connection; see [`BrokerHandle::serve`].
-pub(crate) fn serve<IO, A>(
+///
+/// `authenticator` is a reference or an owning pointer (`Arc`) to it.
+pub(crate) fn serve<IO, A, R>(
     handle: BrokerHandle,
     io: IO,
     peer: Option<SocketAddr>,
-    authenticator: &A,
+    authenticator: R,
 ) -> impl Future<Output = Result<(), ConnectionError>> + Send
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
     A: Authenticator,
+    R: Deref<Target = A> + Send + Sync,
 {
     // Debug level: a span enabled at the default `info` level would cost every connection a few
     // hundred bytes for as long as it lives; the `info` lines of `serve_inner` carry their own
@@ -82,18 +86,19 @@ where
 /// The connection's three phases. The handshake and the finish are boxed: their futures are large
 /// (the CONNECT, the authenticator's lookup) and short-lived, and the future of this function lives
 /// as long as the connection, so it is kept to what the main loop needs.
-async fn serve_inner<IO, A>(
+async fn serve_inner<IO, A, R>(
     handle: BrokerHandle,
     io: IO,
     peer: Option<SocketAddr>,
-    authenticator: &A,
+    authenticator: R,
 ) -> Result<(), ConnectionError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
     A: Authenticator,
+    R: Deref<Target = A> + Send + Sync,
 {
     let (mut connection, will, conn_id) =
-        match Box::pin(handshake(handle, io, peer, authenticator)).await {
+        match Box::pin(handshake(handle, io, peer, &*authenticator)).await {
             Ok(connected) => connected,
             Err(error) => {
                 tracing::info!(?peer, error = %error, "connection closed before CONNACK");

@@ -6,7 +6,7 @@
 //! it hands the state back to the broker, which keeps it for the session's expiry interval and gives it
 //! to the next connection with the same client identifier.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::Arc;
 
@@ -71,7 +71,7 @@ pub(crate) struct SessionState {
     pub(crate) queue: VecDeque<Outbound>,
     /// Packet Identifiers of QoS 2 PUBLISH packets received and routed, waiting for PUBREL: a resent
     /// PUBLISH with one of them is acknowledged again but not routed again (§4.3.3).
-    pub(crate) inbound_qos2: HashSet<PacketId>,
+    pub(crate) inbound_qos2: BTreeSet<PacketId>,
     /// The last Packet Identifier used for an outbound message.
     pub(crate) last_packet_id: u16,
     /// Sequence numbers of persisted messages the client is finished with (acknowledged, or dropped

@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use domain::{DeviceId, Timestamp};
+use futures_util::FutureExt as _;
 use mqtt_broker::{BrokerHandle, ConnectionEvent, DisconnectReason, protocol_label};
 use mqtt_codec::ReasonCode;
 use store::Store;
@@ -262,16 +263,21 @@ pub async fn accept_loop(
         };
         // Small packets (PUBACK, PINGRESP) go out at once rather than waiting for more.
         let _ = stream.set_nodelay(true);
+        if let Transport::Tcp = transport {
+            // Spawned as it is: an `async` block around it would hold a second copy of what it
+            // moves in, and every idle connection would pay for it.
+            let serve = broker.serve_owned(stream, Some(peer), Arc::clone(&authenticator));
+            connections.spawn(serve.map(move |_| drop(permit)));
+            continue;
+        }
         let broker = broker.clone();
         let authenticator = Arc::clone(&authenticator);
         let transport = transport.clone();
         let stop = stop.clone();
         connections.spawn(async move {
-            // The connection logs its own end in its span.
+            // The connection logs its own end.
             match transport {
-                Transport::Tcp => {
-                    let _ = broker.serve(stream, Some(peer), authenticator.as_ref()).await;
-                }
+                Transport::Tcp => {}
                 Transport::Tls { acceptor, handshake_timeout } => {
                     let handshake = tokio::select! {
                         () = stop.cancelled() => return,

@@ -50,11 +50,12 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("mqtt-bench") => {
-            let mut sizes = Sizes::new(false);
+            // `--quick` first, so that `--idle N` wins whatever the order.
+            let mut sizes = Sizes::new(args[1..].iter().any(|a| a == "--quick"));
             let mut rest = args[1..].iter();
             while let Some(arg) = rest.next() {
                 match arg.as_str() {
-                    "--quick" => sizes = Sizes { only: sizes.only.clone(), ..Sizes::new(true) },
+                    "--quick" => {}
                     "--only" => {
                         let list = rest.next().map(String::as_str).unwrap_or_default();
                         sizes.only = list.split(',').map(str::to_owned).collect();

@@ -3,14 +3,20 @@
 //!
 //! It reads the CONNECT within the connect timeout, authenticates it, asks the broker task for the
 //! session (which may take it over from another connection), answers CONNACK, and then runs one
-//! `select!` loop over the socket, the broker's messages for this client, the completions of inbound
-//! QoS 1 and 2 messages, the keep-alive deadline, takeover and shutdown. When the connection ends it
-//! hands the session state back to the broker.
+//! `select!` loop over the socket (read and written in one poll, `poll_io`), its mailbox from the
+//! broker (messages, and the takeover or disconnect notice; a closed mailbox means the broker stopped,
+//! at shutdown), the completions of inbound QoS 1 and 2 messages, and one timer (keep-alive, or the
+//! end of a rate-limit pause). When the connection ends it hands the session state back to the
+//! broker.
+//!
+//! Input flow control: the socket is not read while the write buffer is above half of
+//! [`BrokerConfig::outbound_buffer_high_water`] (a client that does not read is slowed down by TCP)
+//! or while [`BrokerConfig::publish_rate`] holds a PUBLISH back.
 //!
 //! Every packet from the client is checked against the [`Identity`] resolved at CONNECT: PUBLISH and
 //! will topics against `may_publish`, SUBSCRIBE filters against `may_subscribe`.
 //!
-//! Outbound flow control: messages from the broker are taken off the channel at once. QoS 0 messages
+//! Outbound flow control: messages from the broker are taken off the mailbox at once. QoS 0 messages
 //! are encoded straight into the write buffer, or dropped and counted when that buffer is above
 //! [`BrokerConfig::outbound_buffer_high_water`]; QoS 1 and 2 messages wait in the session queue (bounded by
 //! [`BrokerConfig::max_queued_messages`]) until the in-flight window, the smaller of the client's Receive

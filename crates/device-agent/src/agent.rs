@@ -1,4 +1,5 @@
-//! The device task: one TCP connection at a time, reconnection with back-off, QoS 1 bookkeeping.
+//! The device task: one connection at a time, reconnection with back-off, QoS 1 bookkeeping,
+//! subscriptions and the journal.
 //!
 //! [`Agent::run`] loops over connection attempts. A connected session resends what the previous
 //! connection left unacknowledged (DUP), then publishes from the offline buffer, keeping at most
@@ -9,15 +10,12 @@ use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use mqtt_codec::{
-    ConnAck, Connect, DecodeError, Delivery, Disconnect, EncodeError, Packet, PacketId, PacketType,
-    ProtocolVersion, PubAck, Publish, ReasonCode,
+    ConnAck, Connect, Delivery, Disconnect, Packet, PacketId, ProtocolVersion, PubAck, PubComp,
+    PubRec, Publish, QoS, ReasonCode, Subscribe, Subscription, SubscriptionOptions, TopicName,
 };
 use rand::rngs::StdRng;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Interval};
 
@@ -25,43 +23,77 @@ use crate::backoff::backoff_delay;
 use crate::config::Validated;
 use crate::device::{Command, Stats};
 use crate::error::AgentError;
+use crate::journal::{Journal, Record};
+use crate::link::{Link, LinkError};
+use crate::message::{Channel, Incoming};
 use crate::offline_buffer::OfflineBuffer;
 
 /// The most QoS 1 messages left unacknowledged at once (fewer if the server's Receive Maximum says so).
 pub(crate) const MAX_INFLIGHT: u16 = 32;
 
-/// How long the TCP connect and the wait for CONNACK may each take.
+/// How long opening the connection (TCP, TLS and WebSocket handshakes) and the wait for CONNACK
+/// may each take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The largest packet accepted from the server.
-const MAX_PACKET_SIZE: u32 = 1024 * 1024;
+/// A message to publish at QoS 1.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub(crate) channel: Channel,
+    pub(crate) payload: Bytes,
+    /// Its sequence number in the journal, when it is written there.
+    pub(crate) seq: Option<u64>,
+}
 
-/// Why a connection or an attempt ended, when it was not a shutdown.
-#[derive(Debug, thiserror::Error)]
-enum LinkError {
-    #[error("i/o error")]
-    Io(#[from] std::io::Error),
-    #[error("timed out")]
-    Timeout,
-    #[error("the server closed the connection")]
-    Closed,
-    #[error("malformed packet from the server")]
-    Decode(#[from] DecodeError),
-    #[error("packet could not be encoded")]
-    Encode(#[from] EncodeError),
-    #[error("the server refused the connection: {0:?}")]
-    Refused(ReasonCode),
-    #[error("unexpected {0:?} packet")]
-    Unexpected(PacketType),
-    #[error("the server disconnected: {0:?}")]
-    Disconnected(ReasonCode),
+impl Outgoing {
+    pub(crate) fn new(channel: Channel, payload: Bytes) -> Self {
+        Self { channel, payload, seq: None }
+    }
+
+    /// The journal's form: a channel byte and the bytes to store (for [`Channel::Other`], the
+    /// subtopic's length (u16, big-endian) and the subtopic before the payload).
+    fn to_record(&self) -> (u8, Bytes) {
+        match &self.channel {
+            Channel::Telemetry => (0, self.payload.clone()),
+            Channel::Events => (1, self.payload.clone()),
+            Channel::Facts => (2, self.payload.clone()),
+            Channel::Heartbeat => (3, self.payload.clone()),
+            Channel::Other(sub) => {
+                let len = u16::try_from(sub.0.len()).expect("a topic is at most 65,535 bytes");
+                let mut bytes = Vec::with_capacity(2 + sub.0.len() + self.payload.len());
+                bytes.extend_from_slice(&len.to_be_bytes());
+                bytes.extend_from_slice(sub.0.as_bytes());
+                bytes.extend_from_slice(&self.payload);
+                (4, Bytes::from(bytes))
+            }
+        }
+    }
+
+    /// The message a journal record holds; `None` for a record this version cannot read.
+    pub(crate) fn from_record(record: Record) -> Option<Self> {
+        let channel = match record.channel {
+            0 => Channel::Telemetry,
+            1 => Channel::Events,
+            2 => Channel::Facts,
+            3 => Channel::Heartbeat,
+            4 => {
+                let bytes = &record.payload;
+                let len = usize::from(u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]));
+                let sub = std::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
+                let channel = Channel::subtopic(sub).ok()?;
+                let payload = record.payload.slice(2 + len..);
+                return Some(Self { channel, payload, seq: Some(record.seq) });
+            }
+            _ => return None,
+        };
+        Some(Self { channel, payload: record.payload, seq: Some(record.seq) })
+    }
 }
 
 /// A message sent at QoS 1 and not yet acknowledged.
 #[derive(Debug)]
 struct InFlight {
     packet_id: PacketId,
-    payload: Bytes,
+    message: Outgoing,
 }
 
 /// The device task's state; lives across connections.
@@ -70,9 +102,15 @@ pub(crate) struct Agent {
     config: Validated,
     /// Requests from the handles; closes when every handle is dropped.
     commands: mpsc::Receiver<Command>,
+    /// Where messages from subscriptions go; `None` or closed: they are acknowledged and dropped.
+    inbox: Option<mpsc::Sender<Incoming>>,
+    /// The SUBSCRIBE waiting for its SUBACK on the current connection.
+    subscribing: Option<PacketId>,
     /// Published after every change; read by the handles.
     stats: watch::Sender<Stats>,
     pending: OfflineBuffer,
+    /// The on-disk copy of `pending` and `inflight`, when configured.
+    journal: Option<Journal>,
     /// In the order first sent.
     inflight: VecDeque<InFlight>,
     inflight_limit: u16,
@@ -84,13 +122,31 @@ impl Agent {
     pub(crate) fn new(
         config: Validated,
         commands: mpsc::Receiver<Command>,
+        inbox: Option<mpsc::Sender<Incoming>>,
         stats: watch::Sender<Stats>,
         rng: StdRng,
+        journal: Option<(Journal, Vec<Record>)>,
     ) -> Self {
-        let pending = OfflineBuffer::new(config.offline_buffer_capacity);
+        let mut pending = OfflineBuffer::new(config.offline_buffer_capacity);
+        let journal = journal.map(|(journal, records)| {
+            for record in records {
+                match Outgoing::from_record(record) {
+                    Some(message) => {
+                        let _ = pending.push(message);
+                    }
+                    None => tracing::warn!("skipping a journal record of an unknown kind"),
+                }
+            }
+            journal
+        });
+        let buffered = pending.len() as u64;
+        stats.send_modify(|s| s.buffered = buffered);
         Self {
+            journal,
             config,
             commands,
+            inbox,
+            subscribing: None,
             stats,
             pending,
             inflight: VecDeque::new(),
@@ -115,9 +171,19 @@ impl Agent {
                     });
                     tracing::info!(session_present = connack.session_present, "connected");
                     let ended = self.session(&mut link, &connack).await;
-                    self.stats.send_modify(|s| s.connected = false);
+                    self.stats.send_modify(|s| {
+                        s.connected = false;
+                        s.subscribed = false;
+                    });
                     match ended {
                         Ok(()) => return Ok(()),
+                        Err(LinkError::Severed(offline_for)) => {
+                            tracing::info!(?offline_for, "connection cut on request");
+                            if self.wait(offline_for).await.is_break() {
+                                return Ok(());
+                            }
+                            continue;
+                        }
                         Err(error) => tracing::warn!(%error, "connection lost"),
                     }
                 }
@@ -137,13 +203,9 @@ impl Agent {
 
     /// Opens a connection and sends CONNECT; returns the accepting CONNACK.
     async fn connect(&mut self) -> Result<(Link, ConnAck), LinkError> {
-        let (host, port) = &self.config.address;
-        let stream =
-            tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), *port)))
-                .await
-                .map_err(|_| LinkError::Timeout)??;
-        stream.set_nodelay(true)?;
-        let mut link = Link::new(stream, self.config.version);
+        let mut link = tokio::time::timeout(CONNECT_TIMEOUT, Link::open(&self.config))
+            .await
+            .map_err(|_| LinkError::Timeout)??;
         let mut connect = Connect::new(
             self.config.version,
             self.config.client_id.clone(),
@@ -178,6 +240,28 @@ impl Agent {
         for message in &self.inflight {
             link.send(&publish(&self.config, message, true)).await?;
         }
+        self.subscribing = None;
+        if !connack.session_present && !self.config.subscriptions.is_empty() {
+            let packet_id = self.next_packet_id();
+            self.subscribing = Some(packet_id);
+            let subscriptions = self
+                .config
+                .subscriptions
+                .iter()
+                .map(|filter| Subscription {
+                    filter: filter.clone(),
+                    options: SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
+                })
+                .collect();
+            let subscribe = Subscribe {
+                packet_id,
+                properties: mqtt_codec::Properties::default(),
+                subscriptions,
+            };
+            link.send(&Packet::Subscribe(subscribe)).await?;
+        }
+        let subscribed = self.subscribing.is_none();
+        self.stats.send_modify(|s| s.subscribed = subscribed);
         self.flush(link).await?;
         let mut ping = (self.config.keep_alive_secs > 0).then(|| {
             let period = Duration::from_secs(self.config.keep_alive_secs.into());
@@ -187,10 +271,11 @@ impl Agent {
         loop {
             tokio::select! {
                 command = self.commands.recv() => match command {
-                    Some(Command::Telemetry(payload)) => {
-                        self.enqueue(payload);
+                    Some(Command::Publish(message)) => {
+                        self.enqueue(message);
                         self.flush(link).await?;
                     }
+                    Some(Command::Sever(offline_for)) => return Err(LinkError::Severed(offline_for)),
                     Some(Command::Shutdown) | None => {
                         link.send(&Packet::Disconnect(Disconnect::new(ReasonCode::Success))).await?;
                         return Ok(());
@@ -202,12 +287,18 @@ impl Agent {
                         self.flush(link).await?;
                     }
                     Packet::PingResp => ping_outstanding = false,
-                    Packet::Publish(publish) => {
-                        // The device subscribes to nothing yet; acknowledge what a resumed session
-                        // may still deliver so the server does not resend it forever.
-                        if let Delivery::AtLeastOnce { packet_id, .. } = publish.delivery {
-                            link.send(&Packet::PubAck(PubAck::new(packet_id))).await?;
+                    Packet::Publish(publish) => self.received(link, publish).await?,
+                    Packet::PubRel(rel) => {
+                        link.send(&Packet::PubComp(PubComp::new(rel.packet_id))).await?;
+                    }
+                    Packet::SubAck(ack) if Some(ack.packet_id) == self.subscribing => {
+                        self.subscribing = None;
+                        for (filter, code) in self.config.subscriptions.iter().zip(&ack.reason_codes) {
+                            if code.is_error() {
+                                tracing::warn!(filter = filter.as_str(), reason = ?code, "subscription refused");
+                            }
                         }
+                        self.stats.send_modify(|s| s.subscribed = true);
                     }
                     Packet::Disconnect(d) => return Err(LinkError::Disconnected(d.reason_code)),
                     other => return Err(LinkError::Unexpected(other.packet_type())),
@@ -231,18 +322,75 @@ impl Agent {
             tokio::select! {
                 () = &mut deadline => return ControlFlow::Continue(()),
                 command = self.commands.recv() => match command {
-                    Some(Command::Telemetry(payload)) => self.enqueue(payload),
+                    Some(Command::Publish(message)) => self.enqueue(message),
+                    // Already offline.
+                    Some(Command::Sever(_)) => {}
                     Some(Command::Shutdown) | None => return ControlFlow::Break(()),
                 },
             }
         }
     }
 
-    fn enqueue(&mut self, payload: Bytes) {
-        let dropped = self.pending.push(payload);
+    /// Hands a message from a subscription to the inbox, then acknowledges it: a message is
+    /// acknowledged only once the application has it (or has dropped its inbox).
+    async fn received(&mut self, link: &mut Link, publish: Publish) -> Result<(), LinkError> {
+        if let (Some(inbox), Some(topic)) = (&self.inbox, &publish.topic) {
+            let incoming = Incoming {
+                topic: topic.as_str().to_owned(),
+                payload: publish.payload.clone(),
+                response_topic: publish
+                    .properties
+                    .response_topic
+                    .as_ref()
+                    .map(|t| t.as_str().to_owned()),
+                correlation_data: publish.properties.correlation_data.clone(),
+            };
+            if inbox.send(incoming).await.is_err() {
+                self.inbox = None;
+            }
+            self.stats.send_modify(|s| s.received += 1);
+        }
+        match publish.delivery {
+            Delivery::AtMostOnce => {}
+            Delivery::AtLeastOnce { packet_id, .. } => {
+                link.send(&Packet::PubAck(PubAck::new(packet_id))).await?;
+            }
+            // Subscriptions ask for QoS 1, but a resumed session may hold QoS 2 messages.
+            Delivery::ExactlyOnce { packet_id, .. } => {
+                link.send(&Packet::PubRec(PubRec::new(packet_id))).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn enqueue(&mut self, mut message: Outgoing) {
+        let mut dropped = 0u64;
+        if let Some(journal) = &mut self.journal {
+            let (channel, bytes) = message.to_record();
+            match journal.append(channel, &bytes) {
+                Ok((seq, discarded)) => {
+                    message.seq = Some(seq);
+                    // The journal is full: its oldest messages are gone, drop them here too
+                    // (one already in flight stays there: it is sent).
+                    if !discarded.is_empty() {
+                        dropped += self
+                            .pending
+                            .remove_where(|m| m.seq.is_some_and(|seq| discarded.contains(&seq)))
+                            as u64;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot write the message to the journal; it is kept in memory only");
+                }
+            }
+        }
+        if let Some(old) = self.pending.push(message) {
+            dropped += 1;
+            self.forget(old.seq);
+        }
         let buffered = self.pending.len() as u64;
         self.stats.send_modify(|s| {
-            s.dropped += u64::from(dropped);
+            s.dropped += dropped;
             s.buffered = buffered;
         });
     }
@@ -250,8 +398,8 @@ impl Agent {
     /// Publishes buffered messages while the in-flight window has room.
     async fn flush(&mut self, link: &mut Link) -> Result<(), LinkError> {
         while self.inflight.len() < usize::from(self.inflight_limit) {
-            let Some(payload) = self.pending.pop() else { break };
-            let message = InFlight { packet_id: self.next_packet_id(), payload };
+            let Some(message) = self.pending.pop() else { break };
+            let message = InFlight { packet_id: self.next_packet_id(), message };
             let packet = publish(&self.config, &message, false);
             // In flight before it is written: if the write fails, the next connection resends it.
             self.inflight.push_back(message);
@@ -265,9 +413,20 @@ impl Agent {
         Ok(())
     }
 
+    /// Removes a message that is acknowledged or dropped from the journal.
+    fn forget(&mut self, seq: Option<u64>) {
+        if let (Some(journal), Some(seq)) = (&mut self.journal, seq)
+            && let Err(error) = journal.ack(seq)
+        {
+            // The message may come back after a restart: a duplicate, never a loss.
+            tracing::warn!(%error, "cannot record an acknowledgement in the journal");
+        }
+    }
+
     fn acknowledged(&mut self, packet_id: PacketId) {
         if let Some(i) = self.inflight.iter().position(|m| m.packet_id == packet_id) {
-            self.inflight.remove(i);
+            let done = self.inflight.remove(i).map(|m| m.message.seq);
+            self.forget(done.flatten());
             self.stats.send_modify(|s| s.acked += 1);
         } else {
             tracing::debug!(packet_id = packet_id.get(), "PUBACK for an unknown packet id");
@@ -279,6 +438,7 @@ impl Agent {
         loop {
             self.last_packet_id = self.last_packet_id.wrapping_add(1);
             if let Some(id) = PacketId::new(self.last_packet_id)
+                && self.subscribing != Some(id)
                 && !self.inflight.iter().any(|m| m.packet_id == id)
             {
                 return id;
@@ -300,8 +460,21 @@ fn is_final(code: ReasonCode) -> bool {
     )
 }
 
+fn topic(config: &Validated, channel: &Channel) -> TopicName {
+    let known = |i: usize| config.topics[i].clone();
+    match channel {
+        Channel::Telemetry => known(0),
+        Channel::Events => known(1),
+        Channel::Facts => known(2),
+        Channel::Heartbeat => known(3),
+        Channel::Other(sub) => TopicName::new(format!("{}{}", config.topic_prefix, sub.0))
+            .expect("validated subtopic under a validated prefix"),
+    }
+}
+
 fn publish(config: &Validated, message: &InFlight, dup: bool) -> Packet {
-    let mut publish = Publish::new(config.telemetry_topic.clone(), message.payload.clone());
+    let mut publish =
+        Publish::new(topic(config, &message.message.channel), message.message.payload.clone());
     publish.delivery = Delivery::AtLeastOnce { packet_id: message.packet_id, dup };
     Packet::Publish(publish)
 }
@@ -313,53 +486,5 @@ async fn tick(ping: &mut Option<Interval>) {
             interval.tick().await;
         }
         None => std::future::pending().await,
-    }
-}
-
-/// One TCP connection speaking MQTT.
-#[derive(Debug)]
-struct Link {
-    read: OwnedReadHalf,
-    write: OwnedWriteHalf,
-    /// Bytes read and not yet decoded; kept here so that [`Link::recv`] is cancel-safe.
-    read_buf: BytesMut,
-    write_buf: BytesMut,
-    version: ProtocolVersion,
-}
-
-impl Link {
-    fn new(stream: TcpStream, version: ProtocolVersion) -> Self {
-        let (read, write) = stream.into_split();
-        Self {
-            read,
-            write,
-            read_buf: BytesMut::with_capacity(256),
-            write_buf: BytesMut::new(),
-            version,
-        }
-    }
-
-    async fn send(&mut self, packet: &Packet) -> Result<(), LinkError> {
-        self.write_buf.clear();
-        mqtt_codec::encode(packet, self.version, &mut self.write_buf)?;
-        self.write.write_all(&self.write_buf).await?;
-        Ok(())
-    }
-
-    /// The next packet from the server.
-    ///
-    /// # Cancel safety
-    /// Cancel-safe: partial input stays in `read_buf`.
-    async fn recv(&mut self) -> Result<Packet, LinkError> {
-        loop {
-            if let Some(packet) =
-                mqtt_codec::decode_buf(&mut self.read_buf, self.version, MAX_PACKET_SIZE)?
-            {
-                return Ok(packet);
-            }
-            if self.read.read_buf(&mut self.read_buf).await? == 0 {
-                return Err(LinkError::Closed);
-            }
-        }
     }
 }

@@ -1,15 +1,19 @@
 //! The public face of a device: [`Device::spawn`] starts its task, [`DeviceHandle`] talks to it.
 
-use bytes::Bytes;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
 use rand::SeedableRng as _;
 use rand::rngs::StdRng;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
-use crate::agent::Agent;
+use crate::agent::{Agent, Outgoing};
 use crate::config::{DeviceConfig, Validated};
 use crate::error::{AgentError, ConfigError, Stopped};
+use crate::journal::{Journal, JournalOptions};
+use crate::message::{Channel, Event, Incoming};
 use crate::telemetry::Telemetry;
 
 /// How many requests from handles wait for the device task. When full, [`DeviceHandle::telemetry`]
@@ -24,21 +28,32 @@ pub struct Stats {
     pub connected: bool,
     /// Connections accepted after the first one.
     pub reconnects: u64,
-    /// Telemetry messages published for the first time (resends not counted).
+    /// Messages (telemetry, events, facts, heartbeats, …) published for the first time (resends
+    /// not counted).
     pub sent: u64,
-    /// Telemetry messages the server acknowledged (PUBACK).
+    /// Messages the server acknowledged (PUBACK).
     pub acked: u64,
-    /// Telemetry messages waiting in the offline buffer now.
+    /// Messages waiting in the offline buffer now.
     pub buffered: u64,
-    /// Telemetry messages dropped from the full offline buffer (the oldest go first).
+    /// Messages dropped from the full offline buffer (the oldest go first).
     pub dropped: u64,
+    /// Whether the server answered the SUBSCRIBE of the current connection (true at once when
+    /// the device has no subscriptions or the server kept its session).
+    pub subscribed: bool,
+    /// Messages received on the device's subscriptions.
+    pub received: u64,
 }
+
+/// The device task: ends with `Ok(())` after a shutdown, or with why it stopped.
+pub type DeviceTask = JoinHandle<Result<(), AgentError>>;
 
 /// A request from a [`DeviceHandle`] to the device task.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// Publish this telemetry payload.
-    Telemetry(Bytes),
+    /// Publish this message.
+    Publish(Outgoing),
+    /// Close the connection without DISCONNECT and stay offline this long.
+    Sever(Duration),
     /// Send DISCONNECT and stop.
     Shutdown,
 }
@@ -56,17 +71,64 @@ impl Device {
     ///
     /// # Errors
     /// [`ConfigError`] when the device id, keep-alive or session expiry cannot be sent.
-    pub fn spawn(
+    pub fn spawn(config: DeviceConfig) -> Result<(DeviceHandle, DeviceTask), ConfigError> {
+        Self::start(config, None)
+    }
+
+    /// As [`Device::spawn`], and subscribes to [`DeviceConfig::subscriptions`]: what arrives on
+    /// them waits in the returned [`Inbox`] (at most `capacity` messages).
+    ///
+    /// A message is acknowledged to the server only once it is in the inbox, so a full inbox
+    /// holds the device task up (no telemetry goes out meanwhile): keep reading it, or drop it to
+    /// have further messages acknowledged and discarded.
+    ///
+    /// # Errors
+    /// As [`Device::spawn`], and [`ConfigError::Subscription`] for an invalid filter.
+    pub fn spawn_with_inbox(
         config: DeviceConfig,
-    ) -> Result<(DeviceHandle, JoinHandle<Result<(), AgentError>>), ConfigError> {
+        capacity: NonZeroUsize,
+    ) -> Result<(DeviceHandle, Inbox, DeviceTask), ConfigError> {
+        let (tx, rx) = mpsc::channel(capacity.get());
+        let (handle, task) = Self::start(config, Some(tx))?;
+        Ok((handle, Inbox { messages: rx }, task))
+    }
+
+    fn start(
+        config: DeviceConfig,
+        inbox: Option<mpsc::Sender<Incoming>>,
+    ) -> Result<(DeviceHandle, DeviceTask), ConfigError> {
         let config = Validated::new(config)?;
+        let journal = match &config.offline_journal {
+            None => None,
+            Some(j) => Some(
+                Journal::open(&j.dir, JournalOptions { max_bytes: j.max_bytes, sync: j.sync })
+                    .map_err(|e| ConfigError::Journal(e.to_string()))?,
+            ),
+        };
         let config_id = config.client_id.as_str().to_owned();
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
         let (stats_tx, stats_rx) = watch::channel(Stats::default());
-        let agent = Agent::new(config, commands_rx, stats_tx, StdRng::from_os_rng());
+        let agent =
+            Agent::new(config, commands_rx, inbox, stats_tx, StdRng::from_os_rng(), journal);
         let span = tracing::info_span!("device", device_id = config_id);
         let task = tokio::spawn(agent.run().instrument(span));
         Ok((DeviceHandle { commands: commands_tx, stats: stats_rx }, task))
+    }
+}
+
+/// Messages from the device's subscriptions, in the order they arrived.
+#[derive(Debug)]
+pub struct Inbox {
+    messages: mpsc::Receiver<Incoming>,
+}
+
+impl Inbox {
+    /// The next message; `None` once the device task has stopped and the inbox is empty.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Incoming> {
+        self.messages.recv().await
     }
 }
 
@@ -91,7 +153,49 @@ impl DeviceHandle {
     /// # Cancel safety
     /// Cancel-safe: a cancelled call has not handed the message over.
     pub async fn telemetry(&self, telemetry: &Telemetry) -> Result<(), Stopped> {
-        self.commands.send(Command::Telemetry(telemetry.to_payload())).await.map_err(|_| Stopped)
+        self.publish(Channel::Telemetry, telemetry.to_payload()).await
+    }
+
+    /// Publishes several telemetry messages as one JSON array on `devices/{id}/telemetry`
+    /// (cheaper than one message each for readings taken while offline or sampled fast).
+    ///
+    /// # Errors
+    /// [`Stopped`] when the task has ended.
+    pub async fn telemetry_batch(&self, batch: &[Telemetry]) -> Result<(), Stopped> {
+        self.publish(Channel::Telemetry, Telemetry::batch_payload(batch)).await
+    }
+
+    /// Publishes `event` to `devices/{id}/events` at QoS 1, buffered like telemetry.
+    ///
+    /// # Errors
+    /// [`Stopped`] when the task has ended.
+    pub async fn event(&self, event: &Event) -> Result<(), Stopped> {
+        self.publish(Channel::Events, event.to_payload()).await
+    }
+
+    /// Publishes `payload` on `channel` at QoS 1, buffered like telemetry: the way to the
+    /// device's other topics (facts, heartbeat, and the topics of later features).
+    ///
+    /// # Errors
+    /// [`Stopped`] when the task has ended.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a cancelled call has not handed the message over.
+    pub async fn publish(&self, channel: Channel, payload: bytes::Bytes) -> Result<(), Stopped> {
+        self.commands
+            .send(Command::Publish(Outgoing::new(channel, payload)))
+            .await
+            .map_err(|_| Stopped)
+    }
+
+    /// Cuts the connection without DISCONNECT (as a network failure would) and stays offline for
+    /// `offline_for` before reconnecting; messages are buffered meanwhile. For failure tests and
+    /// the simulator. Does nothing while the device is already offline.
+    ///
+    /// # Errors
+    /// [`Stopped`] when the task has ended.
+    pub async fn sever(&self, offline_for: Duration) -> Result<(), Stopped> {
+        self.commands.send(Command::Sever(offline_for)).await.map_err(|_| Stopped)
     }
 
     /// The task's counters now.

@@ -16,6 +16,30 @@ pub enum ConfigError {
     /// The session expiry is over `u32::MAX` seconds.
     #[error("session expiry {0:?} is longer than 4,294,967,295 s")]
     SessionExpiry(Duration),
+    /// A subscription is not a valid topic filter below `devices/{id}/`.
+    #[error("invalid subscription {0:?}: a topic filter below devices/{{id}}/ such as commands/#")]
+    Subscription(String),
+    /// A TLS file of [`TlsOptions`](crate::TlsOptions) (CA certificates, client certificate chain
+    /// or key, or the system CA bundle when no CA file is given) cannot be read or used.
+    #[error("cannot use TLS file {path}: {reason}")]
+    TlsFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The TLS server name (the host unless [`TlsOptions::server_name`](crate::TlsOptions) says
+    /// otherwise) is neither a DNS name nor an IP address.
+    #[error("invalid TLS server name {0:?}")]
+    TlsServerName(String),
+    /// The WebSocket URL made of the host, port and [`Transport::WebSocket`](crate::Transport)
+    /// path is not valid (the path must start with `/`).
+    #[error("invalid WebSocket URL {0:?}")]
+    WebSocketUrl(String),
+    /// The offline journal cannot be opened (its directory cannot be created or read, or another
+    /// process holds it).
+    #[error("cannot open the offline journal: {0}")]
+    Journal(String),
 }
 
 /// Why a device task stopped other than by [`DeviceHandle::shutdown`](crate::DeviceHandle::shutdown).

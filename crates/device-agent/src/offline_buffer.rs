@@ -8,32 +8,40 @@
 use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 
-use bytes::Bytes;
+use crate::agent::Outgoing;
 
-/// A FIFO of encoded payloads holding at most `capacity`, dropping the oldest when full.
+/// A FIFO of messages holding at most `capacity`, dropping the oldest when full.
 #[derive(Debug)]
-pub(crate) struct OfflineBuffer {
-    messages: VecDeque<Bytes>,
+pub(crate) struct OfflineBuffer<T = Outgoing> {
+    messages: VecDeque<T>,
     capacity: NonZeroUsize,
 }
 
-impl OfflineBuffer {
+impl<T> OfflineBuffer<T> {
     pub(crate) fn new(capacity: NonZeroUsize) -> Self {
         Self { messages: VecDeque::new(), capacity }
     }
 
-    /// Appends `message`; returns whether the oldest message was dropped to make room.
-    pub(crate) fn push(&mut self, message: Bytes) -> bool {
-        let dropped = self.messages.len() >= self.capacity.get();
-        if dropped {
-            self.messages.pop_front();
-        }
+    /// Appends `message`; returns the oldest message if it was dropped to make room.
+    pub(crate) fn push(&mut self, message: T) -> Option<T> {
+        let dropped = if self.messages.len() >= self.capacity.get() {
+            self.messages.pop_front()
+        } else {
+            None
+        };
         self.messages.push_back(message);
         dropped
     }
 
+    /// Removes the messages for which `drop` is true; returns how many.
+    pub(crate) fn remove_where(&mut self, mut drop: impl FnMut(&T) -> bool) -> usize {
+        let before = self.messages.len();
+        self.messages.retain(|m| !drop(m));
+        before - self.messages.len()
+    }
+
     /// Takes the oldest message.
-    pub(crate) fn pop(&mut self) -> Option<Bytes> {
+    pub(crate) fn pop(&mut self) -> Option<T> {
         self.messages.pop_front()
     }
 
@@ -44,14 +52,18 @@ impl OfflineBuffer {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     /// Pushes `pushes` into a buffer of `capacity`; checks the drop count and what comes out, in order.
     #[track_caller]
     fn check(capacity: usize, pushes: &[&'static str], dropped: usize, out: &[&str]) {
-        let mut buffer = OfflineBuffer::new(NonZeroUsize::new(capacity).unwrap());
-        let got_dropped =
-            pushes.iter().filter(|m| buffer.push(Bytes::from_static(m.as_bytes()))).count();
+        let mut buffer = OfflineBuffer::<Bytes>::new(NonZeroUsize::new(capacity).unwrap());
+        let got_dropped = pushes
+            .iter()
+            .filter(|m| buffer.push(Bytes::from_static(m.as_bytes())).is_some())
+            .count();
         assert_eq!(got_dropped, dropped);
         assert_eq!(buffer.len(), out.len());
         let got: Vec<Bytes> = std::iter::from_fn(|| buffer.pop()).collect();

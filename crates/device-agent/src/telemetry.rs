@@ -51,9 +51,19 @@ impl Telemetry {
         self
     }
 
+    /// The payload of a batch: a JSON array of the messages' objects.
+    #[must_use]
+    pub fn batch_payload(batch: &[Self]) -> Bytes {
+        Bytes::from(Value::Array(batch.iter().map(Self::to_value).collect()).to_string())
+    }
+
     /// The JSON payload, as published.
     #[must_use]
     pub fn to_payload(&self) -> Bytes {
+        Bytes::from(self.to_value().to_string())
+    }
+
+    fn to_value(&self) -> Value {
         let mut object = Map::new();
         if let Some(ts) = &self.ts {
             object.insert("ts".to_owned(), Value::String(ts.clone()));
@@ -63,7 +73,7 @@ impl Telemetry {
                 object.insert(name.clone(), value.clone());
             }
         }
-        Bytes::from(Value::Object(object).to_string())
+        Value::Object(object)
     }
 }
 
@@ -90,5 +100,11 @@ mod tests {
         );
         let Value::Object(fields) = json!({"rssi": -70, "door": true}) else { unreachable!() };
         check(&Telemetry::from_fields(fields), r#"{"door":true,"rssi":-70}"#);
+        let batch = Telemetry::batch_payload(&[
+            Telemetry::new().with_field("a", 1).with_timestamp("2026-01-02T03:04:05Z"),
+            Telemetry::new().with_field("a", 2),
+        ]);
+        let got: Value = serde_json::from_slice(&batch).unwrap();
+        assert_eq!(got, json!([{"ts": "2026-01-02T03:04:05Z", "a": 1}, {"a": 2}]));
     }
 }

@@ -10,8 +10,11 @@
 //! - [`AuditRecord`] and [`audit::chain_hash`] define the hash-chained audit log; [`audit::verify_chain`]
 //!   finds the first broken link.
 //! - [`Presence`] is what the MQTT gateway last saw of a device's connection (not audited).
+//! - [`AgentReport`] is what a device's agent last reported about itself (facts, heartbeat health),
+//!   each an [`AgentPayload`] (not audited either).
 //! - [`Mutation`] says who changes something and when; every write to the store carries one.
 
+pub mod agent;
 pub mod audit;
 pub mod credential;
 pub mod device;
@@ -21,6 +24,7 @@ pub mod presence;
 pub mod timestamp;
 pub mod token;
 
+pub use agent::{AgentPayload, AgentPayloadError, AgentReport, AgentReportUpdate};
 pub use audit::{AuditRecord, NewAuditRecord};
 pub use credential::{
     AccessChangeReason, CredentialId, DeviceAccessChange, DeviceCredential, NewDeviceCredential,

@@ -8,8 +8,8 @@ use axum::extract::State;
 use axum::http::{HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use domain::{
-    AccessChangeReason, Attributes, Device, DevicePatch, DisplayName, InvalidInput, LifecycleState,
-    NewDevice, Presence, Tags,
+    AccessChangeReason, AgentReport, Attributes, Device, DevicePatch, DisplayName, InvalidInput,
+    LifecycleState, NewDevice, Presence, Tags,
 };
 use serde::{Deserialize, Serialize};
 use store::Page;
@@ -48,6 +48,46 @@ pub(crate) struct DeviceDto {
     /// `GET /api/v1/devices/{id}`; not part of the `ETag` (it is not versioned).
     #[serde(skip_serializing_if = "Option::is_none")]
     connectivity: Option<ConnectivityDto>,
+    /// What the device's agent last reported about itself. Only in the response of
+    /// `GET /api/v1/devices/{id}`, and only once the agent has reported something; not part of
+    /// the `ETag`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent: Option<AgentDto>,
+}
+
+/// What a device's agent reported about itself over MQTT (`devices/{id}/facts` after each connect,
+/// `devices/{id}/heartbeat` periodically). Both objects are free-form, kept as the agent sent them.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = AgentReport)]
+pub(crate) struct AgentDto {
+    /// The facts the agent last reported (agent version, OS, kernel, architecture, hostname, …);
+    /// `null` until it reports them.
+    #[schema(value_type = Option<Object>)]
+    facts: Option<serde_json::Value>,
+    /// When Herd received those facts (RFC 3339).
+    #[schema(example = "2026-11-26T12:00:00Z")]
+    facts_reported_at: Option<String>,
+    /// The health of the last heartbeat (uptime, CPU, memory, disk, …; `ts` when the device
+    /// measured it, if it said); `null` until the first heartbeat.
+    #[schema(value_type = Option<Object>)]
+    health: Option<serde_json::Value>,
+    /// When Herd received the last heartbeat (RFC 3339).
+    #[schema(example = "2026-11-26T12:00:30Z")]
+    last_heartbeat_at: Option<String>,
+    /// How many heartbeats Herd has recorded for the device.
+    heartbeats: u64,
+}
+
+impl From<AgentReport> for AgentDto {
+    fn from(r: AgentReport) -> Self {
+        Self {
+            facts: r.facts.map(|f| f.to_json()),
+            facts_reported_at: r.facts_at.map(|t| t.to_rfc3339()),
+            health: r.health.map(|h| h.to_json()),
+            last_heartbeat_at: r.heartbeat_at.map(|t| t.to_rfc3339()),
+            heartbeats: r.heartbeats,
+        }
+    }
 }
 
 /// A device's MQTT connection: all fields but `connected` are `null` when it never connected.
@@ -109,6 +149,7 @@ impl From<&Device> for DeviceDto {
             updated_at: d.updated_at.to_rfc3339(),
             version: d.version,
             connectivity: None,
+            agent: None,
         }
     }
 }
@@ -310,7 +351,7 @@ pub(crate) async fn list_devices(
     params(("id" = String, Path, description = "Device id")),
     security(("bearer" = ["viewer"])),
     responses(
-        (status = 200, description = "The device with its `connectivity`; `ETag` holds its version", body = DeviceDto),
+        (status = 200, description = "The device with its `connectivity` and, once its agent has reported, `agent`; `ETag` holds its version", body = DeviceDto),
         (status = 400, description = "`invalid_device_id`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`device_not_found`", body = Problem, content_type = "application/problem+json"),
     ),
@@ -323,7 +364,12 @@ pub(crate) async fn get_device(
     let device =
         state.store().device(&id).await?.ok_or_else(|| ApiError::DeviceNotFound(id.to_string()))?;
     let presence = state.store().presence(&id).await?;
-    let dto = DeviceDto { connectivity: Some(presence.into()), ..DeviceDto::from(&device) };
+    let agent = state.store().agent_report(&id).await?;
+    let dto = DeviceDto {
+        connectivity: Some(presence.into()),
+        agent: agent.map(AgentDto::from),
+        ..DeviceDto::from(&device)
+    };
     Ok(with_etag(StatusCode::OK, &device, dto))
 }
 

@@ -76,6 +76,9 @@ pub struct MqttConfig {
     pub applications: Vec<Application>,
     /// The device credential cache.
     pub auth_cache: AuthCacheConfig,
+    /// Largest agent report (`devices/{id}/facts`, `devices/{id}/heartbeat` payload) recorded, in
+    /// bytes (`mqtt.agent_report_max_bytes`); larger ones are ignored and counted.
+    pub agent_report_max_bytes: usize,
 }
 
 /// The cache of successful device credential lookups (`mqtt.auth_cache_*`).
@@ -234,6 +237,7 @@ struct RawMqtt {
     allow_anonymous: bool,
     auth_cache_entries: u64,
     auth_cache_ttl_secs: u64,
+    agent_report_max_bytes: u64,
     /// Each entry is deserialized on its own, so that every broken application is reported.
     applications: Vec<Value>,
     anonymous: RawTopicRules,
@@ -657,6 +661,8 @@ fn validate_mqtt(raw: &RawMqtt, problems: &mut Vec<String>) -> MqttConfig {
     let auth_cache_entries =
         range("mqtt.auth_cache_entries", raw.auth_cache_entries, 0, 10_000_000);
     let auth_cache_ttl = range("mqtt.auth_cache_ttl_secs", raw.auth_cache_ttl_secs, 1, 86_400);
+    let agent_report_max_bytes =
+        range("mqtt.agent_report_max_bytes", raw.agent_report_max_bytes, 2, 1 << 24);
     problems.extend(rate_problem);
     let auth_cache = AuthCacheConfig {
         entries: auth_cache_entries as usize,
@@ -682,6 +688,7 @@ fn validate_mqtt(raw: &RawMqtt, problems: &mut Vec<String>) -> MqttConfig {
         anonymous,
         applications,
         auth_cache,
+        agent_report_max_bytes: agent_report_max_bytes as usize,
     }
 }
 

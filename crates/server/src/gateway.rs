@@ -19,7 +19,11 @@
 //! - [`record_presence`] turns the broker's connection events into presence records in the store
 //!   (`connected`, since when, from where, over which protocol, why the last connection ended), and
 //!   checks each device connection once more when it is registered (see there why).
+//! - [`record_agent_reports`] (in `agent_reports`) records what devices' agents publish about
+//!   themselves on `devices/{id}/facts` and `devices/{id}/heartbeat`, read through in-process broker
+//!   subscriptions ([`AgentReportFeeds`]) and written to the store in batches.
 
+mod agent_reports;
 mod authenticator;
 mod credential_cache;
 mod topic_rules;
@@ -40,6 +44,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{MqttConfig, MqttTlsConfig};
+pub use crate::gateway::agent_reports::{
+    AgentReportFeeds, FACTS_FILTER, HEARTBEAT_FILTER, record_agent_reports,
+};
 use crate::gateway::authenticator::LoginCheck;
 pub use crate::gateway::authenticator::{Application, DeviceAcl, GatewayAuthenticator};
 pub use crate::gateway::topic_rules::{TopicRules, filter_covers, filters_overlap};

@@ -8,7 +8,8 @@
 //! 2. the broker tells every MQTT client (TCP, TLS and WebSocket alike) DISCONNECT 0x8B (Server shutting down; v3.1.1 clients see
 //!    the socket close), the connection tasks end and the broker task stops; the session writer
 //!    commits the broker's last changes and stops; then the presence
-//!    recorder writes the disconnects already reported (`server_shutdown`) and stops;
+//!    recorder writes the disconnects already reported (`server_shutdown`) and the agent report
+//!    recorder the facts and heartbeats already received, and both stop;
 //! 3. HTTP requests in flight run to completion (their writes commit and are acknowledged);
 //! 4. the store is closed (SQLite checkpoints its WAL, PostgreSQL connections close);
 //! 5. `run` returns.
@@ -270,6 +271,17 @@ pub async fn run(
         broker_handle.clone(),
         presence_stop.clone(),
     ));
+    // Agents' facts and heartbeats, subscribed to before any device can connect; recorded by a task
+    // of its own that stops like the presence recorder.
+    let agent_feeds = gateway::AgentReportFeeds::subscribe(&broker_handle)
+        .await
+        .context("failed to subscribe to agent reports")?;
+    presence.spawn(gateway::record_agent_reports(
+        agent_feeds,
+        Arc::clone(&store),
+        config.mqtt.agent_report_max_bytes,
+        presence_stop.clone(),
+    ));
     // One budget of connections for TCP, TLS and WebSocket together.
     let permits = Arc::new(Semaphore::new(config.mqtt.max_connections));
     let mqtt_local = match mqtt.tcp {
@@ -354,11 +366,14 @@ pub async fn run(
     {
         tracing::warn!(timeout = ?config.shutdown_timeout, "shutdown deadline passed; dropping MQTT connections");
     }
-    // ... and the presence recorder writes what they reported, then stops.
+    // ... and the presence and agent report recorders write what they received, then stop.
     presence_stop.cancel();
     presence.close();
     if tokio::time::timeout_at(deadline, presence.wait()).await.is_err() {
-        tracing::warn!("shutdown deadline passed; device presence may be left connected");
+        tracing::warn!(
+            "shutdown deadline passed; device presence may be left connected and the last agent \
+             reports unrecorded"
+        );
     }
     // 3. HTTP requests in flight finish.
     let abort = server.abort_handle();

@@ -5,7 +5,8 @@
 //! is then used as `Arc<dyn Store>` like every other backend; the conformance suite in `store` pins
 //! its behaviour to be the same as SQLite's.
 //!
-//! Inside, each area has its module: `devices`, `groups`, `tokens`, `credentials`, `presence` and `mqtt`
+//! Inside, each area has its module: `devices`, `groups`, `tokens`, `credentials`, `presence`,
+//! `agent_reports` (what devices' agents report about themselves) and `mqtt`
 //! (the broker's persistent sessions and retained messages) hold the queries, `audit` appends to the hash chain in the same transaction as each change, `filter_sql`
 //! turns device filters into index-backed SQL with bind parameters, and `rows` decodes stored rows
 //! back into validated domain values. Queries are built at run time with binds (`sqlx::query`), never by
@@ -15,6 +16,7 @@
 //! chain is a single sequence, so writes are ordered anyway, and taking that lock before any row
 //! lock rules out deadlocks between writers. Reads take no locks.
 
+mod agent_reports;
 mod audit;
 mod credentials;
 mod devices;
@@ -33,9 +35,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{
-    ApiToken, AuditRecord, CredentialId, Device, DeviceCredential, DeviceId, DevicePatch, Group,
-    GroupName, GroupPatch, ImportRow, Mutation, NewDevice, NewDeviceCredential, NewGroup, NewToken,
-    Presence, Timestamp, TokenHash, TokenId,
+    AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CredentialId, Device, DeviceCredential,
+    DeviceId, DevicePatch, Group, GroupName, GroupPatch, ImportRow, Mutation, NewDevice,
+    NewDeviceCredential, NewGroup, NewToken, Presence, Timestamp, TokenHash, TokenId,
 };
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -326,6 +328,14 @@ impl Store for PostgresStore {
 
     async fn reset_presence(&self, at: Timestamp) -> StoreResult<u64> {
         presence::reset(&self.pool, at).await
+    }
+
+    async fn record_agent_reports(&self, reports: &[AgentReportUpdate]) -> StoreResult<()> {
+        agent_reports::record(&self.pool, reports).await
+    }
+
+    async fn agent_report(&self, device: &DeviceId) -> StoreResult<Option<AgentReport>> {
+        agent_reports::get(&self.pool, device).await
     }
 
     async fn mqtt_load(&self) -> StoreResult<MqttSnapshot> {

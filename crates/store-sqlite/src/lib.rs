@@ -14,8 +14,11 @@
 //! and written in multi-row statements (`bulk`); `audit_chain` seals each change's audit record in
 //! the change's transaction; `rows` reads rows back through the domain's validating constructors,
 //! so a corrupt row is a [`StoreError::Backend`], never a panic. `mqtt` keeps the broker's
-//! persistent sessions and retained messages, written in batches on the writer connection.
+//! persistent sessions and retained messages, written in batches on the writer connection;
+//! `agent_reports` keeps what devices' agents report about themselves (facts, heartbeat health),
+//! written in batches too.
 
+mod agent_reports;
 mod audit_chain;
 mod bulk;
 mod credentials;
@@ -33,9 +36,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{
-    ApiToken, AuditRecord, CredentialId, Device, DeviceCredential, DeviceId, DevicePatch, Group,
-    GroupName, GroupPatch, ImportRow, Mutation, NewDevice, NewDeviceCredential, NewGroup, NewToken,
-    Presence, Timestamp, TokenHash, TokenId,
+    AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CredentialId, Device, DeviceCredential,
+    DeviceId, DevicePatch, Group, GroupName, GroupPatch, ImportRow, Mutation, NewDevice,
+    NewDeviceCredential, NewGroup, NewToken, Presence, Timestamp, TokenHash, TokenId,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -368,6 +371,14 @@ impl Store for SqliteStore {
 
     async fn reset_presence(&self, at: Timestamp) -> StoreResult<u64> {
         presence::reset(self, at).await
+    }
+
+    async fn record_agent_reports(&self, reports: &[AgentReportUpdate]) -> StoreResult<()> {
+        agent_reports::record(self, reports).await
+    }
+
+    async fn agent_report(&self, device: &DeviceId) -> StoreResult<Option<AgentReport>> {
+        agent_reports::get(&mut *self.read().await?, device).await
     }
 
     async fn mqtt_load(&self) -> StoreResult<MqttSnapshot> {

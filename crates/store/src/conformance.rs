@@ -29,7 +29,8 @@
 //!   Member changes have no `before` and `after` is
 //!   `{"added": [ids]}` / `{"removed": [ids]}`: the ids that actually changed, ascending.
 //! - Presence writes (`record_connect`, `record_disconnect`, `reset_presence`) append no audit
-//!   record; a device's presence is deleted with it.
+//!   record; a device's presence is deleted with it. The same holds for agent reports
+//!   (`record_agent_reports`), which also ignore unknown devices.
 //! - MQTT session state (`mqtt_apply`) appends no audit record and is independent of devices;
 //!   `mqtt_load` returns it in a fixed order (sessions by client id, subscriptions by filter,
 //!   messages by seq, retained messages by topic, all compared bytewise).
@@ -50,10 +51,10 @@ use std::sync::Arc;
 
 use domain::audit::verify_chain;
 use domain::{
-    Actor, ApiToken, Attributes, AuditRecord, CredentialId, Device, DeviceCredential, DeviceId,
-    DevicePatch, DisplayName, Filter, Group, GroupKind, GroupName, GroupPatch, ImportRow,
-    LifecycleState, Mutation, NewDevice, NewDeviceCredential, NewGroup, NewToken, Presence, Role,
-    Tags, Timestamp, TokenHash, TokenId,
+    Actor, AgentPayload, AgentReport, AgentReportUpdate, ApiToken, Attributes, AuditRecord,
+    CredentialId, Device, DeviceCredential, DeviceId, DevicePatch, DisplayName, Filter, Group,
+    GroupKind, GroupName, GroupPatch, ImportRow, LifecycleState, Mutation, NewDevice,
+    NewDeviceCredential, NewGroup, NewToken, Presence, Role, Tags, Timestamp, TokenHash, TokenId,
 };
 use serde_json::{Value, json};
 
@@ -120,6 +121,9 @@ macro_rules! conformance_tests {
             presence_records_connects_and_disconnects,
             reset_presence_disconnects_everyone,
             delete_device_removes_presence,
+            agent_reports_record_facts_and_heartbeats,
+            agent_reports_keep_each_devices_order_in_a_batch,
+            delete_device_removes_agent_report,
             audit_trail_of_every_mutation,
             audit_records_page,
             concurrent_writes_keep_the_chain,
@@ -1616,6 +1620,123 @@ pub async fn delete_device_removes_presence(store: Arc<dyn Store>) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Cases: agent reports
+// ---------------------------------------------------------------------------------------------
+
+/// Facts and heartbeats are recorded per device without audit records: facts replace facts,
+/// a heartbeat replaces the health and counts one more; reports of unknown devices are ignored.
+pub async fn agent_reports_record_facts_and_heartbeats(store: Arc<dyn Store>) {
+    for d in ["d1", "d2"] {
+        store.create_device(&new_device(d, LifecycleState::Active), &at(1)).await.unwrap();
+    }
+    let seq = last_seq(&*store).await;
+    let t = |ms: i64| Timestamp::from_millis(BASE + ms);
+    assert_eq!(store.agent_report(&id("d1")).await.unwrap(), None);
+    store.record_agent_reports(&[]).await.unwrap();
+
+    let os = json!({"agent_version": "0.1.0", "os": "Debian GNU/Linux 12", "uptime_secs": 12});
+    store.record_agent_reports(&[facts("d1", os.clone(), t(1_000))]).await.unwrap();
+    let reported = AgentReport {
+        device_id: id("d1"),
+        facts: Some(payload(os.clone())),
+        facts_at: Some(t(1_000)),
+        health: None,
+        heartbeat_at: None,
+        heartbeats: 0,
+    };
+    assert_eq!(store.agent_report(&id("d1")).await.unwrap(), Some(reported.clone()));
+    assert_eq!(store.agent_report(&id("d2")).await.unwrap(), None);
+
+    let health =
+        json!({"ts": "2026-05-28T10:00:00Z", "cpu_percent": 3.5, "nested": {"a": [1, null]}});
+    store.record_agent_reports(&[heartbeat("d1", health.clone(), t(2_000))]).await.unwrap();
+    let beating = AgentReport {
+        health: Some(payload(health.clone())),
+        heartbeat_at: Some(t(2_000)),
+        heartbeats: 1,
+        ..reported
+    };
+    assert_eq!(store.agent_report(&id("d1")).await.unwrap(), Some(beating.clone()));
+
+    // The same facts again: only their time changes. Other facts replace them whole.
+    store.record_agent_reports(&[facts("d1", os.clone(), t(3_000))]).await.unwrap();
+    let again = AgentReport { facts_at: Some(t(3_000)), ..beating.clone() };
+    assert_eq!(store.agent_report(&id("d1")).await.unwrap(), Some(again.clone()));
+    let other = json!({"os": "Alpine Linux", "text": "\u{0}quotes\" and ünïcode"});
+    store.record_agent_reports(&[facts("d1", other.clone(), t(4_000))]).await.unwrap();
+    let replaced =
+        AgentReport { facts: Some(payload(other)), facts_at: Some(t(4_000)), ..again.clone() };
+    assert_eq!(store.agent_report(&id("d1")).await.unwrap(), Some(replaced.clone()));
+
+    // A heartbeat of a device that never sent facts, and reports of a device that does not exist.
+    let batch = [
+        heartbeat("ghost", json!({}), t(5_000)),
+        heartbeat("d2", json!({}), t(5_000)),
+        facts("ghost", json!({"os": "none"}), t(5_000)),
+    ];
+    store.record_agent_reports(&batch).await.unwrap();
+    let d2 = AgentReport {
+        device_id: id("d2"),
+        facts: None,
+        facts_at: None,
+        health: Some(payload(json!({}))),
+        heartbeat_at: Some(t(5_000)),
+        heartbeats: 1,
+    };
+    assert_eq!(store.agent_report(&id("d2")).await.unwrap(), Some(d2));
+    assert_eq!(store.agent_report(&id("ghost")).await.unwrap(), None);
+    assert_eq!(store.agent_report(&id("d1")).await.unwrap(), Some(replaced));
+
+    // Agent reports are not presence.
+    assert_eq!(store.presence(&id("d1")).await.unwrap(), None);
+    assert_eq!(last_seq(&*store).await, seq, "agent reports must not be audited");
+    check_chain(&*store).await;
+}
+
+/// In one batch, a device's reports apply in their order, whatever other devices' reports lie
+/// between them.
+pub async fn agent_reports_keep_each_devices_order_in_a_batch(store: Arc<dyn Store>) {
+    for d in ["a", "b", "c"] {
+        store.create_device(&new_device(d, LifecycleState::Active), &at(1)).await.unwrap();
+    }
+    let t = |ms: i64| Timestamp::from_millis(BASE + ms);
+    let batch = [
+        heartbeat("c", json!({"n": 1}), t(1_000)),
+        facts("b", json!({"v": 1}), t(1_000)),
+        heartbeat("a", json!({"n": 1}), t(1_000)),
+        heartbeat("c", json!({"n": 2}), t(1_001)),
+        facts("b", json!({"v": 2}), t(1_001)),
+        heartbeat("c", json!({"n": 3}), t(1_002)),
+        facts("a", json!({"v": 1}), t(1_002)),
+    ];
+    store.record_agent_reports(&batch).await.unwrap();
+    let a = store.agent_report(&id("a")).await.unwrap().unwrap();
+    assert_eq!((a.heartbeats, a.health), (1, Some(payload(json!({"n": 1})))));
+    assert_eq!((a.facts, a.facts_at), (Some(payload(json!({"v": 1}))), Some(t(1_002))));
+    let b = store.agent_report(&id("b")).await.unwrap().unwrap();
+    assert_eq!((b.facts, b.facts_at), (Some(payload(json!({"v": 2}))), Some(t(1_001))));
+    assert_eq!((b.heartbeats, b.health), (0, None));
+    let c = store.agent_report(&id("c")).await.unwrap().unwrap();
+    assert_eq!((c.heartbeats, c.heartbeat_at), (3, Some(t(1_002))));
+    assert_eq!(c.health, Some(payload(json!({"n": 3}))));
+    check_chain(&*store).await;
+}
+
+/// Deleting a device deletes its agent report; a new device with the same id starts with none.
+pub async fn delete_device_removes_agent_report(store: Arc<dyn Store>) {
+    store.create_device(&new_device("d1", LifecycleState::Active), &at(1)).await.unwrap();
+    let t = Timestamp::from_millis(BASE + 1_000);
+    let batch = [facts("d1", json!({"os": "linux"}), t), heartbeat("d1", json!({"up": 1}), t)];
+    store.record_agent_reports(&batch).await.unwrap();
+    assert!(store.agent_report(&id("d1")).await.unwrap().is_some());
+    store.delete_device(&id("d1"), None, &at(2_000)).await.unwrap();
+    assert_eq!(store.agent_report(&id("d1")).await.unwrap(), None);
+    store.create_device(&new_device("d1", LifecycleState::Active), &at(3_000)).await.unwrap();
+    assert_eq!(store.agent_report(&id("d1")).await.unwrap(), None);
+    check_chain(&*store).await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Cases: audit
 // ---------------------------------------------------------------------------------------------
 
@@ -1996,6 +2117,20 @@ fn tags(pairs: &[(&str, &str)]) -> Tags {
 
 fn attributes(v: Value) -> Attributes {
     Attributes::new(v, 64 * 1024).unwrap()
+}
+
+/// A JSON object as an agent payload.
+fn payload(v: Value) -> AgentPayload {
+    let Value::Object(map) = v else { panic!("agent payloads are objects, not {v}") };
+    AgentPayload::from_stored(map)
+}
+
+fn facts(dev_id: &str, v: Value, at: Timestamp) -> AgentReportUpdate {
+    AgentReportUpdate::Facts { device_id: id(dev_id), facts: payload(v), at }
+}
+
+fn heartbeat(dev_id: &str, v: Value, at: Timestamp) -> AgentReportUpdate {
+    AgentReportUpdate::Heartbeat { device_id: id(dev_id), health: payload(v), at }
 }
 
 fn parse(f: &str) -> Filter {

@@ -16,9 +16,10 @@ use std::num::NonZeroU32;
 
 use async_trait::async_trait;
 use domain::{
-    ApiToken, AuditRecord, CredentialId, Device, DeviceCredential, DeviceId, DevicePatch, Filter,
-    Group, GroupName, GroupPatch, IllegalTransition, ImportRow, LifecycleState, Mutation,
-    NewDevice, NewDeviceCredential, NewGroup, NewToken, Presence, Timestamp, TokenHash, TokenId,
+    AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CredentialId, Device, DeviceCredential,
+    DeviceId, DevicePatch, Filter, Group, GroupName, GroupPatch, IllegalTransition, ImportRow,
+    LifecycleState, Mutation, NewDevice, NewDeviceCredential, NewGroup, NewToken, Presence,
+    Timestamp, TokenHash, TokenId,
 };
 
 pub use crate::mqtt::{
@@ -346,6 +347,24 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// [`domain::presence::SERVER_RESTART`]; returns how many were. Called once at startup, before
     /// the gateway accepts connections: no connection survives a restart.
     async fn reset_presence(&self, at: Timestamp) -> StoreResult<u64>;
+
+    // ---- agent reports ----
+    //
+    // What devices' agents report about themselves (facts after each connect, health with each
+    // heartbeat), observed like presence: these writes append no audit record and take no
+    // `Mutation`. A device's reports are deleted with the device.
+
+    /// Records `reports` in order, in one transaction: facts replace the device's recorded facts
+    /// and their time; a heartbeat replaces its recorded health and time and counts one more
+    /// heartbeat. Reports of a device that does not exist (it may have been deleted meanwhile) are
+    /// ignored. Recording the same facts again changes only their time.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the transaction does not commit (nothing is recorded).
+    async fn record_agent_reports(&self, reports: &[AgentReportUpdate]) -> StoreResult<()>;
+
+    /// What is recorded of a device's agent; `None` when it never reported (or does not exist).
+    async fn agent_report(&self, device: &DeviceId) -> StoreResult<Option<AgentReport>>;
 
     // ---- MQTT sessions ----
     //

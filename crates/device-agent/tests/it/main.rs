@@ -3,6 +3,9 @@
 //! `devices/+/telemetry` receives. A TCP proxy between device and server cuts the connection for
 //! the reconnection tests.
 
+mod channels;
+mod journal;
+mod transports;
 mod watcher;
 
 use std::sync::Arc;
@@ -25,8 +28,12 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// A server whose anonymous clients may subscribe to every device's telemetry.
 async fn server() -> TestServer {
-    let rules =
-        TopicRules::new(&[] as &[&str], &["devices/+/telemetry"], &[]).expect("valid rules");
+    let rules = TopicRules::new(
+        &["devices/+/commands/#"],
+        &["devices/+/telemetry", "devices/+/events"],
+        &[],
+    )
+    .expect("valid rules");
     TestServer::start_with(|c| c.mqtt.anonymous = Some(Arc::new(rules))).await
 }
 

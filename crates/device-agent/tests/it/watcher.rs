@@ -22,9 +22,14 @@ pub(crate) struct Watcher {
 impl Watcher {
     /// Connects anonymously and subscribes to `filter` at QoS 1.
     pub(crate) async fn connect(addr: SocketAddr, filter: &str) -> Self {
+        Self::connect_as(addr, "watcher", filter).await
+    }
+
+    /// As [`Watcher::connect`] with client id `client_id`.
+    pub(crate) async fn connect_as(addr: SocketAddr, client_id: &str, filter: &str) -> Self {
         let stream = TcpStream::connect(addr).await.expect("connect to the server");
         let mut watcher = Self { stream, buf: BytesMut::new() };
-        let connect = Connect::new(V5, ClientId::new("watcher").expect("valid client id"), 60);
+        let connect = Connect::new(V5, ClientId::new(client_id).expect("valid client id"), 60);
         watcher.send(Packet::Connect(Box::new(connect))).await;
         match watcher.recv().await {
             Packet::ConnAck(ack) => assert_eq!(ack.reason_code, ReasonCode::Success),
@@ -56,6 +61,24 @@ impl Watcher {
                 let topic = publish.topic.expect("no topic alias asked for");
                 let payload = serde_json::from_slice(&publish.payload).expect("JSON payload");
                 return (topic.as_str().to_owned(), payload);
+            }
+        }
+    }
+
+    /// Publishes `payload` to `topic` at QoS 1 and waits for its PUBACK.
+    pub(crate) async fn publish(&mut self, topic: &str, payload: &str) {
+        let mut publish = mqtt_codec::Publish::new(
+            mqtt_codec::TopicName::new(topic).expect("valid topic"),
+            bytes::Bytes::copy_from_slice(payload.as_bytes()),
+        );
+        let packet_id = PacketId::new(7).expect("non-zero");
+        publish.delivery = Delivery::AtLeastOnce { packet_id, dup: false };
+        self.send(Packet::Publish(publish)).await;
+        loop {
+            if let Packet::PubAck(ack) = self.recv().await {
+                assert_eq!(ack.packet_id, packet_id);
+                assert_eq!(ack.reason_code, ReasonCode::Success);
+                return;
             }
         }
     }

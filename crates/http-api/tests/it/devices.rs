@@ -1,6 +1,8 @@
 //! Devices: CRUD, ETag/If-Match, list paging and filters, the inventory summary.
 
+use domain::{AgentPayload, AgentReportUpdate, DeviceId, Timestamp};
 use serde_json::{Value, json};
+use store::Store as _;
 
 use crate::api::{TestApi, ids};
 
@@ -113,6 +115,54 @@ async fn created_active_devices_start_active() {
     assert_eq!(d["name"], "");
     assert_eq!(d["tags"], json!({}));
     assert_eq!(d["attributes"], json!({}));
+}
+
+#[tokio::test]
+async fn reading_a_device_shows_what_its_agent_reported() {
+    let api = TestApi::new().await;
+    api.create_device(json!({"id": "gw-17", "state": "active"})).await;
+    // Nothing reported: no `agent`.
+    let read = api.get("/api/v1/devices/gw-17").send().await.assert_status(200).json();
+    assert_eq!(read.get("agent"), None, "{read}");
+
+    let payload = |v: Value| AgentPayload::parse(v.to_string().as_bytes(), 1024).unwrap();
+    let device_id = DeviceId::new("gw-17").unwrap();
+    let at = api.now();
+    let facts = json!({"agent_version": "0.1.0", "os": "Debian GNU/Linux 12 (bookworm)"});
+    let update = AgentReportUpdate::Facts {
+        device_id: device_id.clone(),
+        facts: payload(facts.clone()),
+        at,
+    };
+    api.store.record_agent_reports(&[update]).await.unwrap();
+    let read = api.get("/api/v1/devices/gw-17").send().await.assert_status(200).json();
+    assert_eq!(
+        read["agent"],
+        json!({
+            "facts": facts, "facts_reported_at": "2026-11-26T12:00:00Z",
+            "health": null, "last_heartbeat_at": null, "heartbeats": 0,
+        })
+    );
+
+    let health = json!({"ts": "2026-11-26T12:00:01Z", "uptime_secs": 12345, "cpu_percent": 3.5});
+    let beat = |ms: i64| AgentReportUpdate::Heartbeat {
+        device_id: device_id.clone(),
+        health: payload(health.clone()),
+        at: Timestamp::from_millis(at.millis() + ms),
+    };
+    api.store.record_agent_reports(&[beat(1_000), beat(31_000)]).await.unwrap();
+    let resp = api.get("/api/v1/devices/gw-17").send().await.assert_status(200);
+    assert_eq!(resp.header("etag"), Some("\"1\""), "reports are not versioned");
+    assert_eq!(
+        resp.json()["agent"],
+        json!({
+            "facts": facts, "facts_reported_at": "2026-11-26T12:00:00Z",
+            "health": health, "last_heartbeat_at": "2026-11-26T12:00:31Z", "heartbeats": 2,
+        })
+    );
+    // Lists leave it out.
+    let list = api.get("/api/v1/devices").send().await.assert_status(200).json();
+    assert_eq!(list["items"][0].get("agent"), None, "{list}");
 }
 
 /// Lists `path` page by page with `limit`, returning the ids of each page.

@@ -543,6 +543,24 @@ fn print_device_detail(client: &ClientArgs, d: &Value) -> anyhow::Result<()> {
         };
         t.row(vec!["connectivity".into(), text]);
     }
+    if let Some(a) = d.get("agent").filter(|a| a.is_object()) {
+        let facts = match a.get("facts") {
+            Some(f @ Value::Object(_)) => {
+                format!("{f} (reported at {})", str_field(a, "facts_reported_at"))
+            }
+            _ => "none reported".to_owned(),
+        };
+        t.row(vec!["agent facts".into(), facts]);
+        let heartbeats = a.get("heartbeats").and_then(Value::as_u64).unwrap_or(0);
+        let health = match a.get("health") {
+            Some(h @ Value::Object(_)) => format!(
+                "{h} (last heartbeat at {}, {heartbeats} in all)",
+                str_field(a, "last_heartbeat_at")
+            ),
+            _ => "no heartbeat yet".to_owned(),
+        };
+        t.row(vec!["agent health".into(), health]);
+    }
     output::write_raw(&t.render())
 }
 

@@ -3,6 +3,7 @@
 //! device gateway with real clients, and interoperability with the paho-mqtt (Python) and rumqttc
 //! client libraries.
 
+mod agent_crash;
 mod cli;
 mod interop_paho;
 mod interop_rumqttc;

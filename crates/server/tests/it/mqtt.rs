@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use ProtocolVersion::{V5, V311};
 
 mod access;
+mod agent_reports;
 
 /// How long a test waits for something that should happen.
 const WAIT: Duration = Duration::from_secs(20);

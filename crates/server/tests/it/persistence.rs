@@ -27,7 +27,7 @@ use crate::process::{Serving, spawn_serve};
 
 use ProtocolVersion::{V5, V311};
 
-const ADMIN: &str = "herd_persistence_test_admin_secret";
+pub(crate) const ADMIN: &str = "herd_persistence_test_admin_secret";
 /// How long the test waits for a packet.
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -120,7 +120,7 @@ async fn survive(stop: Stop) {
 }
 
 /// Creates device `id`, activates it and issues a credential; returns its secret.
-async fn active_device(serving: &Serving, id: &str) -> String {
+pub(crate) async fn active_device(serving: &Serving, id: &str) -> String {
     let http = reqwest::Client::new();
     let base = format!("http://{}/api/v1/devices", serving.addr);
     let r = http.post(&base).bearer_auth(ADMIN).json(&json!({ "id": id })).send().await.unwrap();
@@ -146,7 +146,7 @@ async fn active_device(serving: &Serving, id: &str) -> String {
 }
 
 /// A device's MQTT connection with a persistent session, on `mqtt-codec`.
-struct Client {
+pub(crate) struct Client {
     io: TcpStream,
     buf: BytesMut,
     version: ProtocolVersion,
@@ -158,7 +158,7 @@ struct Client {
 impl Client {
     /// Connects as device `id` with Clean Start 0 (v5: a one-hour Session Expiry Interval and a
     /// Receive Maximum of 1); returns the client and Session Present.
-    async fn connect(
+    pub(crate) async fn connect(
         serving: &Serving,
         version: ProtocolVersion,
         id: &str,
@@ -213,7 +213,7 @@ impl Client {
     }
 
     /// Subscribes to `filter` at QoS 1 and checks it was granted.
-    async fn subscribe(&mut self, filter: &str) {
+    pub(crate) async fn subscribe(&mut self, filter: &str) {
         let packet_id = self.packet_id();
         self.send(Packet::Subscribe(Subscribe {
             packet_id,
@@ -263,7 +263,7 @@ impl Client {
     }
 
     /// The next message: topic, payload and packet id.
-    async fn next_message(&mut self) -> (String, String, Option<PacketId>) {
+    pub(crate) async fn next_message(&mut self) -> (String, String, Option<PacketId>) {
         let publish = match self.pending.pop_front() {
             Some(p) => p,
             None => match self.recv().await {
@@ -276,7 +276,7 @@ impl Client {
         (topic, payload, publish.delivery.packet_id())
     }
 
-    async fn puback(&mut self, packet_id: PacketId) {
+    pub(crate) async fn puback(&mut self, packet_id: PacketId) {
         self.send(Packet::PubAck(PubAck::new(packet_id))).await;
     }
 
@@ -290,7 +290,7 @@ impl Client {
         assert!(self.pending.is_empty());
     }
 
-    async fn disconnect(mut self) {
+    pub(crate) async fn disconnect(mut self) {
         self.send(Packet::Disconnect(Disconnect::new(ReasonCode::Success))).await;
         while self.recv().await.is_some() {}
     }

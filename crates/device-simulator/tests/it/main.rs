@@ -1,0 +1,173 @@
+//! The simulator against the real server in-process: devices provisioned through the REST API
+//! with the test server's admin token connect, send telemetry and are counted in the summary;
+//! a second run with the same prefix reuses them. Also the binary's `--help`.
+
+use std::time::Duration;
+
+use device_simulator::{Progress, Report, SimConfig, Summary};
+use test_support::TestServer;
+
+/// How long a run may take before the test gives up (the runs themselves last seconds).
+const WAIT: Duration = Duration::from_secs(120);
+
+/// Collects what a run reports.
+#[derive(Debug, Default)]
+struct Recorded {
+    progress: Vec<Progress>,
+    notes: Vec<String>,
+}
+
+impl Report for Recorded {
+    fn progress(&mut self, progress: &Progress) {
+        self.progress.push(*progress);
+    }
+    fn note(&mut self, message: &str) {
+        self.notes.push(message.to_owned());
+    }
+}
+
+fn config(server: &TestServer, devices: u64, prefix: &str) -> SimConfig {
+    let mut config = SimConfig::new(
+        server.base_url.clone(),
+        server.mqtt_addr.ip().to_string(),
+        server.mqtt_addr.port(),
+        devices,
+    );
+    config.token = Some(server.admin_token.clone());
+    config.prefix = prefix.to_owned();
+    config.duration = Some(Duration::from_secs(3));
+    config.ramp_rate = 1_000.0;
+    config.profile.telemetry_interval = Duration::from_millis(200);
+    config.profile.event_rate_per_hour = 3_600.0;
+    config.seed = Some(1);
+    config
+}
+
+async fn run(config: &SimConfig) -> (Summary, Recorded) {
+    let mut recorded = Recorded::default();
+    let summary = tokio::time::timeout(
+        WAIT,
+        device_simulator::run(config, &mut recorded, std::future::pending()),
+    )
+    .await
+    .expect("the run ended in time")
+    .expect("the run started");
+    (summary, recorded)
+}
+
+#[track_caller]
+fn check_clean(summary: &Summary, devices: u64) {
+    assert_eq!(summary.devices, devices, "{summary:#?}");
+    assert_eq!(summary.connected, devices, "{summary:#?}");
+    assert_eq!(summary.max_connected, devices, "{summary:#?}");
+    assert_eq!(summary.failed, 0, "{summary:#?}");
+    assert_eq!(summary.errors, 0, "{summary:#?}");
+    assert!(summary.errors_by_kind.is_empty(), "{summary:#?}");
+    assert!(summary.messages_acked > 0, "{summary:#?}");
+    assert!(summary.messages_sent >= summary.messages_acked, "{summary:#?}");
+    assert!(summary.connect_time_secs.is_some(), "{summary:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_devices_connect_send_and_are_reused() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&server, 50, "it-");
+    config.credentials_file = Some(dir.path().join("credentials.json"));
+
+    let (first, recorded) = run(&config).await;
+    check_clean(&first, 50);
+    assert!(first.events_sent > 0, "{first:#?}");
+    assert!(
+        recorded.notes.iter().any(|n| n.contains("50 created") && n.contains("50 new credentials")),
+        "{:?}",
+        recorded.notes
+    );
+    assert!(!recorded.progress.is_empty());
+    let (status, body) = server.get("/api/v1/devices/it-00050").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "active", "{body}");
+    assert_eq!(body["tags"]["simulator"], "herd-sim", "{body}");
+
+    // Same prefix: the devices and their cached credentials are reused.
+    let (second, recorded) = run(&config).await;
+    check_clean(&second, 50);
+    assert!(
+        recorded.notes.iter().any(|n| n.contains("0 created, 50 reused, 0 new credentials")),
+        "{:?}",
+        recorded.notes
+    );
+    let (_, credentials) = server.get("/api/v1/devices/it-00001/credentials").await;
+    assert_eq!(credentials["items"].as_array().map(Vec::len), Some(1), "{credentials}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_credentials_file_a_rerun_issues_new_credentials() {
+    let server = TestServer::start().await;
+    let mut config = config(&server, 5, "fresh-");
+    config.protocol = device_agent::Protocol::V311;
+    config.duration = Some(Duration::from_secs(1));
+    let (first, _) = run(&config).await;
+    check_clean(&first, 5);
+    let (second, recorded) = run(&config).await;
+    check_clean(&second, 5);
+    assert!(
+        recorded.notes.iter().any(|n| n.contains("0 created, 5 reused, 5 new credentials")),
+        "{:?}",
+        recorded.notes
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_disconnects_are_not_errors_but_refusals_are() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("credentials.json");
+    let mut config = config(&server, 10, "flaky-");
+    config.credentials_file = Some(path.clone());
+    // Every device loses its connection every few seconds... and comes back after 1-10 s.
+    config.profile.disconnect_rate_per_hour = 3_600.0;
+    config.duration = Some(Duration::from_secs(4));
+    let (summary, _) = run(&config).await;
+    assert_eq!(summary.failed, 0, "{summary:#?}");
+    assert_eq!(summary.errors, 0, "{summary:#?}");
+    assert!(summary.injected_disconnects > 0, "{summary:#?}");
+
+    // A cached secret the server does not know: the device is refused, counted, and fails.
+    let mut cached: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    cached["devices"]["flaky-00003"] = "hdc_not_a_real_secret".into();
+    std::fs::write(&path, cached.to_string()).unwrap();
+    config.profile.disconnect_rate_per_hour = 0.0;
+    config.duration = Some(Duration::from_secs(2));
+    let (summary, _) = run(&config).await;
+    assert_eq!(summary.failed, 1, "{summary:#?}");
+    assert_eq!(summary.connected, 9, "{summary:#?}");
+    assert_eq!(summary.errors_by_kind.get("refused"), Some(&1), "{summary:#?}");
+    assert_eq!(summary.connect_time_secs, None, "{summary:#?}");
+}
+
+#[test]
+fn the_binary_explains_itself() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_herd-sim"))
+        .arg("--help")
+        .output()
+        .expect("herd-sim runs");
+    assert!(output.status.success(), "{output:?}");
+    let help = String::from_utf8(output.stdout).unwrap();
+    for flag in ["--devices", "--ramp-rate", "--source-addresses", "--processes", "--duration"] {
+        assert!(help.contains(flag), "{flag} in {help}");
+    }
+}
+
+#[test]
+fn the_binary_refuses_bad_flags_with_exit_code_2() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_herd-sim"))
+        .args(["--mqtt", "nowhere", "--prefix", "a/b"])
+        .env_remove("HERD_TOKEN")
+        .output()
+        .expect("herd-sim runs");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("--mqtt") && stderr.contains("--prefix"), "{stderr}");
+}

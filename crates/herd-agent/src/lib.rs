@@ -1,0 +1,11 @@
+//! `herd-agent`, the Herd device agent daemon for Linux devices.
+//!
+//! It reads a configuration file ([`settings`]), connects to Herd as its device through the
+//! `device-agent` SDK with an on-disk offline journal, reports the device's facts after every
+//! connection and a heartbeat with health metrics every interval ([`system`]), and stops
+//! gracefully on SIGTERM or Ctrl-C ([`daemon`]). `herd-agent --once` sends the facts and one
+//! heartbeat and exits. Installing it is described in `docs/agent.md`.
+
+pub mod daemon;
+pub mod settings;
+pub mod system;

@@ -1,0 +1,205 @@
+//! `herd-agent` the binary against the real server in-process: `--once` reports facts and a
+//! heartbeat that `GET /api/v1/devices/{id}` shows with the device's presence; the daemon sends
+//! heartbeats until SIGTERM and stops cleanly; bad configurations and refusals exit with their
+//! documented codes.
+#![expect(clippy::unwrap_used, reason = "test code: an unexpected error fails the test")]
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use test_support::TestServer;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn active_device(server: &TestServer, id: &str) -> String {
+    let (status, body) = server.post("/api/v1/devices", &json!({ "id": id })).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) =
+        server.patch(&format!("/api/v1/devices/{id}"), &json!({ "state": "active" })).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) =
+        server.post(&format!("/api/v1/devices/{id}/credentials"), &json!({})).await;
+    assert_eq!(status, 201, "{body}");
+    body["token"].as_str().expect("token").to_owned()
+}
+
+/// Writes a credential file (mode `mode`) and a configuration file; returns the latter's path.
+fn write_config(
+    dir: &Path,
+    server_url: &str,
+    id: &str,
+    token: &str,
+    mode: u32,
+    extra: &str,
+) -> PathBuf {
+    let credential = dir.join("credential");
+    std::fs::write(&credential, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&credential, std::fs::Permissions::from_mode(mode)).unwrap();
+    let config = dir.join("agent.toml");
+    let text = format!(
+        "server = {server_url:?}\ndevice_id = {id:?}\ncredential_file = {:?}\ndata_dir = {:?}\n{extra}",
+        credential.display().to_string(),
+        dir.join("data").display().to_string(),
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// Runs `herd-agent` with `args` to completion, off the test's runtime threads.
+async fn run(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_herd-agent"))
+            .args(&args)
+            .env("HERD_AGENT_LOG", "debug")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// Polls the device until `condition` holds for its JSON; returns it.
+async fn device_until(server: &TestServer, id: &str, condition: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = server.get(&format!("/api/v1/devices/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+        if condition(&body) {
+            return body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "condition never held: {body:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn once_reports(server: &TestServer, url: &str, protocol: &str) {
+    let token = active_device(server, "gw-1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        write_config(dir.path(), url, "gw-1", &token, 0o600, &format!("protocol = {protocol:?}\n"));
+    let out = run(vec!["--config".into(), config.display().to_string(), "--once".into()]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let device = device_until(server, "gw-1", |d| {
+        d["agent"]["last_heartbeat_at"].is_string() && d["agent"]["facts"].is_object()
+    })
+    .await;
+    let agent = &device["agent"];
+    assert_eq!(agent["facts"]["agent_version"], env!("CARGO_PKG_VERSION"));
+    assert!(agent["facts"]["kernel"].is_string(), "{agent:#}");
+    assert!(agent["facts"]["boot_id"].is_string(), "{agent:#}");
+    assert!(agent["health"]["memory_total_bytes"].as_u64().unwrap() > 0, "{agent:#}");
+    assert!(agent["health"]["disk_total_bytes"].as_u64().unwrap() > 0, "{agent:#}");
+    assert!(agent["health"]["ts"].is_string(), "{agent:#}");
+    assert_eq!(agent["heartbeats"], 1);
+    // Presence: the device was connected and left cleanly.
+    let device = device_until(server, "gw-1", |d| d["connectivity"]["connected"] == false).await;
+    let connectivity = &device["connectivity"];
+    assert!(connectivity["connected_at"].is_string(), "{connectivity:#}");
+    assert_eq!(connectivity["last_disconnect_reason"], "clean");
+    assert_eq!(connectivity["protocol"], if protocol == "5" { "5" } else { "3.1.1" });
+}
+
+#[tokio::test]
+async fn once_over_tcp_v5() {
+    let server = TestServer::start().await;
+    let url = format!("mqtt://{}", server.mqtt_addr);
+    once_reports(&server, &url, "5").await;
+}
+
+#[tokio::test]
+async fn once_over_websocket_v311() {
+    let server = TestServer::start().await;
+    let url = format!("ws://{}/mqtt", server.addr);
+    once_reports(&server, &url, "3.1.1").await;
+}
+
+#[tokio::test]
+async fn the_daemon_sends_heartbeats_until_sigterm() {
+    let server = TestServer::start().await;
+    let token = active_device(&server, "gw-2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("mqtt://{}", server.mqtt_addr);
+    let config =
+        write_config(dir.path(), &url, "gw-2", &token, 0o600, "heartbeat_interval_secs = 1\n");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herd-agent"))
+        .args(["--config", config.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let device = device_until(&server, "gw-2", |d| {
+        d["agent"]["heartbeats"].as_u64().unwrap_or(0) >= 2
+            && d["connectivity"]["connected"] == true
+    })
+    .await;
+    assert!(device["agent"]["facts"]["hostname"].is_string(), "{device:#}");
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = tokio::task::spawn_blocking(move || {
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        (status, stderr)
+    });
+    let (status, stderr) = tokio::time::timeout(WAIT, out).await.unwrap().unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("shutting down"), "{stderr}");
+    let device = device_until(&server, "gw-2", |d| d["connectivity"]["connected"] == false).await;
+    assert_eq!(device["connectivity"]["last_disconnect_reason"], "clean");
+}
+
+#[tokio::test]
+async fn refusals_and_bad_configurations_exit_with_their_codes() {
+    let server = TestServer::start().await;
+    let token = active_device(&server, "gw-3").await;
+    let url = format!("mqtt://{}", server.mqtt_addr);
+
+    // A credential file others may read: 2, and the message says what to do.
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &url, "gw-3", &token, 0o644, "");
+    let out = run(vec!["--config".into(), config.display().to_string(), "--once".into()]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+
+    // An unknown key, a bad URL, a missing file: 2.
+    for extra in ["colour = \"blue\"\n"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), &url, "gw-3", &token, 0o600, extra);
+        let out = run(vec!["--config".into(), config.display().to_string(), "--once".into()]).await;
+        assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "http://nowhere", "gw-3", &token, 0o600, "");
+    let out = run(vec!["--config".into(), config.display().to_string(), "--once".into()]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(vec!["--config".into(), "/nonexistent/agent.toml".into(), "--once".into()]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A wrong credential: 3.
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = format!("hdc_{}", "0".repeat(64));
+    let config = write_config(dir.path(), &url, "gw-3", &wrong, 0o600, "");
+    let out = run(vec!["--config".into(), config.display().to_string(), "--once".into()]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("refused"), "{stderr}");
+
+    // Nothing listening: --once gives up after its timeout with 1.
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "mqtt://127.0.0.1:1", "gw-3", &token, 0o600, "");
+    let out = run(vec![
+        "--config".into(),
+        config.display().to_string(),
+        "--once".into(),
+        "--timeout-secs".into(),
+        "1".into(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -130,6 +130,23 @@ impl Broker {
         Ok(Duration::from_micros(ticks * 1_000_000 / clock_ticks()))
     }
 
+    /// Waits until the broker is idle (under 20 ms of CPU in a 500 ms window), at most 15 s, so
+    /// that work left over from the previous scenario (closing 19,000 connections, presence
+    /// writes) does not run during the next one; returns whether it settled.
+    pub(crate) async fn settle(&self) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let Ok(mut before) = self.cpu_time() else { return false };
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let Ok(now) = self.cpu_time() else { return false };
+            if now.saturating_sub(before) < Duration::from_millis(20) {
+                return true;
+            }
+            before = now;
+        }
+        false
+    }
+
     /// Herd's `mqtt_messages_received_total{qos="1"}`.
     pub(crate) async fn received_qos1(&self) -> Result<Option<f64>> {
         let Some(http) = &self.http else { return Ok(None) };

@@ -335,8 +335,10 @@ pub(crate) fn section(
     line(&format!(
         "- Load generator: `rumqttc` (MQTT 3.1.1, `TCP_NODELAY`, {INFLIGHT} QoS 1 messages in \
          flight per client, {PAYLOAD}-byte payloads) in one process (`xtask`) for both brokers, \
-         on the same cores as the brokers. A scenario gives up on a stream when nothing has \
-         arrived for {} s.",
+         on the same cores as the brokers. Before each scenario the broker is given up to 15 s to \
+         become idle (under 20 ms of CPU in 500 ms), so the previous scenario's clean-up (closing \
+         19,000 connections, presence writes) does not run during the next. A scenario gives up \
+         on a stream when nothing has arrived for {} s.",
         STALL.as_secs()
     ));
     line(&format!(
@@ -376,7 +378,7 @@ pub(crate) fn section(
          time (all its threads; not the load generator's) from `/proc/PID/stat`, read just before \
          the first publish and just after the last message arrived, divided by the messages \
          received (1→1) or acknowledged (fan-in, where it also pays for delivering each one to the \
-         subscriber, and on Herd for handing it to telemetry ingest). The kernel counts it in \
+         subscriber; Herd stores no telemetry yet). The kernel counts it in \
          clock ticks of 1/{} s (`getconf CLK_TCK`), so a run that uses under a second of broker \
          CPU is only a few percent precise.",
         clock_ticks()

@@ -293,6 +293,9 @@ async fn on_both<const N: usize>(
 ) -> [Result<[Figure; N], String>; 2] {
     let mut results = [Err(String::new()), Err(String::new())];
     for (slot, b) in results.iter_mut().zip(brokers) {
+        if !b.settle().await {
+            println!("{}: still busy after 15 s; measuring anyway", b.name);
+        }
         println!("{}: {what} …", b.name);
         *slot = scenario(b).await.map_err(|e| format!("{}: {what}: {e:#}", b.name));
         if let Err(e) = slot {

@@ -160,7 +160,9 @@ impl Agent {
         let mut attempt = 0u32;
         let mut ever_connected = false;
         loop {
-            match self.connect().await {
+            // Boxed: the connection attempt (TLS and WebSocket handshakes) is large and short-lived,
+            // and would otherwise make every idle device's task that much larger.
+            match Box::pin(self.connect()).await {
                 Ok((mut link, connack)) => {
                     attempt = 0;
                     let reconnect = ever_connected;
@@ -488,3 +490,4 @@ async fn tick(ping: &mut Option<Interval>) {
         None => std::future::pending().await,
     }
 }
+

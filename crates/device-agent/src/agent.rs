@@ -490,4 +490,3 @@ async fn tick(ping: &mut Option<Interval>) {
         None => std::future::pending().await,
     }
 }
-

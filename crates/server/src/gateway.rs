@@ -17,8 +17,9 @@
 //! - [`enforce_access_changes`] closes the live connection of a device whose access the REST API has
 //!   taken away (suspended, deleted, credential revoked); its next CONNECT is checked again.
 //! - [`record_presence`] turns the broker's connection events into presence records in the store
-//!   (`connected`, since when, from where, over which protocol, why the last connection ended), and
-//!   checks each device connection once more when it is registered (see there why).
+//!   (`connected`, since when, from where, over which protocol, why the last connection ended),
+//!   written in batches of whatever has queued up, and checks each device connection once more
+//!   when it is registered (see there why).
 //! - [`record_agent_reports`] (in `agent_reports`) records what devices' agents publish about
 //!   themselves on `devices/{id}/facts` and `devices/{id}/heartbeat`, read through in-process broker
 //!   subscriptions ([`AgentReportFeeds`]) and written to the store in batches.
@@ -36,7 +37,7 @@ use domain::{DeviceId, Timestamp};
 use futures_util::FutureExt as _;
 use mqtt_broker::{BrokerHandle, ConnectionEvent, DisconnectReason, protocol_label};
 use mqtt_codec::ReasonCode;
-use store::Store;
+use store::{PresenceEvent, Store};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
@@ -61,6 +62,11 @@ pub const ACCESS_EVENTS_CAPACITY: usize = 256;
 /// counts them in `mqtt_presence_events_dropped_total`: presence can then be stale for a device until
 /// its next connect or disconnect, and the broker never waits for the store.
 pub const PRESENCE_EVENTS_CAPACITY: usize = 4096;
+
+/// Most presence events [`record_presence`] writes in one store transaction. Bigger batches commit
+/// less often; this bound keeps one transaction short (the SQLite writer is shared with every other
+/// write) and the memory of one batch small.
+const MAX_PRESENCE_BATCH: usize = 512;
 
 /// How long the accept loop pauses after an accept error (such as running out of file descriptors),
 /// so that it does not spin while the condition lasts.
@@ -359,9 +365,16 @@ pub async fn enforce_access_changes(
 /// cancelled; then records the events already queued (the `server_shutdown` disconnects of a
 /// shutdown) and returns. Cancel `stop` only once the connections have ended.
 ///
+/// Events are written in batches: each time one arrives, the events queued behind it (up to
+/// `MAX_PRESENCE_BATCH` in all) are taken too and written in one store call, one transaction, in
+/// the order they came. A reconnect storm then costs one commit per batch rather than one per
+/// event, and the queue ([`PRESENCE_EVENTS_CAPACITY`]) drains faster than it fills.
+///
 /// Each device connection is also checked once more when the broker reports it registered (see
-/// `confirm_connection` for why). Client identifiers that are not device ids are ignored (no device can
-/// own them). A store error is logged and the event is lost; the next event of the device corrects
+/// `confirm_connection` for why): as each `Connected` event is taken from the queue, before its
+/// batch is written. Client identifiers that are not device ids are ignored (no device can own
+/// them). A store error is logged and the batch is lost (each event counted in
+/// `mqtt_presence_events_dropped_total{reason="store_error"}`); the next event of a device corrects
 /// its presence.
 pub async fn record_presence(
     mut events: mpsc::Receiver<ConnectionEvent>,
@@ -370,21 +383,35 @@ pub async fn record_presence(
     broker: BrokerHandle,
     stop: CancellationToken,
 ) {
+    let mut batch = Vec::with_capacity(MAX_PRESENCE_BATCH);
     loop {
-        let event = tokio::select! {
+        let first = tokio::select! {
             () = stop.cancelled() => break,
             event = events.recv() => match event {
                 Some(event) => event,
                 None => return,
             },
         };
-        if let ConnectionEvent::Connected { client_id, peer, .. } = &event {
-            confirm_connection(&authenticator, &broker, client_id, *peer).await;
+        let mut next = Some(first);
+        while let Some(event) = next {
+            if let ConnectionEvent::Connected { client_id, peer, .. } = &event {
+                confirm_connection(&authenticator, &broker, client_id, *peer).await;
+            }
+            batch.extend(presence_event(event, Timestamp::now()));
+            next = if batch.len() < MAX_PRESENCE_BATCH { events.try_recv().ok() } else { None };
         }
-        record_one(store.as_ref(), event).await;
+        write_presence(store.as_ref(), &mut batch).await;
     }
-    while let Ok(event) = events.try_recv() {
-        record_one(store.as_ref(), event).await;
+    // Stopped: the connections have ended, and what is queued is still recorded.
+    loop {
+        while batch.len() < MAX_PRESENCE_BATCH {
+            let Ok(event) = events.try_recv() else { break };
+            batch.extend(presence_event(event, Timestamp::now()));
+        }
+        if batch.is_empty() {
+            break;
+        }
+        write_presence(store.as_ref(), &mut batch).await;
     }
     tracing::debug!("presence recorder stopped");
 }
@@ -434,25 +461,36 @@ pub(crate) async fn confirm_connection(
     }
 }
 
-async fn record_one(store: &dyn Store, event: ConnectionEvent) {
-    let at = Timestamp::now();
-    let (client_id, result) = match &event {
-        ConnectionEvent::Connected { client_id, peer, protocol } => {
-            let Ok(device_id) = DeviceId::new(client_id.as_str()) else { return };
-            let remote = peer.map(|p| p.to_string()).unwrap_or_default();
-            let protocol = protocol_label(*protocol);
-            (client_id, store.record_connect(&device_id, at, &remote, protocol).await)
-        }
-        ConnectionEvent::Disconnected { client_id, reason } => {
-            let Ok(device_id) = DeviceId::new(client_id.as_str()) else { return };
-            (client_id, store.record_disconnect(&device_id, at, presence_reason(*reason)).await)
-        }
-    };
-    if let Err(error) = result {
-        metrics::counter!("mqtt_presence_events_dropped_total", "reason" => "store_error")
-            .increment(1);
-        tracing::warn!(%client_id, error = %error, "failed to record device presence");
+/// The presence event of a connection `event` taken from the queue `at`; `None` when its client
+/// identifier is not a device id.
+fn presence_event(event: ConnectionEvent, at: Timestamp) -> Option<PresenceEvent> {
+    Some(match event {
+        ConnectionEvent::Connected { client_id, peer, protocol } => PresenceEvent::Connect {
+            device_id: DeviceId::new(client_id.as_str()).ok()?,
+            at,
+            remote_addr: peer.map(|p| p.to_string()).unwrap_or_default(),
+            protocol: protocol_label(protocol).to_owned(),
+        },
+        ConnectionEvent::Disconnected { client_id, reason } => PresenceEvent::Disconnect {
+            device_id: DeviceId::new(client_id.as_str()).ok()?,
+            at,
+            reason: presence_reason(reason).to_owned(),
+        },
+    })
+}
+
+/// Writes `batch` in one store call and empties it; on a store error the events are lost, logged
+/// and counted.
+async fn write_presence(store: &dyn Store, batch: &mut Vec<PresenceEvent>) {
+    if batch.is_empty() {
+        return;
     }
+    if let Err(error) = store.record_presence_events(batch).await {
+        metrics::counter!("mqtt_presence_events_dropped_total", "reason" => "store_error")
+            .increment(batch.len() as u64);
+        tracing::warn!(events = batch.len(), error = %error, "failed to record device presence");
+    }
+    batch.clear();
 }
 
 /// The reason recorded for a device's disconnect: the broker's label, except that the gateway's own
@@ -466,7 +504,113 @@ fn presence_reason(reason: DisconnectReason) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use domain::{Actor, LifecycleState, Mutation, NewDevice};
+    use mqtt_broker::{Broker, BrokerConfig};
+    use mqtt_codec::{ClientId, ProtocolVersion};
+
     use super::*;
+    use crate::config::{Sources, load};
+
+    /// A recorder's inputs: a SQLite store holding active devices `d1` and `d2`, and its
+    /// authenticator and broker handle (nothing connects through them here).
+    async fn presence_fixture()
+    -> (Arc<dyn Store>, Arc<GatewayAuthenticator>, BrokerHandle, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let options = store_sqlite::SqliteOptions::new(dir.path().join("herd.db"));
+        let store: Arc<dyn Store> =
+            Arc::new(store_sqlite::SqliteStore::open(options).await.unwrap());
+        let m = Mutation { actor: Actor::system(), at: Timestamp::now() };
+        for id in ["d1", "d2"] {
+            let device = NewDevice {
+                id: DeviceId::new(id).unwrap(),
+                name: Default::default(),
+                tags: Default::default(),
+                attributes: Default::default(),
+                state: LifecycleState::Active,
+            };
+            store.create_device(&device, &m).await.unwrap();
+        }
+        let config = load(&Sources::default()).unwrap().mqtt;
+        let (_changes, rx) = mpsc::channel(1);
+        let auth = Arc::new(GatewayAuthenticator::new(Arc::clone(&store), &config, rx));
+        let (_broker, handle) = Broker::new(BrokerConfig::default(), CancellationToken::new());
+        (store, auth, handle, dir)
+    }
+
+    /// Queues 1,001 events, more than one batch: `d1` connects from ports 0, 2, …, 998 and
+    /// disconnects after each (for a reason that tells which), then `d2` connects, and a client
+    /// whose id is no device id connects and disconnects.
+    fn queue_events(events: &mpsc::Sender<ConnectionEvent>) {
+        let client = |id: &str| ClientId::new(id).unwrap();
+        let (v5, v311) = (ProtocolVersion::V5, ProtocolVersion::V311);
+        let mut script = Vec::new();
+        for i in 0..500u16 {
+            let peer = Some(SocketAddr::from(([10, 0, 0, 1], 2 * i)));
+            script.push(ConnectionEvent::Connected { client_id: client("d1"), peer, protocol: v5 });
+            let reason =
+                [DisconnectReason::Clean, DisconnectReason::KeepAliveTimeout][usize::from(i % 2)];
+            script.push(ConnectionEvent::Disconnected { client_id: client("d1"), reason });
+        }
+        script.push(ConnectionEvent::Connected {
+            client_id: client("d2"),
+            peer: None,
+            protocol: v311,
+        });
+        let other = client("not a device");
+        script.push(ConnectionEvent::Connected {
+            client_id: other.clone(),
+            peer: None,
+            protocol: v5,
+        });
+        let reason = DisconnectReason::Clean;
+        script.push(ConnectionEvent::Disconnected { client_id: other, reason });
+        for event in script {
+            events.try_send(event).unwrap();
+        }
+    }
+
+    /// Checks that `store` holds what [`queue_events`] leaves recorded.
+    async fn check_recorded(store: &dyn Store) {
+        let id = |id: &str| DeviceId::new(id).unwrap();
+        let d1 = store.presence(&id("d1")).await.unwrap().expect("d1 has presence");
+        assert!(!d1.connected);
+        assert_eq!(d1.remote_addr.as_deref(), Some("10.0.0.1:998"));
+        assert_eq!(d1.protocol.as_deref(), Some("5"));
+        assert_eq!(d1.last_disconnect_reason.as_deref(), Some("keep_alive_timeout"));
+        assert!(d1.connected_at <= d1.disconnected_at);
+        let d2 = store.presence(&id("d2")).await.unwrap().expect("d2 has presence");
+        assert!(d2.connected);
+        assert_eq!((d2.remote_addr.as_deref(), d2.protocol.as_deref()), (Some(""), Some("3.1.1")));
+        assert_eq!(d2.disconnected_at, None);
+    }
+
+    #[tokio::test]
+    async fn presence_is_recorded_in_order_across_batches() {
+        let (store, auth, broker, _dir) = presence_fixture().await;
+        let (tx, rx) = mpsc::channel(PRESENCE_EVENTS_CAPACITY);
+        queue_events(&tx);
+        // The channel closes once the recorder has taken every event: it then returns.
+        drop(tx);
+        let recorder =
+            record_presence(rx, Arc::clone(&store), auth, broker, CancellationToken::new());
+        tokio::time::timeout(std::time::Duration::from_secs(20), recorder).await.unwrap();
+        check_recorded(store.as_ref()).await;
+    }
+
+    #[tokio::test]
+    async fn presence_queued_at_shutdown_is_recorded() {
+        let (store, auth, broker, _dir) = presence_fixture().await;
+        let (tx, rx) = mpsc::channel(PRESENCE_EVENTS_CAPACITY);
+        queue_events(&tx);
+        // Stopped before it starts, with the channel still open: it records what is queued, in
+        // batches, and returns.
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let recorder = record_presence(rx, Arc::clone(&store), auth, broker, stop);
+        tokio::time::timeout(std::time::Duration::from_secs(20), recorder).await.unwrap();
+        check_recorded(store.as_ref()).await;
+        drop(tx);
+    }
 
     #[tokio::test]
     async fn a_taken_address_names_the_setting_to_change() {

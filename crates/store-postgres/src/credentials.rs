@@ -1,11 +1,14 @@
 //! Device credentials in `device_credentials`: only the SHA-256 of each secret is stored.
 
-use domain::{CredentialId, DeviceCredential, DeviceId, Mutation, NewDeviceCredential, TokenHash};
-use sqlx::PgPool;
-use store::{StoreError, StoreResult};
+use domain::{
+    CredentialId, DeviceCredential, DeviceId, LifecycleState, Mutation, NewDeviceCredential,
+    TokenHash,
+};
+use sqlx::{PgPool, Row as _};
+use store::{DeviceLogin, StoreError, StoreResult};
 
 use crate::audit::{self, begin_write};
-use crate::error::db;
+use crate::error::{PostgresError, db};
 use crate::rows::{self, credential_columns};
 
 /// Stores a new credential for an existing device.
@@ -79,6 +82,29 @@ pub(crate) async fn by_hash(
     .await
     .map_err(db)?;
     row.as_ref().map(rows::credential).transpose()
+}
+
+/// Finds a credential by the hash of its secret with its device's state, in one statement (the
+/// unique index on `hash`, then the device's primary key).
+pub(crate) async fn login_by_hash(
+    pool: &PgPool,
+    hash: &TokenHash,
+) -> StoreResult<Option<DeviceLogin>> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        credential_columns!(),
+        ", d.state FROM device_credentials c JOIN devices d ON d.id = c.device_id
+         WHERE c.hash = $1"
+    ))
+    .bind(&hash.as_bytes()[..])
+    .fetch_optional(pool)
+    .await
+    .map_err(db)?;
+    let Some(row) = row else { return Ok(None) };
+    let state: String = row.try_get("state").map_err(db)?;
+    let device_state =
+        state.parse::<LifecycleState>().map_err(|e| PostgresError::corrupt("device state", &e))?;
+    Ok(Some(DeviceLogin { credential: rows::credential(&row)?, device_state }))
 }
 
 /// A device's credentials, newest first (ties broken by id, highest first).

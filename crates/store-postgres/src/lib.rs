@@ -43,8 +43,8 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 use store::{
-    ConnectivitySummary, DeviceQuery, ImportMode, ImportOutcome, MqttOp, MqttSnapshot, Page,
-    StateCounts, Store, StoreError, StoreResult,
+    ConnectivitySummary, DeviceLogin, DeviceQuery, ImportMode, ImportOutcome, MqttOp, MqttSnapshot,
+    Page, PresenceEvent, StateCounts, Store, StoreError, StoreResult,
 };
 
 pub use crate::error::PostgresError;
@@ -286,6 +286,10 @@ impl Store for PostgresStore {
         credentials::by_hash(&self.pool, hash).await
     }
 
+    async fn device_login(&self, hash: &TokenHash) -> StoreResult<Option<DeviceLogin>> {
+        credentials::login_by_hash(&self.pool, hash).await
+    }
+
     async fn device_credentials(&self, device: &DeviceId) -> StoreResult<Vec<DeviceCredential>> {
         credentials::list(&self.pool, device).await
     }
@@ -299,23 +303,8 @@ impl Store for PostgresStore {
         credentials::revoke(&self.pool, device, id, m).await
     }
 
-    async fn record_connect(
-        &self,
-        device: &DeviceId,
-        at: Timestamp,
-        remote_addr: &str,
-        protocol: &str,
-    ) -> StoreResult<()> {
-        presence::record_connect(&self.pool, device, at, remote_addr, protocol).await
-    }
-
-    async fn record_disconnect(
-        &self,
-        device: &DeviceId,
-        at: Timestamp,
-        reason: &str,
-    ) -> StoreResult<()> {
-        presence::record_disconnect(&self.pool, device, at, reason).await
+    async fn record_presence_events(&self, events: &[PresenceEvent]) -> StoreResult<()> {
+        presence::record(&self.pool, events).await
     }
 
     async fn presence(&self, device: &DeviceId) -> StoreResult<Option<Presence>> {

@@ -1,59 +1,65 @@
 //! Device presence in `device_presence`: one row per device that ever connected, written by the
-//! MQTT gateway in single statements, outside the audit log and without the writers' advisory lock
-//! (presence is observed, not an operator's change, and touches no audited row).
+//! MQTT gateway in batches (one transaction each), outside the audit log and without the writers'
+//! advisory lock (presence is observed, not an operator's change, and touches no audited row).
 
 use domain::presence::SERVER_RESTART;
 use domain::{DeviceId, Presence, Timestamp};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
-use store::{ConnectivitySummary, StoreResult};
+use store::{ConnectivitySummary, PresenceEvent, StoreResult};
 
 use crate::error::{PostgresError, db};
 
-/// Records a connection; a device that does not exist is ignored (the `SELECT` finds no row).
-pub(crate) async fn record_connect(
-    pool: &PgPool,
-    device: &DeviceId,
-    at: Timestamp,
-    remote_addr: &str,
-    protocol: &str,
-) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO device_presence (device_id, connected, connected_at, remote_addr, protocol)
-         SELECT id, TRUE, $1, $2, $3 FROM devices WHERE id = $4
-         ON CONFLICT (device_id) DO UPDATE SET connected = TRUE,
-             connected_at = EXCLUDED.connected_at, remote_addr = EXCLUDED.remote_addr,
-             protocol = EXCLUDED.protocol",
-    )
-    .bind(at.millis())
-    .bind(remote_addr)
-    .bind(protocol)
-    .bind(device.as_str())
-    .execute(pool)
-    .await
-    .map_err(db)?;
-    Ok(())
-}
-
-/// Records the end of a connection, if the device is recorded as connected.
-pub(crate) async fn record_disconnect(
-    pool: &PgPool,
-    device: &DeviceId,
-    at: Timestamp,
-    reason: &str,
-) -> StoreResult<()> {
-    sqlx::query(
-        "UPDATE device_presence SET connected = FALSE, disconnected_at = $1,
-             last_disconnect_reason = $2
-         WHERE device_id = $3 AND connected",
-    )
-    .bind(at.millis())
-    .bind(reason)
-    .bind(device.as_str())
-    .execute(pool)
-    .await
-    .map_err(db)?;
-    Ok(())
+/// Records `events` in one transaction, each device's in order. A connect of a device that does not
+/// exist is ignored (the `SELECT` finds no row); so is a disconnect of a device not recorded as
+/// connected (the `UPDATE` matches no row).
+///
+/// The transaction first takes a key-share lock on the batch's devices, in id order: a device being
+/// deleted meanwhile is waited for and then skipped, instead of failing the batch on the foreign
+/// key, and a deletion that comes later waits for the batch, so it cannot hold a device that the
+/// batch waits for while waiting for a presence row that the batch holds. Rows are then written in
+/// device id order (a stable sort keeps each device's events in order), so two batches running at
+/// once lock their rows in the same order and cannot deadlock.
+pub(crate) async fn record(pool: &PgPool, events: &[PresenceEvent]) -> StoreResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut ordered: Vec<&PresenceEvent> = events.iter().collect();
+    ordered.sort_by(|a, b| a.device_id().as_str().cmp(b.device_id().as_str()));
+    let mut ids: Vec<&str> = ordered.iter().map(|e| e.device_id().as_str()).collect();
+    ids.dedup();
+    let mut tx = pool.begin().await.map_err(db)?;
+    sqlx::query("SELECT id FROM devices WHERE id = ANY($1) ORDER BY id FOR KEY SHARE")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    for event in ordered {
+        let query = match event {
+            PresenceEvent::Connect { device_id, at, remote_addr, protocol } => sqlx::query(
+                "INSERT INTO device_presence
+                     (device_id, connected, connected_at, remote_addr, protocol)
+                 SELECT id, TRUE, $1, $2, $3 FROM devices WHERE id = $4
+                 ON CONFLICT (device_id) DO UPDATE SET connected = TRUE,
+                     connected_at = EXCLUDED.connected_at, remote_addr = EXCLUDED.remote_addr,
+                     protocol = EXCLUDED.protocol",
+            )
+            .bind(at.millis())
+            .bind(remote_addr.as_str())
+            .bind(protocol.as_str())
+            .bind(device_id.as_str()),
+            PresenceEvent::Disconnect { device_id, at, reason } => sqlx::query(
+                "UPDATE device_presence SET connected = FALSE, disconnected_at = $1,
+                     last_disconnect_reason = $2
+                 WHERE device_id = $3 AND connected",
+            )
+            .bind(at.millis())
+            .bind(reason.as_str())
+            .bind(device_id.as_str()),
+        };
+        query.execute(&mut *tx).await.map_err(db)?;
+    }
+    tx.commit().await.map_err(db)
 }
 
 /// Marks every connected device disconnected for a server restart.

@@ -1,12 +1,22 @@
 //! Device credentials: stored by the SHA-256 of their secret, never the secret.
 
-use domain::{CredentialId, DeviceCredential, DeviceId, Mutation, NewDeviceCredential, TokenHash};
+use std::str::FromStr as _;
+
+use domain::{
+    CredentialId, DeviceCredential, DeviceId, LifecycleState, Mutation, NewDeviceCredential,
+    TokenHash,
+};
 use sqlx::SqliteConnection;
-use store::{StoreError, StoreResult};
+use store::{DeviceLogin, StoreError, StoreResult};
 
 use crate::SqliteStore;
 use crate::audit_chain::{append_and_commit, entry};
-use crate::rows::{CREDENTIAL_COLUMNS, CredentialRow, credential_from_row, db, unique_or_db};
+use crate::rows::{
+    CREDENTIAL_COLUMNS, CredentialRow, corrupt, credential_from_row, db, unique_or_db,
+};
+
+/// [`CREDENTIAL_COLUMNS`] and the device's `state`.
+type LoginRow = (String, String, Vec<u8>, i64, Option<i64>, Option<i64>, String);
 
 /// Stores a new credential for an existing device.
 pub(crate) async fn create(
@@ -64,7 +74,7 @@ pub(crate) async fn by_hash(
     hash: &TokenHash,
 ) -> StoreResult<Option<DeviceCredential>> {
     let row: Option<CredentialRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {CREDENTIAL_COLUMNS} FROM device_credentials WHERE hash = ?"
+        "SELECT {CREDENTIAL_COLUMNS} FROM device_credentials c WHERE hash = ?"
     )))
     .bind(&hash.as_bytes()[..])
     .fetch_optional(&mut *conn)
@@ -73,13 +83,37 @@ pub(crate) async fn by_hash(
     row.map(credential_from_row).transpose()
 }
 
+/// Finds a credential by the hash of its secret with its device's state, in one statement (the
+/// unique index on `hash`, then the device's primary key).
+pub(crate) async fn login_by_hash(
+    conn: &mut SqliteConnection,
+    hash: &TokenHash,
+) -> StoreResult<Option<DeviceLogin>> {
+    let row: Option<LoginRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {CREDENTIAL_COLUMNS}, d.state FROM device_credentials c \
+         JOIN devices d ON d.id = c.device_id WHERE c.hash = ?"
+    )))
+    .bind(&hash.as_bytes()[..])
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?;
+    let Some((id, device_id, hash, created_at, expires_at, revoked_at, state)) = row else {
+        return Ok(None);
+    };
+    let device_state = LifecycleState::from_str(&state)
+        .map_err(|e| corrupt("devices", &device_id, e.to_string()))?;
+    let credential =
+        credential_from_row((id, device_id, hash, created_at, expires_at, revoked_at))?;
+    Ok(Some(DeviceLogin { credential, device_state }))
+}
+
 /// A device's credentials, newest first.
 pub(crate) async fn list(
     conn: &mut SqliteConnection,
     device: &DeviceId,
 ) -> StoreResult<Vec<DeviceCredential>> {
     let rows: Vec<CredentialRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {CREDENTIAL_COLUMNS} FROM device_credentials WHERE device_id = ? \
+        "SELECT {CREDENTIAL_COLUMNS} FROM device_credentials c WHERE device_id = ? \
          ORDER BY created_at DESC, id DESC"
     )))
     .bind(device.as_str())
@@ -99,7 +133,7 @@ pub(crate) async fn revoke(
 ) -> StoreResult<DeviceCredential> {
     let mut tx = s.begin_write().await?;
     let row: Option<CredentialRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {CREDENTIAL_COLUMNS} FROM device_credentials WHERE id = ? AND device_id = ?"
+        "SELECT {CREDENTIAL_COLUMNS} FROM device_credentials c WHERE id = ? AND device_id = ?"
     )))
     .bind(id.as_str())
     .bind(device.as_str())

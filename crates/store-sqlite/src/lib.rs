@@ -15,8 +15,8 @@
 //! the change's transaction; `rows` reads rows back through the domain's validating constructors,
 //! so a corrupt row is a [`StoreError::Backend`], never a panic. `mqtt` keeps the broker's
 //! persistent sessions and retained messages, written in batches on the writer connection;
-//! `agent_reports` keeps what devices' agents report about themselves (facts, heartbeat health),
-//! written in batches too.
+//! `presence` keeps what the MQTT gateway saw of devices' connections and `agent_reports` what
+//! devices' agents report about themselves (facts, heartbeat health), both written in batches too.
 
 mod agent_reports;
 mod audit_chain;
@@ -45,8 +45,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 use store::{
-    ConnectivitySummary, DeviceQuery, ImportMode, ImportOutcome, MqttOp, MqttSnapshot, Page,
-    StateCounts, Store, StoreError, StoreResult,
+    ConnectivitySummary, DeviceLogin, DeviceQuery, ImportMode, ImportOutcome, MqttOp, MqttSnapshot,
+    Page, PresenceEvent, StateCounts, Store, StoreError, StoreResult,
 };
 
 use crate::rows::{AUDIT_COLUMNS, AuditRow, audit_from_row, db};
@@ -329,6 +329,10 @@ impl Store for SqliteStore {
         credentials::by_hash(&mut *self.read().await?, hash).await
     }
 
+    async fn device_login(&self, hash: &TokenHash) -> StoreResult<Option<DeviceLogin>> {
+        credentials::login_by_hash(&mut *self.read().await?, hash).await
+    }
+
     async fn device_credentials(&self, device: &DeviceId) -> StoreResult<Vec<DeviceCredential>> {
         credentials::list(&mut *self.read().await?, device).await
     }
@@ -342,23 +346,8 @@ impl Store for SqliteStore {
         credentials::revoke(self, device, id, m).await
     }
 
-    async fn record_connect(
-        &self,
-        device: &DeviceId,
-        at: Timestamp,
-        remote_addr: &str,
-        protocol: &str,
-    ) -> StoreResult<()> {
-        presence::record_connect(self, device, at, remote_addr, protocol).await
-    }
-
-    async fn record_disconnect(
-        &self,
-        device: &DeviceId,
-        at: Timestamp,
-        reason: &str,
-    ) -> StoreResult<()> {
-        presence::record_disconnect(self, device, at, reason).await
+    async fn record_presence_events(&self, events: &[PresenceEvent]) -> StoreResult<()> {
+        presence::record(self, events).await
     }
 
     async fn presence(&self, device: &DeviceId) -> StoreResult<Option<Presence>> {

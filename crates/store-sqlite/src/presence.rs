@@ -1,11 +1,11 @@
 //! Device presence in `device_presence`: one row per device that ever connected, written by the
-//! MQTT gateway in single statements outside the audit log (presence is observed, not an
-//! operator's change).
+//! MQTT gateway in batches (one transaction each) outside the audit log (presence is observed, not
+//! an operator's change).
 
 use domain::presence::SERVER_RESTART;
 use domain::{DeviceId, Presence, Timestamp};
-use sqlx::SqliteConnection;
-use store::{ConnectivitySummary, StoreResult};
+use sqlx::{Sqlite, SqliteConnection, Transaction};
+use store::{ConnectivitySummary, PresenceEvent, StoreResult};
 
 use crate::SqliteStore;
 use crate::rows::{corrupt, db};
@@ -13,49 +13,47 @@ use crate::rows::{corrupt, db};
 type PresenceRow =
     (String, i64, Option<i64>, Option<i64>, Option<String>, Option<String>, Option<String>);
 
-/// Records a connection; a device that does not exist is ignored (the `SELECT` finds no row).
-pub(crate) async fn record_connect(
-    s: &SqliteStore,
-    device: &DeviceId,
-    at: Timestamp,
-    remote_addr: &str,
-    protocol: &str,
-) -> StoreResult<()> {
-    // `WHERE` in the `SELECT` also keeps SQLite from reading `ON CONFLICT` as a join constraint.
-    sqlx::query(
-        "INSERT INTO device_presence (device_id, connected, connected_at, remote_addr, protocol) \
-         SELECT id, 1, ?, ?, ? FROM devices WHERE id = ? \
-         ON CONFLICT (device_id) DO UPDATE SET connected = 1, \
-         connected_at = excluded.connected_at, remote_addr = excluded.remote_addr, \
-         protocol = excluded.protocol",
-    )
-    .bind(at.millis())
-    .bind(remote_addr)
-    .bind(protocol)
-    .bind(device.as_str())
-    .execute(&s.writer)
-    .await
-    .map_err(db)?;
-    Ok(())
+/// Records `events` in order in one write transaction. A connect of a device that does not exist
+/// is ignored (the `SELECT` finds no row); so is a disconnect of a device not recorded as connected
+/// (the `UPDATE` matches no row).
+pub(crate) async fn record(s: &SqliteStore, events: &[PresenceEvent]) -> StoreResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut tx = s.begin_write().await?;
+    for event in events {
+        record_one(&mut tx, event).await?;
+    }
+    tx.commit().await.map_err(db)
 }
 
-/// Records the end of a connection, if the device is recorded as connected.
-pub(crate) async fn record_disconnect(
-    s: &SqliteStore,
-    device: &DeviceId,
-    at: Timestamp,
-    reason: &str,
+async fn record_one(
+    tx: &mut Transaction<'static, Sqlite>,
+    event: &PresenceEvent,
 ) -> StoreResult<()> {
-    sqlx::query(
-        "UPDATE device_presence SET connected = 0, disconnected_at = ?, \
-         last_disconnect_reason = ? WHERE device_id = ? AND connected = 1",
-    )
-    .bind(at.millis())
-    .bind(reason)
-    .bind(device.as_str())
-    .execute(&s.writer)
-    .await
-    .map_err(db)?;
+    let query = match event {
+        // `WHERE` in the `SELECT` also keeps SQLite from reading `ON CONFLICT` as a join constraint.
+        PresenceEvent::Connect { device_id, at, remote_addr, protocol } => sqlx::query(
+            "INSERT INTO device_presence (device_id, connected, connected_at, remote_addr, \
+             protocol) \
+             SELECT id, 1, ?, ?, ? FROM devices WHERE id = ? \
+             ON CONFLICT (device_id) DO UPDATE SET connected = 1, \
+             connected_at = excluded.connected_at, remote_addr = excluded.remote_addr, \
+             protocol = excluded.protocol",
+        )
+        .bind(at.millis())
+        .bind(remote_addr.as_str())
+        .bind(protocol.as_str())
+        .bind(device_id.as_str()),
+        PresenceEvent::Disconnect { device_id, at, reason } => sqlx::query(
+            "UPDATE device_presence SET connected = 0, disconnected_at = ?, \
+             last_disconnect_reason = ? WHERE device_id = ? AND connected = 1",
+        )
+        .bind(at.millis())
+        .bind(reason.as_str())
+        .bind(device_id.as_str()),
+    };
+    query.execute(&mut **tx).await.map_err(db)?;
     Ok(())
 }
 

@@ -38,9 +38,9 @@ pub(crate) const GROUP_COLUMNS: &str =
 /// The `api_tokens` columns [`token_from_row`] reads.
 pub(crate) const TOKEN_COLUMNS: &str = "id, name, role, hash, created_at, expires_at, revoked_at";
 
-/// The `device_credentials` columns [`credential_from_row`] reads.
+/// The `device_credentials` columns [`credential_from_row`] reads, qualified by the alias `c`.
 pub(crate) const CREDENTIAL_COLUMNS: &str =
-    "id, device_id, hash, created_at, expires_at, revoked_at";
+    "c.id, c.device_id, c.hash, c.created_at, c.expires_at, c.revoked_at";
 
 /// The `audit` columns [`audit_from_row`] reads.
 pub(crate) const AUDIT_COLUMNS: &str =

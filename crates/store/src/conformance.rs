@@ -28,8 +28,8 @@
 //!   `token/<id>`. Deleting a device deletes its credentials without a record of their own.
 //!   Member changes have no `before` and `after` is
 //!   `{"added": [ids]}` / `{"removed": [ids]}`: the ids that actually changed, ascending.
-//! - Presence writes (`record_connect`, `record_disconnect`, `reset_presence`) append no audit
-//!   record; a device's presence is deleted with it. The same holds for agent reports
+//! - Presence writes (`record_presence_events`, `record_connect`, `record_disconnect`,
+//!   `reset_presence`) append no audit record; a device's presence is deleted with it. The same holds for agent reports
 //!   (`record_agent_reports`), which also ignore unknown devices.
 //! - MQTT session state (`mqtt_apply`) appends no audit record and is independent of devices;
 //!   `mqtt_load` returns it in a fixed order (sessions by client id, subscriptions by filter,
@@ -61,8 +61,8 @@ use serde_json::{Value, json};
 pub use crate::conformance::mqtt::*;
 
 use crate::{
-    ConnectivitySummary, DeviceQuery, ImportMode, ImportOutcome, MAX_PAGE_SIZE, Page, Store,
-    StoreError, StoreResult,
+    ConnectivitySummary, DeviceLogin, DeviceQuery, ImportMode, ImportOutcome, MAX_PAGE_SIZE, Page,
+    PresenceEvent, Store, StoreError, StoreResult,
 };
 
 /// Generates one `#[tokio::test]` per conformance case.
@@ -118,7 +118,10 @@ macro_rules! conformance_tests {
             device_credential_lookup_and_list,
             revoke_device_credential,
             delete_device_removes_credentials,
+            device_login_reads_credential_and_device_state,
             presence_records_connects_and_disconnects,
+            presence_batch_applies_events_in_order,
+            presence_batch_equals_sequential_calls,
             reset_presence_disconnects_everyone,
             delete_device_removes_presence,
             agent_reports_record_facts_and_heartbeats,
@@ -1512,6 +1515,60 @@ pub async fn delete_device_removes_credentials(store: Arc<dyn Store>) {
     check_chain(&*store).await;
 }
 
+/// `device_login` finds a credential by the hash of its secret together with its device's current
+/// state, whatever the state, revoked and expired credentials too (the caller decides); an unknown
+/// hash, or the credential of a deleted device, finds nothing. Reading writes nothing.
+pub async fn device_login_reads_credential_and_device_state(store: Arc<dyn Store>) {
+    use LifecycleState::{Active, Decommissioned, Registered, Retired, Suspended};
+    let mut t = 0;
+    let mut logins = Vec::new();
+    for (n, state) in (1u8..).zip([Registered, Active, Suspended, Decommissioned, Retired]) {
+        let device = id(&format!("d{n}"));
+        put_in_state(&*store, &device, state, &mut t).await;
+        let new = new_credential(n, device.as_str(), None);
+        let credential = store.create_device_credential(&new, &at(100)).await.unwrap();
+        logins.push(DeviceLogin { credential, device_state: state });
+    }
+    let seq = last_seq(&*store).await;
+    for login in &logins {
+        let hash = login.credential.hash;
+        assert_eq!(store.device_login(&hash).await.unwrap().as_ref(), Some(login));
+        // The same credential as the lookup by hash alone.
+        let alone = store.device_credential_by_hash(&hash).await.unwrap();
+        assert_eq!(alone.as_ref(), Some(&login.credential));
+    }
+    assert_eq!(store.device_login(&TokenHash::of_secret("device-secret-99")).await.unwrap(), None);
+    assert_eq!(last_seq(&*store).await, seq, "reads must not be audited");
+
+    // Revoked and expired credentials are found, with the device's state.
+    let past = Some(Timestamp::from_millis(BASE + 10));
+    let expired = store.create_device_credential(&new_credential(10, "d2", past), &at(200)).await;
+    let expired = expired.unwrap();
+    assert!(!expired.is_usable_at(at(300).at));
+    let revoked = store.create_device_credential(&new_credential(11, "d2", None), &at(200)).await;
+    let revoked = store.revoke_device_credential(&id("d2"), &revoked.unwrap().id, &at(250)).await;
+    let revoked = revoked.unwrap();
+    for credential in [expired, revoked] {
+        let login = DeviceLogin { credential: credential.clone(), device_state: Active };
+        assert_eq!(store.device_login(&credential.hash).await.unwrap(), Some(login));
+    }
+
+    // A change of the device's state shows at once.
+    let patch = DevicePatch { state: Some(Suspended), ..DevicePatch::default() };
+    store.update_device(&id("d2"), &patch, None, &at(400)).await.unwrap();
+    let suspended = DeviceLogin { device_state: Suspended, ..logins[1].clone() };
+    assert_eq!(store.device_login(&logins[1].credential.hash).await.unwrap(), Some(suspended));
+
+    // A deleted device's credentials are gone with it.
+    store.delete_device(&id("d2"), None, &at(500)).await.unwrap();
+    assert_eq!(store.device_login(&logins[1].credential.hash).await.unwrap(), None);
+    assert_eq!(
+        store.device_login(&logins[0].credential.hash).await.unwrap().as_ref(),
+        Some(&logins[0])
+    );
+    check_chain(&*store).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Cases: presence
 // ---------------------------------------------------------------------------------------------
@@ -1577,6 +1634,138 @@ pub async fn presence_records_connects_and_disconnects(store: Arc<dyn Store>) {
     assert_eq!(store.connectivity_summary().await.unwrap(), summary(2, 2));
 
     assert_eq!(last_seq(&*store).await, seq, "presence must not be audited");
+    check_chain(&*store).await;
+}
+
+/// A batch of presence events applies in order, in one call: a device connected and disconnected
+/// in the same batch ends disconnected with both times; of two connects the later wins; a
+/// disconnect while the device is not connected at that point of the batch is ignored; other
+/// devices' events in between change nothing of it; events of unknown devices are ignored; nothing
+/// is audited.
+pub async fn presence_batch_applies_events_in_order(store: Arc<dyn Store>) {
+    for d in ["d1", "d2", "d3"] {
+        store.create_device(&new_device(d, LifecycleState::Active), &at(1)).await.unwrap();
+    }
+    let seq = last_seq(&*store).await;
+    let t = |ms: i64| Timestamp::from_millis(BASE + ms);
+    store.record_presence_events(&[]).await.unwrap();
+    assert_eq!(store.connectivity_summary().await.unwrap(), ConnectivitySummary::default());
+
+    let batch = [
+        // Not connected yet: ignored.
+        disconnect("d1", t(500), "clean"),
+        connect("d2", t(900), "10.0.0.2:1", "3.1.1"),
+        connect("d1", t(1_000), "10.0.0.1:1", "5"),
+        connect("ghost", t(1_000), "10.0.0.9:1", "5"),
+        disconnect("d2", t(1_100), "keep_alive_timeout"),
+        disconnect("d1", t(2_000), "clean"),
+        // Disconnected already: ignored.
+        disconnect("d1", t(2_500), "io_error"),
+        connect("d3", t(3_000), "10.0.0.3:1", "5"),
+        connect("d3", t(3_500), "10.0.0.3:2", "3.1.1"),
+        disconnect("ghost", t(3_600), "clean"),
+        // A reconnect keeps the last disconnect.
+        connect("d2", t(4_000), "10.0.0.2:2", "5"),
+    ];
+    store.record_presence_events(&batch).await.unwrap();
+    let d1 = presence("d1", false, (t(1_000), "10.0.0.1:1", "5"), Some((t(2_000), "clean")));
+    let d2_end = Some((t(1_100), "keep_alive_timeout"));
+    let d2 = presence("d2", true, (t(4_000), "10.0.0.2:2", "5"), d2_end);
+    let d3 = presence("d3", true, (t(3_500), "10.0.0.3:2", "3.1.1"), None);
+    assert_eq!(store.presence(&id("d1")).await.unwrap(), Some(d1.clone()));
+    assert_eq!(store.presence(&id("d2")).await.unwrap(), Some(d2));
+    assert_eq!(store.presence(&id("d3")).await.unwrap(), Some(d3));
+    assert_eq!(store.presence(&id("ghost")).await.unwrap(), None);
+    let summary = store.connectivity_summary().await.unwrap();
+    assert_eq!(summary, ConnectivitySummary { connected: 2, ever_connected: 3 });
+
+    // The next batch starts from what the last one recorded: d2 and d3 are connected, d1 is not.
+    let batch = [
+        disconnect("d3", t(5_000), "taken_over"),
+        disconnect("d1", t(5_000), "io_error"),
+        connect("d3", t(5_001), "10.0.0.3:3", "5"),
+        disconnect("d2", t(5_002), "clean"),
+        disconnect("d3", t(5_003), "server_shutdown"),
+    ];
+    store.record_presence_events(&batch).await.unwrap();
+    let d2 = presence("d2", false, (t(4_000), "10.0.0.2:2", "5"), Some((t(5_002), "clean")));
+    let d3_end = Some((t(5_003), "server_shutdown"));
+    let d3 = presence("d3", false, (t(5_001), "10.0.0.3:3", "5"), d3_end);
+    assert_eq!(store.presence(&id("d1")).await.unwrap(), Some(d1));
+    assert_eq!(store.presence(&id("d2")).await.unwrap(), Some(d2));
+    assert_eq!(store.presence(&id("d3")).await.unwrap(), Some(d3));
+    let summary = store.connectivity_summary().await.unwrap();
+    assert_eq!(summary, ConnectivitySummary { connected: 0, ever_connected: 3 });
+
+    assert_eq!(last_seq(&*store).await, seq, "presence must not be audited");
+    check_chain(&*store).await;
+}
+
+/// Recording presence events in batches, however they are cut, leaves the same presence as
+/// recording them one call at a time (`record_connect`, `record_disconnect`), on random
+/// sequences of connects and disconnects of a few devices and an unknown one.
+pub async fn presence_batch_equals_sequential_calls(store: Arc<dyn Store>) {
+    const DEVICES: &[&str] = &["a", "b", "c", "ghost"];
+    const ADDRS: &[&str] = &["10.0.0.1:1", "10.0.0.2:2", "[::1]:3", ""];
+    const PROTOCOLS: &[&str] = &["3.1.1", "5"];
+    const REASONS: &[&str] = &["clean", "keep_alive_timeout", "taken_over", "io_error"];
+    let mut rng = Rng(0x5eed_0001);
+    for round in 0..6 {
+        // The same script on two copies of the devices: `s…` one call per event, `b…` in batches.
+        let name = |copy: &str, d: &str| format!("{copy}{round}-{d}");
+        for d in &DEVICES[..3] {
+            for copy in ["s", "b"] {
+                let new = new_device(&name(copy, d), LifecycleState::Active);
+                store.create_device(&new, &at(1)).await.unwrap();
+            }
+        }
+        let mut script = Vec::new();
+        for n in 0..40 {
+            let d = rng.pick(DEVICES);
+            let at = Timestamp::from_millis(BASE + 1_000 * i64::from(round) + n);
+            script.push(if rng.below(2) == 0 {
+                (d, connect(d, at, rng.pick(ADDRS), rng.pick(PROTOCOLS)))
+            } else {
+                (d, disconnect(d, at, rng.pick(REASONS)))
+            });
+        }
+        let renamed = |copy: &str, (d, event): &(&str, PresenceEvent)| match event.clone() {
+            PresenceEvent::Connect { at, remote_addr, protocol, .. } => {
+                PresenceEvent::Connect { device_id: id(&name(copy, d)), at, remote_addr, protocol }
+            }
+            PresenceEvent::Disconnect { at, reason, .. } => {
+                PresenceEvent::Disconnect { device_id: id(&name(copy, d)), at, reason }
+            }
+        };
+        for step in &script {
+            match renamed("s", step) {
+                PresenceEvent::Connect { device_id, at, remote_addr, protocol } => {
+                    store.record_connect(&device_id, at, &remote_addr, &protocol).await.unwrap();
+                }
+                PresenceEvent::Disconnect { device_id, at, reason } => {
+                    store.record_disconnect(&device_id, at, &reason).await.unwrap();
+                }
+            }
+        }
+        // Round 0 is one batch; the others are cut at random.
+        let batched: Vec<PresenceEvent> = script.iter().map(|step| renamed("b", step)).collect();
+        let mut rest = &batched[..];
+        while !rest.is_empty() {
+            let size = if round == 0 { rest.len() } else { 1 + rng.below(rest.len()) };
+            let (batch, after) = rest.split_at(size);
+            store.record_presence_events(batch).await.unwrap();
+            rest = after;
+        }
+        for d in DEVICES {
+            let one_by_one = store.presence(&id(&name("s", d))).await.unwrap();
+            let batched = store.presence(&id(&name("b", d))).await.unwrap();
+            let batched = batched.map(|p| Presence { device_id: id(&name("s", d)), ..p });
+            assert_eq!(batched, one_by_one, "round {round}, device {d}");
+        }
+    }
+    let summary = store.connectivity_summary().await.unwrap();
+    assert_eq!(summary.connected % 2, 0, "{summary:?}");
+    assert_eq!(summary.ever_connected % 2, 0, "{summary:?}");
     check_chain(&*store).await;
 }
 
@@ -2131,6 +2320,38 @@ fn facts(dev_id: &str, v: Value, at: Timestamp) -> AgentReportUpdate {
 
 fn heartbeat(dev_id: &str, v: Value, at: Timestamp) -> AgentReportUpdate {
     AgentReportUpdate::Heartbeat { device_id: id(dev_id), health: payload(v), at }
+}
+
+/// The presence of `dev_id`: its last connection (when, from where, which protocol) and how the
+/// connection before the current one, or the last one, ended (when, why).
+fn presence(
+    dev_id: &str,
+    connected: bool,
+    (connected_at, remote_addr, protocol): (Timestamp, &str, &str),
+    last_end: Option<(Timestamp, &str)>,
+) -> Presence {
+    Presence {
+        device_id: id(dev_id),
+        connected,
+        connected_at: Some(connected_at),
+        disconnected_at: last_end.map(|(at, _)| at),
+        remote_addr: Some(remote_addr.to_owned()),
+        protocol: Some(protocol.to_owned()),
+        last_disconnect_reason: last_end.map(|(_, why)| why.to_owned()),
+    }
+}
+
+fn connect(dev_id: &str, at: Timestamp, remote_addr: &str, protocol: &str) -> PresenceEvent {
+    PresenceEvent::Connect {
+        device_id: id(dev_id),
+        at,
+        remote_addr: remote_addr.to_owned(),
+        protocol: protocol.to_owned(),
+    }
+}
+
+fn disconnect(dev_id: &str, at: Timestamp, reason: &str) -> PresenceEvent {
+    PresenceEvent::Disconnect { device_id: id(dev_id), at, reason: reason.to_owned() }
 }
 
 fn parse(f: &str) -> Filter {

@@ -133,6 +133,51 @@ pub struct ConnectivitySummary {
     pub ever_connected: u64,
 }
 
+/// One connection event of a device, as the MQTT gateway saw it: what
+/// [`Store::record_presence_events`] records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceEvent {
+    /// A connection of the device was accepted: it is connected from now on.
+    Connect {
+        /// The device.
+        device_id: DeviceId,
+        /// When the connection was accepted.
+        at: Timestamp,
+        /// The connection's remote address (`ip:port`; empty when unknown).
+        remote_addr: String,
+        /// The MQTT version it speaks: `3.1.1` or `5`.
+        protocol: String,
+    },
+    /// The device's connection ended.
+    Disconnect {
+        /// The device.
+        device_id: DeviceId,
+        /// When it ended.
+        at: Timestamp,
+        /// Why: `clean`, `keep_alive_timeout`, `taken_over`, `revoked`, `server_shutdown`, …
+        reason: String,
+    },
+}
+
+impl PresenceEvent {
+    /// The device the event is about.
+    pub fn device_id(&self) -> &DeviceId {
+        match self {
+            Self::Connect { device_id, .. } | Self::Disconnect { device_id, .. } => device_id,
+        }
+    }
+}
+
+/// A device credential together with the lifecycle state of its device, read in one go: what a
+/// device login checks ([`Store::device_login`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceLogin {
+    /// The credential, revoked or expired ones too (the caller decides).
+    pub credential: DeviceCredential,
+    /// The state of the device the credential belongs to.
+    pub device_state: LifecycleState,
+}
+
 /// Everything Herd persists.
 ///
 /// Writes append an audit record in the same transaction. Reads never write. All methods are
@@ -295,6 +340,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         hash: &TokenHash,
     ) -> StoreResult<Option<DeviceCredential>>;
 
+    /// Finds a credential by the hash of its secret, like [`Store::device_credential_by_hash`],
+    /// together with the state of its device, in one read: the lookup behind every device CONNECT
+    /// that the gateway's credential cache cannot answer. Index-backed. `None` when no credential
+    /// has this hash (a deleted device has none).
+    async fn device_login(&self, hash: &TokenHash) -> StoreResult<Option<DeviceLogin>>;
+
     /// A device's credentials, newest first, revoked ones included.
     async fn device_credentials(&self, device: &DeviceId) -> StoreResult<Vec<DeviceCredential>>;
 
@@ -315,25 +366,51 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     // Presence is observed by the MQTT gateway, not changed by an operator: these writes append no
     // audit record and take no `Mutation`. A device's presence is deleted with the device.
 
+    /// Records `events` in order, in one transaction, exactly as recording them one at a time
+    /// would: a [`PresenceEvent::Connect`] marks the device connected at `at` from `remote_addr`
+    /// speaking `protocol`, keeping its previous disconnect time and reason; a
+    /// [`PresenceEvent::Disconnect`] marks it disconnected at `at` for `reason`, and is ignored when
+    /// the device is not recorded as connected at that point of the batch. Events of a device that
+    /// does not exist (it may have been deleted meanwhile) are ignored.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the transaction does not commit (nothing is recorded).
+    async fn record_presence_events(&self, events: &[PresenceEvent]) -> StoreResult<()>;
+
     /// Records that `device` connected at `at` from `remote_addr` speaking MQTT `protocol` (`3.1.1`
-    /// or `5`). The previous disconnect time and reason are kept. A device that does not exist (it
-    /// may have been deleted meanwhile) is ignored.
+    /// or `5`): [`Store::record_presence_events`] with one [`PresenceEvent::Connect`].
     async fn record_connect(
         &self,
         device: &DeviceId,
         at: Timestamp,
         remote_addr: &str,
         protocol: &str,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<()> {
+        self.record_presence_events(&[PresenceEvent::Connect {
+            device_id: device.clone(),
+            at,
+            remote_addr: remote_addr.to_owned(),
+            protocol: protocol.to_owned(),
+        }])
+        .await
+    }
 
     /// Records that the connection of `device` ended at `at` for `reason` (`clean`,
-    /// `keep_alive_timeout`, …). Ignored when the device is not recorded as connected.
+    /// `keep_alive_timeout`, …): [`Store::record_presence_events`] with one
+    /// [`PresenceEvent::Disconnect`].
     async fn record_disconnect(
         &self,
         device: &DeviceId,
         at: Timestamp,
         reason: &str,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<()> {
+        self.record_presence_events(&[PresenceEvent::Disconnect {
+            device_id: device.clone(),
+            at,
+            reason: reason.to_owned(),
+        }])
+        .await
+    }
 
     /// What is recorded of a device's connections; `None` when it never connected (or does not
     /// exist).

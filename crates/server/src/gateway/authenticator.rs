@@ -254,8 +254,8 @@ impl GatewayAuthenticator {
     }
 
     /// Checks that the credential whose secret hashes to `hash` belongs to `device_id`, is usable
-    /// now, and that the device is active: from the cache when it can, else from the store
-    /// (caching a success).
+    /// now, and that the device is active: from the cache when it can, else from one store read
+    /// of the credential with its device's state (caching a success).
     async fn verify_device_credential(
         &self,
         device_id: &DeviceId,
@@ -269,12 +269,14 @@ impl GatewayAuthenticator {
             }
             Lookup::Miss(ticket) => ticket,
         };
-        let credential = self
+        // One read: the credential and its device's state together.
+        let login = self
             .store
-            .device_credential_by_hash(hash)
+            .device_login(hash)
             .await
             .map_err(|e| Refusal::unavailable(&e))?
             .ok_or(Refusal::new(ReasonCode::BadUserNameOrPassword, "unknown_credential"))?;
+        let credential = login.credential;
         // The store found it by this hash; comparing again in constant time keeps the decision
         // independent of how a backend compares.
         let same_hash: bool = credential.hash.as_bytes().ct_eq(hash.as_bytes()).into();
@@ -284,9 +286,8 @@ impl GatewayAuthenticator {
         if !credential.is_usable_at(now) {
             return Err(Refusal::new(ReasonCode::BadUserNameOrPassword, "credential_not_usable"));
         }
-        let device = self.store.device(device_id).await.map_err(|e| Refusal::unavailable(&e))?;
-        match device.map(|d| d.state) {
-            Some(LifecycleState::Active) => {
+        match login.device_state {
+            LifecycleState::Active => {
                 let cached = CachedCredential {
                     device_id: device_id.clone(),
                     credential_id: credential.id,
@@ -297,15 +298,14 @@ impl GatewayAuthenticator {
             }
             // MQTT 5 §3.2.2.2: 0x8A Banned, "this Client has been banned by administrative action":
             // an operator took the device out of service.
-            Some(
-                LifecycleState::Suspended
-                | LifecycleState::Decommissioned
-                | LifecycleState::Retired,
-            ) => Err(Refusal::new(ReasonCode::Banned, "device_not_active")),
+            LifecycleState::Suspended
+            | LifecycleState::Decommissioned
+            | LifecycleState::Retired => Err(Refusal::new(ReasonCode::Banned, "device_not_active")),
             // 0x87 Not authorized, "the Client is not authorized to connect": a registered device
-            // has not been activated yet; a deleted one has no right at all. Both are return code 5
-            // (refused, not authorized) on v3.1.1, as is 0x8A.
-            Some(LifecycleState::Registered) | None => {
+            // has not been activated yet (return code 5, refused, not authorized, on v3.1.1, as is
+            // 0x8A). A deleted device has no credentials left: its CONNECT is refused above as an
+            // unknown credential.
+            LifecycleState::Registered => {
                 Err(Refusal::new(ReasonCode::NotAuthorized, "device_not_active"))
             }
         }

@@ -9,22 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use serde_json::{Value, json};
 use test_support::TestServer;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn active_device(server: &TestServer, id: &str) -> String {
-    let (status, body) = server.post("/api/v1/devices", &json!({ "id": id })).await;
-    assert_eq!(status, 201, "{body}");
-    let (status, body) =
-        server.patch(&format!("/api/v1/devices/{id}"), &json!({ "state": "active" })).await;
-    assert_eq!(status, 200, "{body}");
-    let (status, body) =
-        server.post(&format!("/api/v1/devices/{id}/credentials"), &json!({})).await;
-    assert_eq!(status, 201, "{body}");
-    body["token"].as_str().expect("token").to_owned()
-}
 
 /// Writes a credential file (mode `mode`) and a configuration file; returns the latter's path.
 fn write_config(
@@ -61,32 +48,19 @@ async fn run(args: Vec<String>) -> Output {
     .unwrap()
 }
 
-/// Polls the device until `condition` holds for its JSON; returns it.
-async fn device_until(server: &TestServer, id: &str, condition: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (status, body) = server.get(&format!("/api/v1/devices/{id}")).await;
-        assert_eq!(status, 200, "{body}");
-        if condition(&body) {
-            return body;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "condition never held: {body:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn once_reports(server: &TestServer, url: &str, protocol: &str) {
-    let token = active_device(server, "gw-1").await;
+    let token = server.active_device("gw-1").await;
     let dir = tempfile::tempdir().unwrap();
     let config =
         write_config(dir.path(), url, "gw-1", &token, 0o600, &format!("protocol = {protocol:?}\n"));
     let out = run(vec!["--config".into(), config.display().to_string(), "--once".into()]).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let device = device_until(server, "gw-1", |d| {
-        d["agent"]["last_heartbeat_at"].is_string() && d["agent"]["facts"].is_object()
-    })
-    .await;
+    let device = server
+        .device_until("gw-1", |d| {
+            d["agent"]["last_heartbeat_at"].is_string() && d["agent"]["facts"].is_object()
+        })
+        .await;
     let agent = &device["agent"];
     assert_eq!(agent["facts"]["agent_version"], env!("CARGO_PKG_VERSION"));
     assert!(agent["facts"]["kernel"].is_string(), "{agent:#}");
@@ -96,7 +70,7 @@ async fn once_reports(server: &TestServer, url: &str, protocol: &str) {
     assert!(agent["health"]["ts"].is_string(), "{agent:#}");
     assert_eq!(agent["heartbeats"], 1);
     // Presence: the device was connected and left cleanly.
-    let device = device_until(server, "gw-1", |d| d["connectivity"]["connected"] == false).await;
+    let device = server.device_until("gw-1", |d| d["connectivity"]["connected"] == false).await;
     let connectivity = &device["connectivity"];
     assert!(connectivity["connected_at"].is_string(), "{connectivity:#}");
     assert_eq!(connectivity["last_disconnect_reason"], "clean");
@@ -120,7 +94,7 @@ async fn once_over_websocket_v311() {
 #[tokio::test]
 async fn the_daemon_sends_heartbeats_until_sigterm() {
     let server = TestServer::start().await;
-    let token = active_device(&server, "gw-2").await;
+    let token = server.active_device("gw-2").await;
     let dir = tempfile::tempdir().unwrap();
     let url = format!("mqtt://{}", server.mqtt_addr);
     let config =
@@ -131,11 +105,12 @@ async fn the_daemon_sends_heartbeats_until_sigterm() {
         .spawn()
         .unwrap();
 
-    let device = device_until(&server, "gw-2", |d| {
-        d["agent"]["heartbeats"].as_u64().unwrap_or(0) >= 2
-            && d["connectivity"]["connected"] == true
-    })
-    .await;
+    let device = server
+        .device_until("gw-2", |d| {
+            d["agent"]["heartbeats"].as_u64().unwrap_or(0) >= 2
+                && d["connectivity"]["connected"] == true
+        })
+        .await;
     assert!(device["agent"]["facts"]["hostname"].is_string(), "{device:#}");
 
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
@@ -149,14 +124,14 @@ async fn the_daemon_sends_heartbeats_until_sigterm() {
     let (status, stderr) = tokio::time::timeout(WAIT, out).await.unwrap().unwrap();
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("shutting down"), "{stderr}");
-    let device = device_until(&server, "gw-2", |d| d["connectivity"]["connected"] == false).await;
+    let device = server.device_until("gw-2", |d| d["connectivity"]["connected"] == false).await;
     assert_eq!(device["connectivity"]["last_disconnect_reason"], "clean");
 }
 
 #[tokio::test]
 async fn refusals_and_bad_configurations_exit_with_their_codes() {
     let server = TestServer::start().await;
-    let token = active_device(&server, "gw-3").await;
+    let token = server.active_device("gw-3").await;
     let url = format!("mqtt://{}", server.mqtt_addr);
 
     // A credential file others may read: 2, and the message says what to do.

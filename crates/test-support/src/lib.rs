@@ -12,6 +12,7 @@
 )]
 
 mod certs;
+mod proxy;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::certs::TestCerts;
+pub use crate::proxy::TcpProxy;
 
 /// The admin token every [`TestServer`] is bootstrapped with.
 pub const ADMIN_TOKEN: &str = "herd_test_admin_token_0123456789abcdef";
@@ -115,6 +117,46 @@ impl TestServer {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         panic!("test server at {} did not become ready", self.base_url);
+    }
+
+    /// Creates device `id`, activates it and issues a credential through the REST API; returns the
+    /// credential's secret (what the device sends as its MQTT password).
+    ///
+    /// # Panics
+    /// When a request does not succeed.
+    pub async fn active_device(&self, id: &str) -> String {
+        let (status, body) = self.post("/api/v1/devices", &serde_json::json!({ "id": id })).await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = self
+            .patch(&format!("/api/v1/devices/{id}"), &serde_json::json!({ "state": "active" }))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) =
+            self.post(&format!("/api/v1/devices/{id}/credentials"), &serde_json::json!({})).await;
+        assert_eq!(status, 201, "{body}");
+        body["token"].as_str().expect("a token in the response").to_owned()
+    }
+
+    /// Polls `GET /api/v1/devices/{id}` until `condition` holds for its JSON (presence and agent
+    /// reports are recorded asynchronously); returns that JSON.
+    ///
+    /// # Panics
+    /// When the request fails, or the condition does not hold within 30 s.
+    pub async fn device_until(
+        &self,
+        id: &str,
+        condition: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let (status, body) = self.get(&format!("/api/v1/devices/{id}")).await;
+            assert_eq!(status, 200, "{body}");
+            if condition(&body) {
+                return body;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the device never got there: {body:#}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// An absolute URL for a path on this server.

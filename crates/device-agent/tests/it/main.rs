@@ -16,10 +16,8 @@ use device_agent::{
 };
 use serde_json::json;
 use server::gateway::TopicRules;
-use test_support::TestServer;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use test_support::{TcpProxy as Proxy, TestServer};
+use tokio::task::JoinHandle;
 
 use crate::watcher::Watcher;
 
@@ -39,15 +37,7 @@ async fn server() -> TestServer {
 
 /// Creates device `id`, activates it and issues a credential; returns its secret.
 async fn active_device(server: &TestServer, id: &str) -> String {
-    let (status, body) = server.post("/api/v1/devices", &json!({ "id": id })).await;
-    assert_eq!(status, 201, "{body}");
-    let (status, body) =
-        server.patch(&format!("/api/v1/devices/{id}"), &json!({ "state": "active" })).await;
-    assert_eq!(status, 200, "{body}");
-    let (status, body) =
-        server.post(&format!("/api/v1/devices/{id}/credentials"), &json!({})).await;
-    assert_eq!(status, 201, "{body}");
-    body["token"].as_str().expect("token in the response").to_owned()
+    server.active_device(id).await
 }
 
 fn config(port: u16, id: &str, token: &str, protocol: Protocol) -> DeviceConfig {
@@ -188,60 +178,4 @@ async fn a_full_offline_buffer_drops_the_oldest() {
     until(&device, |s| s.acked == 2).await;
 
     stop(&device, task).await;
-}
-
-/// A TCP proxy to the server's MQTT port that can be closed: closing cuts every connection and
-/// refuses new ones (accepts and drops them) until it is opened again.
-struct Proxy {
-    port: u16,
-    open: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(server_port: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
-        let port = listener.local_addr().expect("local address").port();
-        let (open, mut open_rx) = watch::channel(true);
-        let task = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((mut client, _)) = accepted else { continue };
-                        if !*open_rx.borrow() {
-                            continue;
-                        }
-                        connections.spawn(async move {
-                            let Ok(mut upstream) = TcpStream::connect(("127.0.0.1", server_port)).await
-                            else {
-                                return;
-                            };
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                        });
-                    }
-                    changed = open_rx.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                        if !*open_rx.borrow() {
-                            connections.abort_all();
-                        }
-                    }
-                    Some(_) = connections.join_next() => {}
-                }
-            }
-        });
-        Self { port, open, task }
-    }
-
-    fn set_open(&self, open: bool) {
-        self.open.send_replace(open);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }

@@ -15,9 +15,7 @@ use std::time::Duration;
 
 use device_agent::{Backoff, Device, DeviceConfig, Protocol, Telemetry};
 use mqtt_codec::ProtocolVersion;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use test_support::TcpProxy;
 
 use crate::persistence::{ADMIN, Client, active_device};
 use crate::process::{Serving, spawn_serve};
@@ -73,7 +71,7 @@ async fn the_device_flushes_its_buffer_after_a_server_crash_with_nothing_lost() 
     watcher.subscribe("devices/dev-crash/telemetry").await;
     watcher.disconnect().await;
 
-    let proxy = Proxy::start(port(&serving)).await;
+    let proxy = TcpProxy::start(port(&serving)).await;
     let mut config = DeviceConfig::new("127.0.0.1", proxy.port, "dev-crash", &token);
     config.protocol = Protocol::V5;
     config.offline_buffer_capacity = 10_000.try_into().unwrap();
@@ -105,7 +103,7 @@ async fn the_device_flushes_its_buffer_after_a_server_crash_with_nothing_lost() 
         .unwrap();
     assert!(down.acked < READINGS, "the crash came mid-stream: {down:?}");
     let serving = start(dir.path());
-    proxy.upstream.send_replace(port(&serving));
+    proxy.set_upstream(port(&serving));
 
     producer.await.unwrap();
     let stats = tokio::time::timeout(
@@ -151,43 +149,4 @@ async fn the_device_flushes_its_buffer_after_a_server_crash_with_nothing_lost() 
         }
     }
     assert!(firsts.windows(2).all(|w| w[0] < w[1]), "readings out of order");
-}
-
-/// A TCP proxy to `127.0.0.1:{upstream}`; a change of `upstream` applies to new connections.
-struct Proxy {
-    port: u16,
-    upstream: watch::Sender<u16>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream_port: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (upstream, upstream_rx) = watch::channel(upstream_port);
-        let task = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((mut client, _)) = accepted else { continue };
-                        let to = *upstream_rx.borrow();
-                        connections.spawn(async move {
-                            if let Ok(mut server) = TcpStream::connect(("127.0.0.1", to)).await {
-                                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                            }
-                        });
-                    }
-                    Some(_) = connections.join_next() => {}
-                }
-            }
-        });
-        Self { port, upstream, task }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }

@@ -649,20 +649,7 @@ async fn connectivity_when(
     id: &str,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (status, body) = server.get(&format!("/api/v1/devices/{id}")).await;
-        assert_eq!(status, 200, "{body}");
-        let connectivity = body["connectivity"].clone();
-        if done(&connectivity) {
-            return connectivity;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "presence never became as expected: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    server.device_until(id, |d| done(&d["connectivity"])).await["connectivity"].clone()
 }
 
 #[tokio::test]

@@ -16,19 +16,7 @@ async fn device_when(
     id: &str,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (status, body) = server.get(&format!("/api/v1/devices/{id}")).await;
-        assert_eq!(status, 200, "{body}");
-        if done(&body["agent"]) {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the agent report never became as expected: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    server.device_until(id, |d| done(&d["agent"])).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

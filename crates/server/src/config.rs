@@ -51,6 +51,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// The MQTT device gateway.
     pub mqtt: MqttConfig,
+    /// Device certificates: the CA and their lifetime.
+    pub identity: IdentityConfig,
     /// Log output.
     pub log: LogConfig,
     /// The first admin token's secret, when it is given rather than generated (`HERD_ADMIN_TOKEN`).
@@ -79,6 +81,32 @@ pub struct MqttConfig {
     /// Largest agent report (`devices/{id}/facts`, `devices/{id}/heartbeat` payload) recorded, in
     /// bytes (`mqtt.agent_report_max_bytes`); larger ones are ignored and counted.
     pub agent_report_max_bytes: usize,
+}
+
+/// Device certificates (`[identity]`): which CA signs them and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityConfig {
+    /// Where the CA comes from.
+    pub ca: CaSource,
+    /// Lifetime of the device certificates Herd issues (`identity.certificate_lifetime_days`).
+    pub certificate_lifetime: Duration,
+}
+
+/// Where the device CA comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaSource {
+    /// Herd's own CA in this directory (`<data_dir>/ca`), created on first start.
+    Internal {
+        /// The directory holding `ca.pem` and `ca.key`.
+        dir: PathBuf,
+    },
+    /// An external CA (`identity.ca_cert_file` and `identity.ca_key_file`).
+    External {
+        /// PEM file of the CA certificate.
+        cert_file: PathBuf,
+        /// PEM file of the CA private key, readable only by its owner.
+        key_file: PathBuf,
+    },
 }
 
 /// The cache of successful device credential lookups (`mqtt.auth_cache_*`).
@@ -180,7 +208,16 @@ struct RawConfig {
     http: RawHttp,
     store: RawStore,
     mqtt: RawMqtt,
+    identity: RawIdentity,
     log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    ca_cert_file: String,
+    ca_key_file: String,
+    certificate_lifetime_days: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -460,6 +497,7 @@ fn validate(
         positive("store.postgres_max_connections", raw.store.postgres_max_connections, 1000);
 
     let mqtt = validate_mqtt(&raw.mqtt, &mut problems);
+    let identity = validate_identity(&raw.identity, &raw.server.data_dir, &mut problems);
 
     let http_listen = match raw.http.listen.parse::<SocketAddr>() {
         Ok(a) => a,
@@ -569,6 +607,7 @@ fn validate(
         },
         store,
         mqtt,
+        identity,
         log: LogConfig { format, level: raw.log.level },
         bootstrap_admin_token,
     })
@@ -820,6 +859,49 @@ fn validate_mqtt_tls(raw: &RawMqtt, problems: &mut Vec<String>) -> Option<MqttTl
     let cert_file = file("tls_cert_file", &raw.tls_cert_file, false);
     let key_file = file("tls_key_file", &raw.tls_key_file, true);
     Some(MqttTlsConfig { listen: listen?, cert_file: cert_file?, key_file: key_file? })
+}
+
+/// Validates `[identity]`: an external CA needs both files, readable, the key only by its owner.
+fn validate_identity(
+    raw: &RawIdentity,
+    data_dir: &Path,
+    problems: &mut Vec<String>,
+) -> IdentityConfig {
+    let days = raw.certificate_lifetime_days;
+    if !(1..=3650).contains(&days) {
+        problems.push(format!(
+            "identity.certificate_lifetime_days must be between 1 and 3650, got {days}"
+        ));
+    }
+    let certificate_lifetime = Duration::from_secs(days.clamp(1, 3650) * 86_400);
+    let internal = CaSource::Internal { dir: data_dir.join("ca") };
+    let (cert, key) = (raw.ca_cert_file.trim(), raw.ca_key_file.trim());
+    let ca = match (cert.is_empty(), key.is_empty()) {
+        (true, true) => internal,
+        (false, true) | (true, false) => {
+            let missing = if cert.is_empty() { "ca_cert_file" } else { "ca_key_file" };
+            problems.push(format!(
+                "identity.{missing} is required for an external CA (the other file is set; set \
+                 both or neither; env HERD_IDENTITY__{})",
+                missing.to_ascii_uppercase()
+            ));
+            internal
+        }
+        (false, false) => {
+            let (cert_file, key_file) = (PathBuf::from(cert), PathBuf::from(key));
+            if let Err(e) = std::fs::File::open(&cert_file) {
+                problems.push(format!(
+                    "identity.ca_cert_file: cannot read {}: {e}",
+                    cert_file.display()
+                ));
+            }
+            if let Err(e) = check_secret_file(&key_file) {
+                problems.push(format!("identity.ca_key_file: {e}"));
+            }
+            CaSource::External { cert_file, key_file }
+        }
+    };
+    IdentityConfig { ca, certificate_lifetime }
 }
 
 /// `v`, already checked to be between 1 and `u32::MAX`.
@@ -1162,6 +1244,55 @@ mod tests {
         assert!(!err.contains("short"), "the secret never appears in messages: {err}");
         std::fs::write(&secret, "long-enough-secret-0123\n").unwrap();
         assert_eq!(load_file(dir.path(), &toml).unwrap().mqtt.applications.len(), 1);
+    }
+
+    #[test]
+    fn identity_uses_the_internal_ca_unless_both_files_are_given() {
+        let c = load(&Sources::default()).unwrap();
+        assert_eq!(
+            c.identity,
+            IdentityConfig {
+                ca: CaSource::Internal { dir: PathBuf::from("./herd-data/ca") },
+                certificate_lifetime: Duration::from_secs(365 * 86_400),
+            }
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+        std::fs::write(&cert, "cert").unwrap();
+        std::fs::write(&key, "key").unwrap();
+        #[cfg(unix)]
+        chmod(&key, 0o644);
+        // Every problem at once: a lifetime out of range, one file without the other.
+        let err = load_file(
+            dir.path(),
+            &format!(
+                "[identity]\ncertificate_lifetime_days = 0\nca_cert_file = {:?}\n",
+                cert.display().to_string()
+            ),
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        let text = err.to_string();
+        for needle in [
+            "certificate_lifetime_days must be between 1 and 3650",
+            "identity.ca_key_file is required",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in {text}");
+        }
+        let both = format!(
+            "[identity]\ncertificate_lifetime_days = 30\nca_cert_file = {:?}\nca_key_file = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        );
+        #[cfg(unix)]
+        {
+            let err = load_file(dir.path(), &both).unwrap_err().to_string();
+            assert!(err.contains("identity.ca_key_file") && err.contains("chmod 600"), "{err}");
+            chmod(&key, 0o600);
+        }
+        let c = load_file(dir.path(), &both).unwrap();
+        assert_eq!(c.identity.ca, CaSource::External { cert_file: cert, key_file: key });
+        assert_eq!(c.identity.certificate_lifetime, Duration::from_secs(30 * 86_400));
     }
 
     #[test]

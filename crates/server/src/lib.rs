@@ -7,6 +7,8 @@
 //!   shutdown future, so tests bind port 0 and stop it when they like).
 //! - [`gateway`] is the MQTT device gateway: the TCP and TLS listeners, device authentication and
 //!   per-device ACLs on top of `mqtt-broker`.
+//! - [`identity`] holds the device certificate authority (`identity::ca`), created on first start
+//!   or loaded from configured files.
 //! - [`websocket`] serves MQTT over WebSocket at `/mqtt` on the HTTP listener.
 //! - [`mqtt_persist`] keeps the broker's persistent sessions and retained messages in the store, so
 //!   that they survive a restart.
@@ -16,6 +18,7 @@
 pub mod cli;
 pub mod config;
 pub mod gateway;
+pub mod identity;
 pub mod mqtt_persist;
 pub mod serve;
 pub mod websocket;

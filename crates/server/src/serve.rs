@@ -14,7 +14,8 @@
 //! 4. the store is closed (SQLite checkpoints its WAL, PostgreSQL connections close);
 //! 5. `run` returns.
 //!
-//! At startup, before any device can connect, every device still recorded as connected (the last run
+//! At startup the device CA is loaded (created in `<data dir>/ca/` on first start, see
+//! `identity::ca`) before the store is opened. Then, before any device can connect, every device still recorded as connected (the last run
 //! ended without recording it) is marked disconnected with reason `server_restart`, and the broker
 //! gets back the persistent MQTT sessions (subscriptions, queued QoS 1 and 2 messages) and retained
 //! messages from the store (`mqtt_persist`); they survive a graceful stop and a crash alike, since
@@ -40,7 +41,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, StoreConfig, redact_url};
+use crate::config::{CaSource, Config, IdentityConfig, StoreConfig, redact_url};
+use crate::identity::ca::{CaOptions, CertificateAuthority};
 use crate::{gateway, websocket};
 
 /// Binds the HTTP listener, naming the address and the setting to change when it fails.
@@ -96,6 +98,30 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             Ok(Arc::new(store))
         }
     }
+}
+
+/// Loads the device CA: the external one configured, or Herd's own in `<data dir>/ca/`, created on
+/// first start.
+///
+/// # Errors
+/// When the CA files cannot be read, written or used (the message names the file).
+pub async fn load_certificate_authority(
+    identity: &IdentityConfig,
+) -> anyhow::Result<Arc<CertificateAuthority>> {
+    let source = identity.ca.clone();
+    // File I/O and, on first start, key generation: off the async workers.
+    let ca = tokio::task::spawn_blocking(move || match &source {
+        CaSource::Internal { dir } => {
+            CertificateAuthority::load_or_create(dir, &CaOptions::default())
+        }
+        CaSource::External { cert_file, key_file } => {
+            CertificateAuthority::from_files(cert_file, key_file)
+        }
+    })
+    .await
+    .context("the task loading the device CA failed")?
+    .context("failed to load the device CA")?;
+    Ok(Arc::new(ca))
 }
 
 /// Creates a directory (and parents) readable only by its owner.
@@ -218,6 +244,14 @@ pub async fn run(
     mqtt: gateway::MqttListeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Device certificates will be signed with it (enrollment); loaded first, so that a broken CA
+    // stops the server before anything else happens.
+    let ca = load_certificate_authority(&config.identity).await?;
+    tracing::info!(
+        ca_cert = %ca.cert_path().display(),
+        external = matches!(config.identity.ca, CaSource::External { .. }),
+        "device CA ready"
+    );
     let store = open_store(&config).await?;
     tracing::info!(backend = store.backend_name(), "store open");
     bootstrap_admin(store.as_ref(), &config).await?;

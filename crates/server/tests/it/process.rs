@@ -123,6 +123,15 @@ async fn serves_on_embedded_default_and_stops_on_sigterm() {
     }
     let token = std::fs::read_to_string(&token_file).unwrap().trim().to_owned();
     assert!(token.starts_with("herd_") && token.len() == 5 + 64, "{token}");
+    // The device CA was created in <data-dir>/ca/, its key readable only by its owner.
+    let ca_cert = std::fs::read_to_string(data.join("ca/ca.pem")).unwrap();
+    assert!(ca_cert.starts_with("-----BEGIN CERTIFICATE-----"), "{ca_cert}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(data.join("ca/ca.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
     let r = reqwest::Client::new()
         .get(format!("{base}/api/v1/devices"))
         .bearer_auth(&token)

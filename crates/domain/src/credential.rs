@@ -109,7 +109,7 @@ pub enum AccessChangeReason {
     NotActive,
     /// The device was deleted.
     Deleted,
-    /// One of its credentials was revoked.
+    /// One of its credentials (a token or a certificate) was revoked.
     CredentialRevoked,
 }
 

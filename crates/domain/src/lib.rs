@@ -16,6 +16,7 @@
 
 pub mod agent;
 pub mod audit;
+pub mod certificate;
 pub mod credential;
 pub mod device;
 pub mod filter;
@@ -26,6 +27,7 @@ pub mod token;
 
 pub use agent::{AgentPayload, AgentPayloadError, AgentReport, AgentReportUpdate};
 pub use audit::{AuditRecord, NewAuditRecord};
+pub use certificate::{CertificateSerial, DeviceCertificate, NewDeviceCertificate};
 pub use credential::{
     AccessChangeReason, CredentialId, DeviceAccessChange, DeviceCredential, NewDeviceCredential,
 };

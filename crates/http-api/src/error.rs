@@ -90,6 +90,15 @@ pub(crate) enum ApiError {
     /// The device has no credential with this id.
     #[error("credential {0} not found")]
     CredentialNotFound(String),
+    /// The device has no certificate with this serial.
+    #[error("certificate {0} not found")]
+    CertificateNotFound(String),
+    /// A certificate signing request is unusable (the reason is shown).
+    #[error("invalid certificate signing request: {0}")]
+    InvalidCsr(String),
+    /// The server has no CA to issue certificates with.
+    #[error("this server has no certificate authority to issue certificates with")]
+    CaUnavailable,
     /// A device with this id exists already.
     #[error("device {0} already exists")]
     DeviceExists(String),
@@ -123,7 +132,8 @@ impl ApiError {
             | Self::DeviceNotFound(_)
             | Self::GroupNotFound(_)
             | Self::TokenNotFound(_)
-            | Self::CredentialNotFound(_) => StatusCode::NOT_FOUND,
+            | Self::CredentialNotFound(_)
+            | Self::CertificateNotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::MalformedJson(_)
             | Self::InvalidBody(_)
@@ -132,7 +142,8 @@ impl ApiError {
             | Self::InvalidFilter(_)
             | Self::InvalidCursor
             | Self::InvalidQuery(_)
-            | Self::InvalidCsvHeader(_) => StatusCode::BAD_REQUEST,
+            | Self::InvalidCsvHeader(_)
+            | Self::InvalidCsr(_) => StatusCode::BAD_REQUEST,
             Self::ValidationFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge(_) | Self::ImportTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -141,7 +152,7 @@ impl ApiError {
             | Self::GroupExists(_)
             | Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
-            Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::StoreUnavailable | Self::CaUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -171,6 +182,9 @@ impl ApiError {
             Self::GroupNotFound(_) => "group_not_found",
             Self::TokenNotFound(_) => "token_not_found",
             Self::CredentialNotFound(_) => "credential_not_found",
+            Self::CertificateNotFound(_) => "certificate_not_found",
+            Self::InvalidCsr(_) => "invalid_csr",
+            Self::CaUnavailable => "ca_unavailable",
             Self::DeviceExists(_) => "device_exists",
             Self::GroupExists(_) => "group_exists",
             Self::Conflict(_) => "conflict",
@@ -213,6 +227,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { kind: "group", id } => Self::GroupNotFound(id),
             StoreError::NotFound { kind: "token", id } => Self::TokenNotFound(id),
             StoreError::NotFound { kind: "credential", id } => Self::CredentialNotFound(id),
+            StoreError::NotFound { kind: "certificate", id } => Self::CertificateNotFound(id),
             StoreError::AlreadyExists { kind: "device", id } => Self::DeviceExists(id),
             StoreError::AlreadyExists { kind: "group", id } => Self::GroupExists(id),
             StoreError::VersionMismatch { expected, current } => Self::PreconditionFailed(format!(

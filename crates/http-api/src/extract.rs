@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
-use domain::{CredentialId, DeviceId, GroupName, TokenId};
+use domain::{CertificateSerial, CredentialId, DeviceId, GroupName, TokenId};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -142,6 +142,25 @@ impl<S: Send + Sync> FromRequestParts<S> for CredentialPath {
         let credential = CredentialId::new(credential.clone())
             .map_err(|_| ApiError::CredentialNotFound(credential))?;
         Ok(Self(id, credential))
+    }
+}
+
+/// A device id and one of its certificates' serial taken from the path
+/// (`{id}/certificates/{serial}`): a bad device id is 400 `invalid_device_id`, a serial no
+/// certificate can have is 404 `certificate_not_found`.
+#[derive(Debug, Clone)]
+pub(crate) struct CertificatePath(pub(crate) DeviceId, pub(crate) CertificateSerial);
+
+impl<S: Send + Sync> FromRequestParts<S> for CertificatePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let (id, serial): (String, String) =
+            path_params(parts, state).await?.map_err(ApiError::InvalidDeviceId)?;
+        let id = device_id(id)?;
+        let serial = CertificateSerial::new(serial.clone())
+            .map_err(|_| ApiError::CertificateNotFound(serial))?;
+        Ok(Self(id, serial))
     }
 }
 

@@ -3,9 +3,9 @@
 //!
 //! - [`ApiConfig`] holds the limits of the HTTP surface; [`AppState`] is the cheap-to-clone bundle
 //!   of handles (the [`store::Store`], the config, the clock, the metrics handle, the optional
-//!   access-change channel) every handler receives.
+//!   access-change channel and [`CertificateIssuer`]) every handler receives.
 //! - [`router`] builds the whole surface: health and metrics endpoints, the `/api/v1` resources
-//!   (one module each: `devices`, `credentials`, `inventory`, `import`, `groups`, `tokens`,
+//!   (one module each: `devices`, `credentials`, `certificates`, `inventory`, `import`, `groups`, `tokens`,
 //!   `audit`), the OpenAPI document and Swagger UI.
 //! - Every failure is one `ApiError` (module `error`) that renders as `application/problem+json`
 //!   with a stable `code`; the request middleware (module `instrument`) gives each request an id,
@@ -18,6 +18,7 @@
 pub mod auth;
 
 mod audit;
+mod certificates;
 mod credentials;
 mod devices;
 mod error;
@@ -32,6 +33,7 @@ mod paging;
 mod state;
 mod tokens;
 
+pub use certificates::{CertificateIssuer, IssueError, IssuedCertificate};
 pub use state::{ApiConfig, AppState, Clock};
 
 use axum::Router;
@@ -101,6 +103,8 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(devices::get_device, devices::update_device, devices::delete_device))
         .routes(routes!(credentials::create_credential, credentials::list_credentials))
         .routes(routes!(credentials::revoke_credential))
+        .routes(routes!(certificates::create_certificate, certificates::list_certificates))
+        .routes(routes!(certificates::revoke_certificate))
         .routes(routes!(import::import_devices))
         .routes(routes!(inventory::summary))
         .routes(routes!(inventory::connectivity))

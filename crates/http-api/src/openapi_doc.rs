@@ -17,8 +17,8 @@ pub(crate) const BEARER: &str = "bearer";
 #[openapi(
     info(
         title = "Herd API",
-        description = "Device management for Herd: the device registry, device credentials, \
-                       groups, bulk import, \
+        description = "Device management for Herd: the device registry, device credentials and \
+                       certificates, groups, bulk import, \
                        API tokens and the hash-chained audit log.\n\n\
                        Authenticate with `Authorization: Bearer <token>`. Each operation names \
                        the role it needs as the scope of its `bearer` requirement; roles are \
@@ -30,6 +30,7 @@ pub(crate) const BEARER: &str = "bearer";
     tags(
         (name = "devices", description = "The device registry"),
         (name = "credentials", description = "Device credentials: the secrets devices connect with"),
+        (name = "certificates", description = "Device certificates: issued by Herd's CA from a CSR, for mutual TLS"),
         (name = "import", description = "Bulk import of devices"),
         (name = "groups", description = "Static and dynamic device groups"),
         (name = "tokens", description = "Operator API tokens"),

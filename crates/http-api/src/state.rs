@@ -4,7 +4,7 @@
 //!
 //! Some REST writes must end a device's live MQTT sessions: a PATCH (or an import line) that
 //! moves a device to a state other than `active`, deleting a device, revoking one of its
-//! credentials. The API does not know about MQTT; instead, when [`AppState::with_access_events`]
+//! credentials or certificates. The API does not know about MQTT; instead, when [`AppState::with_access_events`]
 //! gave it a channel, it sends a [`DeviceAccessChange`] there for each such change, and whoever
 //! holds the receiver (the server's MQTT gateway) closes the device's connections.
 //!
@@ -30,6 +30,8 @@ use domain::{
 use metrics_exporter_prometheus::PrometheusHandle;
 use store::Store;
 use tokio::sync::mpsc;
+
+use crate::CertificateIssuer;
 
 /// The wall clock the API reads: token expiry checks and the time of every write.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -90,6 +92,8 @@ pub struct AppState {
     metrics: Option<PrometheusHandle>,
     /// Where access-change events go (see the module docs); `None`: nowhere.
     access_events: Option<mpsc::Sender<DeviceAccessChange>>,
+    /// What signs device certificates; `None`: issuing answers 503 `ca_unavailable`.
+    certificate_issuer: Option<Arc<dyn CertificateIssuer>>,
 }
 
 impl fmt::Debug for AppState {
@@ -99,6 +103,7 @@ impl fmt::Debug for AppState {
             .field("config", &self.config)
             .field("metrics", &self.metrics.is_some())
             .field("access_events", &self.access_events.is_some())
+            .field("certificate_issuer", &self.certificate_issuer.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -112,6 +117,7 @@ impl AppState {
             clock: Arc::new(Timestamp::now),
             metrics: None,
             access_events: None,
+            certificate_issuer: None,
         }
     }
 
@@ -138,6 +144,14 @@ impl AppState {
         self
     }
 
+    /// Issues device certificates (`POST /api/v1/devices/{id}/certificates`) with `issuer`.
+    /// Without it that route answers 503 `ca_unavailable`.
+    #[must_use]
+    pub fn with_certificate_issuer(mut self, issuer: Arc<dyn CertificateIssuer>) -> Self {
+        self.certificate_issuer = Some(issuer);
+        self
+    }
+
     /// Reports that `device_id` lost (some of) its access, after the change was committed.
     /// Waits for room in the channel; logs and carries on when its receiver is gone.
     pub(crate) async fn access_changed(&self, device_id: DeviceId, reason: AccessChangeReason) {
@@ -149,6 +163,10 @@ impl AppState {
                 "access change not delivered: its receiver is gone"
             );
         }
+    }
+
+    pub(crate) fn certificate_issuer(&self) -> Option<&dyn CertificateIssuer> {
+        self.certificate_issuer.as_deref()
     }
 
     pub(crate) fn store(&self) -> &dyn Store {

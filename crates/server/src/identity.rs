@@ -4,5 +4,8 @@
 //!   `<data dir>/ca/`, or an external one from configured files. It turns a device's certificate
 //!   signing request into a client certificate naming that device (and nothing the request asked
 //!   for).
+//! - [`issuer`] holds [`issuer::CaIssuer`]: the CA with the configured certificate lifetime, as
+//!   the REST API's `CertificateIssuer` (`POST /api/v1/devices/{id}/certificates`).
 
 pub mod ca;
+pub mod issuer;

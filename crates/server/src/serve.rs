@@ -43,6 +43,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{CaSource, Config, IdentityConfig, StoreConfig, redact_url};
 use crate::identity::ca::{CaOptions, CertificateAuthority};
+use crate::identity::issuer::CaIssuer;
 use crate::{gateway, websocket};
 
 /// Binds the HTTP listener, naming the address and the setting to change when it fails.
@@ -286,7 +287,11 @@ pub async fn run(
 
     let state = http_api::AppState::new(Arc::clone(&store), config.api.clone())
         .with_metrics(metrics_handle())
-        .with_access_events(access_tx);
+        .with_access_events(access_tx)
+        .with_certificate_issuer(Arc::new(CaIssuer::new(
+            Arc::clone(&ca),
+            config.identity.certificate_lifetime,
+        )));
     let local = listener.local_addr().context("listener has no local address")?;
 
     let stop_accepting = CancellationToken::new();

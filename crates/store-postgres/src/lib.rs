@@ -5,8 +5,8 @@
 //! is then used as `Arc<dyn Store>` like every other backend; the conformance suite in `store` pins
 //! its behaviour to be the same as SQLite's.
 //!
-//! Inside, each area has its module: `devices`, `groups`, `tokens`, `credentials`, `presence`,
-//! `agent_reports` (what devices' agents report about themselves) and `mqtt`
+//! Inside, each area has its module: `devices`, `groups`, `tokens`, `credentials`, `certificates`,
+//! `presence`, `agent_reports` (what devices' agents report about themselves) and `mqtt`
 //! (the broker's persistent sessions and retained messages) hold the queries, `audit` appends to the hash chain in the same transaction as each change, `filter_sql`
 //! turns device filters into index-backed SQL with bind parameters, and `rows` decodes stored rows
 //! back into validated domain values. Queries are built at run time with binds (`sqlx::query`), never by
@@ -18,6 +18,7 @@
 
 mod agent_reports;
 mod audit;
+mod certificates;
 mod credentials;
 mod devices;
 mod error;
@@ -35,9 +36,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{
-    AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CredentialId, Device, DeviceCredential,
-    DeviceId, DevicePatch, Group, GroupName, GroupPatch, ImportRow, Mutation, NewDevice,
-    NewDeviceCredential, NewGroup, NewToken, Presence, Timestamp, TokenHash, TokenId,
+    AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, CredentialId, Device,
+    DeviceCertificate, DeviceCredential, DeviceId, DevicePatch, Group, GroupName, GroupPatch,
+    ImportRow, Mutation, NewDevice, NewDeviceCertificate, NewDeviceCredential, NewGroup, NewToken,
+    Presence, Timestamp, TokenHash, TokenId,
 };
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -301,6 +303,34 @@ impl Store for PostgresStore {
         m: &Mutation,
     ) -> StoreResult<DeviceCredential> {
         credentials::revoke(&self.pool, device, id, m).await
+    }
+
+    async fn create_device_certificate(
+        &self,
+        new: &NewDeviceCertificate,
+        m: &Mutation,
+    ) -> StoreResult<DeviceCertificate> {
+        certificates::create(&self.pool, new, m).await
+    }
+
+    async fn device_certificate_by_serial(
+        &self,
+        serial: &CertificateSerial,
+    ) -> StoreResult<Option<DeviceCertificate>> {
+        certificates::by_serial(&self.pool, serial).await
+    }
+
+    async fn device_certificates(&self, device: &DeviceId) -> StoreResult<Vec<DeviceCertificate>> {
+        certificates::list(&self.pool, device).await
+    }
+
+    async fn revoke_device_certificate(
+        &self,
+        device: &DeviceId,
+        serial: &CertificateSerial,
+        m: &Mutation,
+    ) -> StoreResult<DeviceCertificate> {
+        certificates::revoke(&self.pool, device, serial, m).await
     }
 
     async fn record_presence_events(&self, events: &[PresenceEvent]) -> StoreResult<()> {

@@ -21,6 +21,7 @@
 mod agent_reports;
 mod audit_chain;
 mod bulk;
+mod certificates;
 mod credentials;
 mod devices;
 mod filter_sql;
@@ -36,9 +37,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{
-    AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CredentialId, Device, DeviceCredential,
-    DeviceId, DevicePatch, Group, GroupName, GroupPatch, ImportRow, Mutation, NewDevice,
-    NewDeviceCredential, NewGroup, NewToken, Presence, Timestamp, TokenHash, TokenId,
+    AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, CredentialId, Device,
+    DeviceCertificate, DeviceCredential, DeviceId, DevicePatch, Group, GroupName, GroupPatch,
+    ImportRow, Mutation, NewDevice, NewDeviceCertificate, NewDeviceCredential, NewGroup, NewToken,
+    Presence, Timestamp, TokenHash, TokenId,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -344,6 +346,34 @@ impl Store for SqliteStore {
         m: &Mutation,
     ) -> StoreResult<DeviceCredential> {
         credentials::revoke(self, device, id, m).await
+    }
+
+    async fn create_device_certificate(
+        &self,
+        new: &NewDeviceCertificate,
+        m: &Mutation,
+    ) -> StoreResult<DeviceCertificate> {
+        certificates::create(self, new, m).await
+    }
+
+    async fn device_certificate_by_serial(
+        &self,
+        serial: &CertificateSerial,
+    ) -> StoreResult<Option<DeviceCertificate>> {
+        certificates::by_serial(&mut *self.read().await?, serial).await
+    }
+
+    async fn device_certificates(&self, device: &DeviceId) -> StoreResult<Vec<DeviceCertificate>> {
+        certificates::list(&mut *self.read().await?, device).await
+    }
+
+    async fn revoke_device_certificate(
+        &self,
+        device: &DeviceId,
+        serial: &CertificateSerial,
+        m: &Mutation,
+    ) -> StoreResult<DeviceCertificate> {
+        certificates::revoke(self, device, serial, m).await
     }
 
     async fn record_presence_events(&self, events: &[PresenceEvent]) -> StoreResult<()> {

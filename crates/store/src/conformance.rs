@@ -18,14 +18,16 @@
 //! The cases pin the behaviour the `Store` documentation promises, plus the rules every backend
 //! must share where the trait leaves a choice:
 //!
-//! - Writes that change nothing (a no-op patch, revoking a revoked token or credential, adding a
-//!   member twice, removing a non-member) keep the version and append no audit record.
+//! - Writes that change nothing (a no-op patch, revoking a revoked token, credential or
+//!   certificate, adding a member twice, removing a non-member) keep the version and append no
+//!   audit record.
 //! - Every change appends exactly one audit record per changed resource, with `before`/`after` the
 //!   `audit_summary()` of the resource; actions are `device.create|update|delete`,
 //!   `group.create|update|delete`, `group.members.add|remove`, `token.create|revoke`,
-//!   `device.credential.create|revoke` (an import writes `device.create`/`device.update` per
-//!   device); resources are `device/<id>` (a credential's is its device's), `group/<name>`,
-//!   `token/<id>`. Deleting a device deletes its credentials without a record of their own.
+//!   `device.credential.create|revoke`, `device.certificate.create|revoke` (an import writes
+//!   `device.create`/`device.update` per device); resources are `device/<id>` (a credential's or
+//!   certificate's is its device's), `group/<name>`, `token/<id>`. Deleting a device deletes its
+//!   credentials and certificates without a record of their own.
 //!   Member changes have no `before` and `after` is
 //!   `{"added": [ids]}` / `{"removed": [ids]}`: the ids that actually changed, ascending.
 //! - Presence writes (`record_presence_events`, `record_connect`, `record_disconnect`,
@@ -44,6 +46,7 @@
 // a store call that fails where it must succeed is a failed case, reported with its error.
 #![expect(clippy::unwrap_used, reason = "test code: an unexpected error fails the case")]
 
+mod certificates;
 mod mqtt;
 
 use std::num::NonZeroU32;
@@ -58,6 +61,7 @@ use domain::{
 };
 use serde_json::{Value, json};
 
+pub use crate::conformance::certificates::*;
 pub use crate::conformance::mqtt::*;
 
 use crate::{
@@ -119,6 +123,10 @@ macro_rules! conformance_tests {
             revoke_device_credential,
             delete_device_removes_credentials,
             device_login_reads_credential_and_device_state,
+            create_device_certificates,
+            device_certificate_lookup_and_list,
+            revoke_device_certificate,
+            delete_device_removes_certificates,
             presence_records_connects_and_disconnects,
             presence_batch_applies_events_in_order,
             presence_batch_equals_sequential_calls,

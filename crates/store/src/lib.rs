@@ -16,10 +16,11 @@ use std::num::NonZeroU32;
 
 use async_trait::async_trait;
 use domain::{
-    AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CredentialId, Device, DeviceCredential,
-    DeviceId, DevicePatch, Filter, Group, GroupName, GroupPatch, IllegalTransition, ImportRow,
-    LifecycleState, Mutation, NewDevice, NewDeviceCredential, NewGroup, NewToken, Presence,
-    Timestamp, TokenHash, TokenId,
+    AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, CredentialId, Device,
+    DeviceCertificate, DeviceCredential, DeviceId, DevicePatch, Filter, Group, GroupName,
+    GroupPatch, IllegalTransition, ImportRow, LifecycleState, Mutation, NewDevice,
+    NewDeviceCertificate, NewDeviceCredential, NewGroup, NewToken, Presence, Timestamp, TokenHash,
+    TokenId,
 };
 
 pub use crate::mqtt::{
@@ -360,6 +361,42 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         id: &CredentialId,
         m: &Mutation,
     ) -> StoreResult<DeviceCredential>;
+
+    // ---- device certificates ----
+
+    /// Stores a certificate the CA issued to an existing device. Audited as
+    /// `device.certificate.create` on resource `device/<id>`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when the device does not exist, [`StoreError::AlreadyExists`] (kind
+    /// `certificate`) when the serial is taken.
+    async fn create_device_certificate(
+        &self,
+        new: &NewDeviceCertificate,
+        m: &Mutation,
+    ) -> StoreResult<DeviceCertificate>;
+
+    /// Finds a certificate by its serial (revoked and expired ones too; the caller decides). The
+    /// lookup behind a device CONNECT over mutual TLS: index-backed.
+    async fn device_certificate_by_serial(
+        &self,
+        serial: &CertificateSerial,
+    ) -> StoreResult<Option<DeviceCertificate>>;
+
+    /// A device's certificates, newest first (ties: highest serial first), revoked ones included.
+    async fn device_certificates(&self, device: &DeviceId) -> StoreResult<Vec<DeviceCertificate>>;
+
+    /// Revokes one of a device's certificates (revoking twice keeps the first time and writes no
+    /// audit record). Audited as `device.certificate.revoke`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (kind `certificate`) when the device has no such certificate.
+    async fn revoke_device_certificate(
+        &self,
+        device: &DeviceId,
+        serial: &CertificateSerial,
+        m: &Mutation,
+    ) -> StoreResult<DeviceCertificate>;
 
     // ---- presence ----
     //

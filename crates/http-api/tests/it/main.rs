@@ -4,6 +4,7 @@
 mod api;
 mod audit;
 mod bad_input;
+mod certificates;
 mod credentials;
 mod devices;
 mod groups;

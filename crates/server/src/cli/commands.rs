@@ -10,8 +10,8 @@ use serde_json::{Map, Value, json};
 use crate::cli::client::{Client, encode};
 use crate::cli::output::{self, Table};
 use crate::cli::{
-    AuditCommand, ClientArgs, CredentialCommand, DeviceCommand, GroupCommand, ImportFormat,
-    OutputFormat, TokenCommand,
+    AuditCommand, CertificateCommand, ClientArgs, CredentialCommand, DeviceCommand, GroupCommand,
+    ImportFormat, OutputFormat, TokenCommand,
 };
 
 /// Runs `herd device …`.
@@ -88,6 +88,64 @@ pub(crate) async fn device(cmd: DeviceCommand) -> anyhow::Result<()> {
             import(&file, format, atomic, &client).await
         }
         DeviceCommand::Credential(cmd) => credential(cmd).await,
+        DeviceCommand::Certificate(cmd) => certificate(cmd).await,
+    }
+}
+
+/// Runs `herd device certificate …`.
+async fn certificate(cmd: CertificateCommand) -> anyhow::Result<()> {
+    let path = |device: &str| format!("/api/v1/devices/{}/certificates", encode(device));
+    match cmd {
+        CertificateCommand::Issue { device, csr, ca_out, client } => {
+            let csr_pem = if csr.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+                    .context("cannot read the CSR from stdin")?
+            } else {
+                std::fs::read_to_string(&csr)
+                    .with_context(|| format!("cannot read {}", csr.display()))?
+            };
+            let c = Client::new(&client)?.post(&path(&device), &json!({ "csr": csr_pem })).await?;
+            if let Some(ca_out) = &ca_out {
+                std::fs::write(ca_out, str_field(&c, "ca_certificate"))
+                    .with_context(|| format!("cannot write {}", ca_out.display()))?;
+            }
+            if client.output == OutputFormat::Json {
+                return output::write_json(&c);
+            }
+            output::note(&format!(
+                "issued certificate {} for device {} (valid until {}, SHA-256 fingerprint {})",
+                str_field(&c, "serial"),
+                str_field(&c, "device_id"),
+                str_field(&c, "not_after"),
+                str_field(&c, "fingerprint_sha256"),
+            ));
+            output::write_raw(&str_field(&c, "certificate"))
+        }
+        CertificateCommand::List { device, client } => {
+            let list = Client::new(&client)?.get(&path(&device)).await?;
+            if client.output == OutputFormat::Json {
+                return output::write_json(&list);
+            }
+            let mut t = Table::new(&["SERIAL", "CREATED", "NOT AFTER", "REVOKED"]);
+            for i in page_items(&list) {
+                t.row(vec![
+                    str_field(&i, "serial"),
+                    str_field(&i, "created_at"),
+                    str_field(&i, "not_after"),
+                    str_field(&i, "revoked_at"),
+                ]);
+            }
+            output::write_raw(&t.render())
+        }
+        CertificateCommand::Revoke { device, serial, client } => {
+            let c = Client::new(&client)?
+                .delete(&format!("{}/{}", path(&device), encode(&serial)))
+                .await?;
+            if client.output == OutputFormat::Json {
+                return output::write_json(&c);
+            }
+            done(&client, &format!("revoked certificate {serial} of device {device}"))
+        }
     }
 }
 

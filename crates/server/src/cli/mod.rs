@@ -217,6 +217,47 @@ pub enum DeviceCommand {
     /// Manage the credentials a device connects with.
     #[command(subcommand)]
     Credential(CredentialCommand),
+    /// Manage the certificates a device connects with over mutual TLS.
+    #[command(subcommand)]
+    Certificate(CertificateCommand),
+}
+
+/// `herd device certificate …`
+#[derive(Debug, Subcommand)]
+pub enum CertificateCommand {
+    /// Issue a certificate for a device from its certificate signing request (PEM). The
+    /// certificate (PEM) is printed; its subject is the device, whatever the request says.
+    Issue {
+        /// Device id.
+        device: String,
+        /// The certificate signing request, PEM (`-` reads stdin).
+        #[arg(long, value_name = "FILE")]
+        csr: PathBuf,
+        /// Also write the CA certificate (PEM) to this file.
+        #[arg(long, value_name = "FILE")]
+        ca_out: Option<PathBuf>,
+        /// Server, token and output options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List a device's certificates.
+    List {
+        /// Device id.
+        device: String,
+        /// Server, token and output options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke a device certificate; the device's live connections are closed.
+    Revoke {
+        /// Device id.
+        device: String,
+        /// Certificate serial (lowercase hex).
+        serial: String,
+        /// Server, token and output options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// `herd device credential …`

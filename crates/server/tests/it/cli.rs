@@ -185,6 +185,57 @@ async fn device_credentials_through_the_cli() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn device_certificates_through_the_cli() {
+    let server = TestServer::start().await;
+    let cli = Cli { server: &server };
+    cli.ok(&["device", "create", "boiler-7", "--state", "active"]);
+    let dir = tempfile::tempdir().unwrap();
+    let csr_path = dir.path().join("boiler.csr");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["impostor".to_owned()]).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "impostor");
+    std::fs::write(&csr_path, params.serialize_request(&key).unwrap().pem().unwrap()).unwrap();
+    let csr = csr_path.to_str().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+
+    // Text output is the certificate itself, naming the device of the command.
+    let ca_out = ca_path.to_str().unwrap();
+    let pem =
+        cli.ok(&["device", "certificate", "issue", "boiler-7", "--csr", csr, "--ca-out", ca_out]);
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+    let cert = block.parse_x509().unwrap();
+    let cn = cert.subject().iter_common_name().next().unwrap().as_str().unwrap().to_owned();
+    assert_eq!(cn, "boiler-7");
+    let ca = std::fs::read_to_string(&ca_path).unwrap();
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+
+    let created = cli.json(&["device", "certificate", "issue", "boiler-7", "--csr", csr]);
+    let serial = created["serial"].as_str().unwrap().to_owned();
+    assert_eq!(created["ca_certificate"].as_str(), Some(ca.as_str()));
+    let table = cli.ok(&["device", "certificate", "list", "boiler-7"]);
+    assert!(table.starts_with("SERIAL") && table.contains(&serial), "{table}");
+    let list = cli.json(&["device", "certificate", "list", "boiler-7"]);
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+
+    let revoked = cli.json(&["device", "certificate", "revoke", "boiler-7", &serial]);
+    assert!(revoked["revoked_at"].is_string(), "{revoked}");
+    let done = cli.ok(&["device", "certificate", "revoke", "boiler-7", &serial]);
+    assert!(done.contains(&format!("revoked certificate {serial}")), "{done}");
+
+    let token = Some(server.admin_token.as_str());
+    let bad = dir.path().join("bad.csr");
+    std::fs::write(&bad, "not a request").unwrap();
+    let args = ["device", "certificate", "issue", "boiler-7", "--csr", bad.to_str().unwrap()];
+    let err = cli.fails(&args, token);
+    assert!(err.contains("invalid_csr"), "{err}");
+    let err = cli.fails(&["device", "certificate", "issue", "nope", "--csr", csr], token);
+    assert!(err.contains("device_not_found"), "{err}");
+    let err = cli.fails(&["device", "certificate", "revoke", "boiler-7", "ff"], token);
+    assert!(err.contains("certificate_not_found"), "{err}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn import_of_100k_devices_reports_counts() {
     let server = TestServer::start().await;
     let cli = Cli { server: &server };

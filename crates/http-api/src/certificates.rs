@@ -15,12 +15,15 @@ use domain::{
     Timestamp,
 };
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::auth::{Caller, Operator, Viewer};
 use crate::error::{ApiError, Problem};
-use crate::extract::{CertificatePath, DevicePath, JsonBody};
+use crate::extract::{
+    CertificatePath, DevicePath, JsonBody, RawQuery, parse_limit, set_once, unknown_parameter,
+};
+use crate::paging::page_limit;
 
 /// A certificate a [`CertificateIssuer`] signed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,10 +122,11 @@ pub(crate) struct CreateCertificate {
     csr: String,
 }
 
-/// A device's certificates.
+/// A list of certificates.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct CertificateList {
-    /// The certificates, newest first, revoked ones included.
+    /// The certificates: a device's newest first, revoked ones included; in the renewal report
+    /// soonest end first.
     items: Vec<CertificateDto>,
 }
 
@@ -231,4 +235,83 @@ pub(crate) async fn revoke_certificate(
         .await?;
     state.access_changed(c.device_id.clone(), AccessChangeReason::CredentialRevoked).await;
     Ok(Json(CertificateDto::from(&c)))
+}
+
+/// Query parameters of the renewal report.
+#[derive(Debug, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ExpiringParams {
+    /// Certificates whose validity ends within this many days from now, expired ones included
+    /// (0 to 3650, default 30).
+    #[param(minimum = 0, maximum = 3650)]
+    within_days: Option<u32>,
+    /// Most certificates listed, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+}
+
+/// Default of [`ExpiringParams::within_days`].
+const DEFAULT_EXPIRING_WITHIN_DAYS: u32 = 30;
+/// Largest [`ExpiringParams::within_days`]: ten years.
+const MAX_EXPIRING_WITHIN_DAYS: u32 = 3650;
+/// Default of [`ExpiringParams::limit`].
+const DEFAULT_EXPIRING_LIMIT: u32 = 100;
+
+impl ExpiringParams {
+    fn parse(query: &RawQuery) -> Result<Self, ApiError> {
+        let (mut within, mut limit) = (None, None);
+        for (key, value) in query.pairs() {
+            match key.as_str() {
+                "within_days" => set_once(&mut within, &key, value)?,
+                "limit" => set_once(&mut limit, &key, value)?,
+                _ => return Err(unknown_parameter(&key, &["within_days", "limit"])),
+            }
+        }
+        let within = match within {
+            None => DEFAULT_EXPIRING_WITHIN_DAYS,
+            Some(raw) => {
+                let days: u32 = raw.parse().map_err(|_| {
+                    ApiError::InvalidQuery(format!("within_days must be a number, got {raw:?}"))
+                })?;
+                if days > MAX_EXPIRING_WITHIN_DAYS {
+                    return Err(ApiError::ValidationFailed(format!(
+                        "within_days must be between 0 and {MAX_EXPIRING_WITHIN_DAYS}, got {days}"
+                    )));
+                }
+                days
+            }
+        };
+        let limit = parse_limit(limit.as_deref(), DEFAULT_EXPIRING_LIMIT)?;
+        Ok(Self { within_days: Some(within), limit: Some(limit) })
+    }
+}
+
+/// Certificates of every device that are not revoked and end within a number of days (expired
+/// ones included), soonest end first: the renewal report.
+#[utoipa::path(
+    get,
+    path = "/api/v1/certificates/expiring",
+    tag = "certificates",
+    params(ExpiringParams),
+    security(("bearer" = ["viewer"])),
+    responses(
+        (status = 200, description = "The certificates, soonest end first", body = CertificateList),
+        (status = 400, description = "`invalid_query`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: within_days or limit out of range", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub(crate) async fn expiring_certificates(
+    _caller: Caller<Viewer>,
+    State(state): State<AppState>,
+    query: RawQuery,
+) -> Result<Json<CertificateList>, ApiError> {
+    let params = ExpiringParams::parse(&query)?;
+    let within_days = params.within_days.unwrap_or(DEFAULT_EXPIRING_WITHIN_DAYS);
+    let limit = params.limit.unwrap_or(DEFAULT_EXPIRING_LIMIT);
+    let before = Timestamp::from_millis(
+        state.now().millis().saturating_add(i64::from(within_days) * 86_400_000),
+    );
+    let certificates =
+        state.store().expiring_device_certificates(before, page_limit(limit)).await?;
+    Ok(Json(CertificateList { items: certificates.iter().map(CertificateDto::from).collect() }))
 }

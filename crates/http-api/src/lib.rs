@@ -105,6 +105,7 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(credentials::revoke_credential))
         .routes(routes!(certificates::create_certificate, certificates::list_certificates))
         .routes(routes!(certificates::revoke_certificate))
+        .routes(routes!(certificates::expiring_certificates))
         .routes(routes!(import::import_devices))
         .routes(routes!(inventory::summary))
         .routes(routes!(inventory::connectivity))

@@ -90,6 +90,10 @@ pub struct IdentityConfig {
     pub ca: CaSource,
     /// Lifetime of the device certificates Herd issues (`identity.certificate_lifetime_days`).
     pub certificate_lifetime: Duration,
+    /// How many usable certificates, and how many usable credentials, a device may hold when it
+    /// asks for a new one over MQTT (`identity.max_credentials_per_device`, 1 to 16): two lets it
+    /// rotate, holding the old one and the new one.
+    pub max_credentials_per_device: usize,
 }
 
 /// Where the device CA comes from.
@@ -218,6 +222,7 @@ struct RawIdentity {
     ca_cert_file: String,
     ca_key_file: String,
     certificate_lifetime_days: u64,
+    max_credentials_per_device: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -901,7 +906,14 @@ fn validate_identity(
             CaSource::External { cert_file, key_file }
         }
     };
-    IdentityConfig { ca, certificate_lifetime }
+    let max = raw.max_credentials_per_device;
+    if !(1..=16).contains(&max) {
+        problems.push(format!(
+            "identity.max_credentials_per_device must be between 1 and 16, got {max}"
+        ));
+    }
+    let max_credentials_per_device = usize::try_from(max.clamp(1, 16)).unwrap_or(2);
+    IdentityConfig { ca, certificate_lifetime, max_credentials_per_device }
 }
 
 /// `v`, already checked to be between 1 and `u32::MAX`.
@@ -1254,6 +1266,7 @@ mod tests {
             IdentityConfig {
                 ca: CaSource::Internal { dir: PathBuf::from("./herd-data/ca") },
                 certificate_lifetime: Duration::from_secs(365 * 86_400),
+                max_credentials_per_device: 2,
             }
         );
         let dir = tempfile::tempdir().unwrap();

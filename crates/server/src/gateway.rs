@@ -26,6 +26,7 @@
 
 mod agent_reports;
 mod authenticator;
+pub mod client_cert;
 mod credential_cache;
 mod topic_rules;
 
@@ -37,6 +38,7 @@ use domain::{DeviceId, Timestamp};
 use futures_util::FutureExt as _;
 use mqtt_broker::{BrokerHandle, ConnectionEvent, DisconnectReason, protocol_label};
 use mqtt_codec::ReasonCode;
+use rustls::server::danger::ClientCertVerifier;
 use store::{PresenceEvent, Store};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
@@ -117,12 +119,84 @@ pub struct MqttListeners {
     pub tls: Option<TlsListener>,
 }
 
-/// A bound MQTT over TLS listener with the TLS configuration it serves.
+/// A bound MQTT over TLS listener with the server certificate it presents.
 pub struct TlsListener {
     /// The bound socket.
     pub listener: TcpListener,
-    /// Performs the server side of each handshake.
-    pub acceptor: TlsAcceptor,
+    identity: ServerIdentity,
+}
+
+impl TlsListener {
+    /// The acceptor of this listener's handshakes: its certificate, and client certificates
+    /// verified by `clients` (see [`client_cert`]).
+    ///
+    /// # Errors
+    /// When the certificate and key do not fit together.
+    pub fn acceptor(&self, clients: Arc<dyn ClientCertVerifier>) -> anyhow::Result<TlsAcceptor> {
+        Ok(TlsAcceptor::from(self.identity.server_config(clients)?))
+    }
+}
+
+/// The certificate chain and private key the MQTT over TLS listener presents.
+struct ServerIdentity {
+    certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    /// Named in error messages.
+    config: MqttTlsConfig,
+}
+
+impl ServerIdentity {
+    fn load(config: &MqttTlsConfig) -> anyhow::Result<Self> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(&config.cert_file)
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            .with_context(|| {
+                format!(
+                    "cannot read certificates from {} (mqtt.tls_cert_file)",
+                    config.cert_file.display()
+                )
+            })?;
+        anyhow::ensure!(
+            !certs.is_empty(),
+            "{} (mqtt.tls_cert_file) holds no PEM certificate",
+            config.cert_file.display()
+        );
+        let key = PrivateKeyDer::from_pem_file(&config.key_file).with_context(|| {
+            format!(
+                "cannot read a private key (PKCS#8, PKCS#1 or SEC1 PEM) from {} (mqtt.tls_key_file)",
+                config.key_file.display()
+            )
+        })?;
+        let identity = Self { certs, key, config: config.clone() };
+        // The key is checked against the certificate now, before any port is bound.
+        identity.server_config(Arc::new(rustls::server::NoClientAuth))?;
+        Ok(identity)
+    }
+
+    fn server_config(
+        &self,
+        clients: Arc<dyn ClientCertVerifier>,
+    ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let server_config = rustls::ServerConfig::builder_with_provider(tls_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .context("the TLS provider supports neither TLS 1.2 nor 1.3")?
+            .with_client_cert_verifier(clients)
+            .with_single_cert(self.certs.clone(), self.key.clone_key())
+            .with_context(|| {
+                format!(
+                    "the key in {} does not fit the certificate in {}",
+                    self.config.key_file.display(),
+                    self.config.cert_file.display()
+                )
+            })?;
+        Ok(Arc::new(server_config))
+    }
+}
+
+/// The TLS provider of every listener: aws-lc-rs.
+pub fn tls_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 impl std::fmt::Debug for TlsListener {
@@ -153,7 +227,7 @@ pub async fn bind_mqtt_listeners(config: &MqttConfig) -> anyhow::Result<MqttList
 /// When the PEM files hold no usable certificate or key, they do not match, or the address cannot
 /// be bound (the message names the address and `--mqtts-listen`).
 pub async fn bind_mqtt_tls(config: &MqttTlsConfig) -> anyhow::Result<TlsListener> {
-    let server_config = tls_server_config(config)?;
+    let identity = ServerIdentity::load(config)?;
     let listener = bind(
         config.listen,
         "MQTT over TLS",
@@ -161,50 +235,17 @@ pub async fn bind_mqtt_tls(config: &MqttTlsConfig) -> anyhow::Result<TlsListener
          disables MQTT over TLS)",
     )
     .await?;
-    Ok(TlsListener { listener, acceptor: TlsAcceptor::from(server_config) })
+    Ok(TlsListener { listener, identity })
 }
 
-/// The rustls server configuration of the MQTT over TLS listener: the aws-lc-rs provider, TLS 1.2
-/// and 1.3, no client certificates, the certificate chain and key of `config`.
+/// The rustls server configuration of an MQTT over TLS listener that asks for no client
+/// certificate: the aws-lc-rs provider, TLS 1.2 and 1.3, the certificate chain and key of
+/// `config`. (`herd serve` also verifies client certificates: [`TlsListener::acceptor`].)
 ///
 /// # Errors
 /// When a file cannot be read, holds no certificate or key, or the key does not match.
 pub fn tls_server_config(config: &MqttTlsConfig) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(&config.cert_file)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .with_context(|| {
-            format!(
-                "cannot read certificates from {} (mqtt.tls_cert_file)",
-                config.cert_file.display()
-            )
-        })?;
-    anyhow::ensure!(
-        !certs.is_empty(),
-        "{} (mqtt.tls_cert_file) holds no PEM certificate",
-        config.cert_file.display()
-    );
-    let key = PrivateKeyDer::from_pem_file(&config.key_file).with_context(|| {
-        format!(
-            "cannot read a private key (PKCS#8, PKCS#1 or SEC1 PEM) from {} (mqtt.tls_key_file)",
-            config.key_file.display()
-        )
-    })?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let server_config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .context("the TLS provider supports neither TLS 1.2 nor 1.3")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .with_context(|| {
-            format!(
-                "the key in {} does not fit the certificate in {}",
-                config.key_file.display(),
-                config.cert_file.display()
-            )
-        })?;
-    Ok(Arc::new(server_config))
+    ServerIdentity::load(config)?.server_config(Arc::new(rustls::server::NoClientAuth))
 }
 
 /// How an [`accept_loop`] turns an accepted socket into an MQTT byte stream.
@@ -302,8 +343,25 @@ pub async fn accept_loop(
                         Ok(Ok(tls)) => {
                             // Boxed for the same reason: a TLS connection's future is much larger
                             // than a plain one's.
-                            let serve = broker.serve(tls, Some(peer), authenticator.as_ref());
-                            let _ = Box::pin(serve).await;
+                            match client_cert::PresentedCertificate::of_connection(tls.get_ref().1) {
+                                Some(None) => {
+                                    let serve =
+                                        broker.serve(tls, Some(peer), authenticator.as_ref());
+                                    let _ = Box::pin(serve).await;
+                                }
+                                Some(Some(certificate)) => {
+                                    let login =
+                                        client_cert::CertificateLogin::new(authenticator, certificate);
+                                    let _ = Box::pin(broker.serve(tls, Some(peer), &login)).await;
+                                }
+                                None => {
+                                    // The chain verified, yet the certificate is not one a device
+                                    // CA issues (its serial): nothing could log in with it.
+                                    metrics::counter!("mqtt_tls_handshake_failures_total", "reason" => "certificate")
+                                        .increment(1);
+                                    tracing::debug!(%peer, "MQTT TLS client certificate unreadable");
+                                }
+                            }
                         }
                         Ok(Err(error)) => {
                             metrics::counter!("mqtt_tls_handshake_failures_total", "reason" => "error")

@@ -6,6 +6,9 @@
 //!   for).
 //! - [`issuer`] holds [`issuer::CaIssuer`]: the CA with the configured certificate lifetime, as
 //!   the REST API's `CertificateIssuer` (`POST /api/v1/devices/{id}/certificates`).
+//! - [`rotation`] answers devices that renew their own certificate (from a CSR) or credential over
+//!   MQTT (`devices/{id}/identity/…`).
 
 pub mod ca;
 pub mod issuer;
+pub mod rotation;

@@ -44,6 +44,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{CaSource, Config, IdentityConfig, StoreConfig, redact_url};
 use crate::identity::ca::{CaOptions, CertificateAuthority};
 use crate::identity::issuer::CaIssuer;
+use crate::identity::rotation::{self, RotationFeeds};
 use crate::{gateway, websocket};
 
 /// Binds the HTTP listener, naming the address and the setting to change when it fails.
@@ -285,13 +286,11 @@ pub async fn run(
         broker_stop.clone(),
     ));
 
+    let issuer = Arc::new(CaIssuer::new(Arc::clone(&ca), config.identity.certificate_lifetime));
     let state = http_api::AppState::new(Arc::clone(&store), config.api.clone())
         .with_metrics(metrics_handle())
         .with_access_events(access_tx)
-        .with_certificate_issuer(Arc::new(CaIssuer::new(
-            Arc::clone(&ca),
-            config.identity.certificate_lifetime,
-        )));
+        .with_certificate_issuer(Arc::clone(&issuer) as Arc<dyn http_api::CertificateIssuer>);
     let local = listener.local_addr().context("listener has no local address")?;
 
     let stop_accepting = CancellationToken::new();
@@ -321,6 +320,21 @@ pub async fn run(
         config.mqtt.agent_report_max_bytes,
         presence_stop.clone(),
     ));
+    // Devices renewing their own certificates and credentials; subscribed before any device can
+    // connect, stopped like the recorders.
+    let rotation_feeds = RotationFeeds::subscribe(&broker_handle)
+        .await
+        .context("failed to subscribe to identity requests")?;
+    presence.spawn(rotation::serve_rotation(
+        rotation_feeds,
+        rotation::Responder {
+            store: Arc::clone(&store),
+            broker: broker_handle.clone(),
+            issuer,
+            max_per_device: config.identity.max_credentials_per_device,
+        },
+        presence_stop.clone(),
+    ));
     // One budget of connections for TCP, TLS and WebSocket together.
     let permits = Arc::new(Semaphore::new(config.mqtt.max_connections));
     let mqtt_local = match mqtt.tcp {
@@ -343,10 +357,15 @@ pub async fn run(
         Some(tls) => {
             let addr =
                 tls.listener.local_addr().context("MQTT TLS listener has no local address")?;
+            // Devices may log in with a certificate of the device CA instead of a credential.
+            let acceptor = tls.acceptor(gateway::client_cert::client_verifier(
+                ca.ca_pem(),
+                gateway::tls_provider(),
+            )?)?;
             tasks.spawn(gateway::accept_loop(
                 tls.listener,
                 gateway::Transport::Tls {
-                    acceptor: tls.acceptor,
+                    acceptor,
                     handshake_timeout: config.mqtt.broker.connect_timeout,
                 },
                 broker_handle.clone(),

@@ -110,6 +110,26 @@ pub(crate) async fn by_serial(
     row.as_ref().map(from_row).transpose()
 }
 
+/// Certificates not revoked ending before `before`, soonest first.
+pub(crate) async fn expiring(
+    pool: &PgPool,
+    before: Timestamp,
+    limit: u32,
+) -> StoreResult<Vec<DeviceCertificate>> {
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM device_certificates WHERE revoked_at IS NULL AND not_after < $1 \
+         ORDER BY not_after, serial LIMIT $2"
+    ))
+    .bind(before.millis())
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    rows.iter().map(from_row).collect()
+}
+
 /// A device's certificates, newest first (ties: highest serial first).
 pub(crate) async fn list(pool: &PgPool, device: &DeviceId) -> StoreResult<Vec<DeviceCertificate>> {
     let rows = sqlx::query(concat!(

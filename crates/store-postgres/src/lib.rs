@@ -324,6 +324,14 @@ impl Store for PostgresStore {
         certificates::list(&self.pool, device).await
     }
 
+    async fn expiring_device_certificates(
+        &self,
+        before: Timestamp,
+        limit: NonZeroU32,
+    ) -> StoreResult<Vec<DeviceCertificate>> {
+        certificates::expiring(&self.pool, before, limit.get()).await
+    }
+
     async fn revoke_device_certificate(
         &self,
         device: &DeviceId,

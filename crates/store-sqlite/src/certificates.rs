@@ -103,6 +103,24 @@ pub(crate) async fn by_serial(
     row.map(from_row).transpose()
 }
 
+/// Certificates not revoked ending before `before`, soonest first.
+pub(crate) async fn expiring(
+    conn: &mut SqliteConnection,
+    before: Timestamp,
+    limit: u32,
+) -> StoreResult<Vec<DeviceCertificate>> {
+    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM device_certificates WHERE revoked_at IS NULL AND not_after < ? \
+         ORDER BY not_after, serial LIMIT ?"
+    )))
+    .bind(before.millis())
+    .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    rows.into_iter().map(from_row).collect()
+}
+
 /// A device's certificates, newest first (ties: highest serial first).
 pub(crate) async fn list(
     conn: &mut SqliteConnection,

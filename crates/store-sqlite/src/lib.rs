@@ -367,6 +367,14 @@ impl Store for SqliteStore {
         certificates::list(&mut *self.read().await?, device).await
     }
 
+    async fn expiring_device_certificates(
+        &self,
+        before: Timestamp,
+        limit: NonZeroU32,
+    ) -> StoreResult<Vec<DeviceCertificate>> {
+        certificates::expiring(&mut *self.read().await?, before, limit.get()).await
+    }
+
     async fn revoke_device_certificate(
         &self,
         device: &DeviceId,

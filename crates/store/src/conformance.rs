@@ -126,6 +126,7 @@ macro_rules! conformance_tests {
             create_device_certificates,
             device_certificate_lookup_and_list,
             revoke_device_certificate,
+            expiring_device_certificates,
             delete_device_removes_certificates,
             presence_records_connects_and_disconnects,
             presence_batch_applies_events_in_order,

@@ -386,6 +386,16 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// A device's certificates, newest first (ties: highest serial first), revoked ones included.
     async fn device_certificates(&self, device: &DeviceId) -> StoreResult<Vec<DeviceCertificate>>;
 
+    /// Certificates not revoked whose validity ends before `before` (expired ones included), of
+    /// every device, soonest end first (ties: lowest serial first), at most `limit`. Index-backed
+    /// (`not_after` of the certificates not revoked), so a fleet's renewal report reads only what
+    /// it returns.
+    async fn expiring_device_certificates(
+        &self,
+        before: Timestamp,
+        limit: NonZeroU32,
+    ) -> StoreResult<Vec<DeviceCertificate>>;
+
     /// Revokes one of a device's certificates (revoking twice keeps the first time and writes no
     /// audit record). Audited as `device.certificate.revoke`.
     ///

@@ -52,6 +52,9 @@ impl CertificateIssuer for TestCa {
         csr.params.subject_alt_names = Vec::new();
         let serial = self.next.fetch_add(1, Ordering::SeqCst);
         csr.params.serial_number = Some(SerialNumber::from(vec![serial]));
+        // 36 days after the tests' clock (2026-11-26T12:00:00Z) it ends.
+        csr.params.not_before = rcgen::date_time_ymd(2026, 11, 1);
+        csr.params.not_after = rcgen::date_time_ymd(2027, 1, 1);
         let cert = csr.signed_by(&self.issuer).map_err(|e| IssueError::Failed(e.to_string()))?;
         let (_, parsed) =
             X509Certificate::from_der(cert.der()).expect("read back what rcgen signed");
@@ -249,6 +252,56 @@ async fn failures() {
     let list = api.get(CERTS).send().await.assert_status(200).json();
     assert_eq!(list, json!({"items": []}));
     assert_events(&mut rx, &[]);
+}
+
+#[tokio::test]
+async fn the_renewal_report_lists_certificates_ending_soon() {
+    let (api, _rx, _) = api_with_ca().await;
+    api.create_device(json!({"id": "boiler-7", "state": "active"})).await;
+    // The test CA's certificates end 36 days after the clock's now.
+    let created = api
+        .post(CERTS)
+        .role(Role::Operator)
+        .json(&json!({"csr": csr("boiler-7")}))
+        .send()
+        .await
+        .assert_status(201)
+        .json();
+    let report = |query: &'static str| {
+        let api = &api;
+        async move {
+            api.get(&format!("/api/v1/certificates/expiring{query}"))
+                .role(Role::Viewer)
+                .send()
+                .await
+                .assert_status(200)
+                .json()
+        }
+    };
+    assert_eq!(report("").await["items"], json!([]));
+    let all = report("?within_days=37&limit=5").await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 1, "{all}");
+    assert_eq!(all["items"][0]["serial"], created["serial"]);
+    assert_eq!(all["items"][0]["device_id"], "boiler-7");
+    for (query, status, code) in [
+        ("?within_days=3651", 422, "validation_failed"),
+        ("?within_days=soon", 400, "invalid_query"),
+        ("?limit=0", 422, "validation_failed"),
+        ("?days=3", 400, "invalid_query"),
+    ] {
+        let body = api
+            .get(&format!("/api/v1/certificates/expiring{query}"))
+            .role(Role::Viewer)
+            .send()
+            .await
+            .assert_status(status)
+            .json();
+        assert_eq!(body["code"], code, "{query}: {body}");
+    }
+    // Revoked certificates need no renewal.
+    let serial = created["serial"].as_str().unwrap();
+    api.delete(&format!("{CERTS}/{serial}")).role(Role::Operator).send().await.assert_status(200);
+    assert_eq!(report("?within_days=3650").await["items"], json!([]));
 }
 
 #[tokio::test]

@@ -70,6 +70,7 @@ const ROUTES: &[(&str, &str, &str, Access)] = &[
         "/api/v1/devices/dev-1/certificates/0a",
         AtLeast(Operator),
     ),
+    ("GET", "/api/v1/certificates/expiring", "/api/v1/certificates/expiring", AtLeast(Viewer)),
     ("POST", "/api/v1/devices:import", "/api/v1/devices:import", AtLeast(Operator)),
     ("GET", "/api/v1/inventory/summary", "/api/v1/inventory/summary", AtLeast(Viewer)),
     ("GET", "/api/v1/inventory/connectivity", "/api/v1/inventory/connectivity", AtLeast(Viewer)),

@@ -146,6 +146,25 @@ async fn certificate(cmd: CertificateCommand) -> anyhow::Result<()> {
             }
             done(&client, &format!("revoked certificate {serial} of device {device}"))
         }
+        CertificateCommand::Expiring { within_days, limit, client } => {
+            let list = Client::new(&client)?
+                .get(&format!(
+                    "/api/v1/certificates/expiring?within_days={within_days}&limit={limit}"
+                ))
+                .await?;
+            if client.output == OutputFormat::Json {
+                return output::write_json(&list);
+            }
+            let mut t = Table::new(&["DEVICE", "SERIAL", "NOT AFTER"]);
+            for i in page_items(&list) {
+                t.row(vec![
+                    str_field(&i, "device_id"),
+                    str_field(&i, "serial"),
+                    str_field(&i, "not_after"),
+                ]);
+            }
+            output::write_raw(&t.render())
+        }
     }
 }
 

@@ -258,6 +258,19 @@ pub enum CertificateCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List the certificates of every device that end within some days (expired ones included,
+    /// revoked ones not), soonest first: what needs renewing.
+    Expiring {
+        /// How many days ahead to look (0 to 3650).
+        #[arg(long, default_value_t = 30)]
+        within_days: u32,
+        /// Most certificates listed (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Server, token and output options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// `herd device credential …`

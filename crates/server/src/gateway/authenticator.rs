@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::MqttConfig;
+use crate::gateway::client_cert::PresentedCertificate;
 use crate::gateway::credential_cache::{CachedCredential, CredentialCache, Lookup};
 use crate::gateway::topic_rules::TopicRules;
 
@@ -156,8 +157,14 @@ impl GatewayAuthenticator {
         };
         let taken =
             self.logins.lock().unwrap_or_else(PoisonError::into_inner).take(&device_id, peer);
-        let Some(hash) = taken else { return LoginCheck::NotADeviceLogin };
-        match self.verify_device_credential(&device_id, &hash).await {
+        let Some(proof) = taken else { return LoginCheck::NotADeviceLogin };
+        let verified = match &proof {
+            LoginProof::Credential(hash) => self.verify_device_credential(&device_id, hash).await,
+            LoginProof::Certificate(certificate) => {
+                self.verify_device_certificate(&device_id, certificate).await
+            }
+        };
+        match verified {
             Ok(()) => LoginCheck::StillValid,
             Err(refusal) if refusal.code == ReasonCode::ServerUnavailable => LoginCheck::StillValid,
             Err(refusal) => LoginCheck::Lost(refusal.why),
@@ -248,9 +255,78 @@ impl GatewayAuthenticator {
         self.logins.lock().unwrap_or_else(PoisonError::into_inner).insert(
             device_id.clone(),
             peer,
-            hash,
+            LoginProof::Credential(hash),
         );
         Ok(Identity::new(device_id.as_str(), Arc::new(DeviceAcl::new(&device_id))))
+    }
+
+    /// Authenticates the CONNECT of a client that presented `certificate` over TLS (chained to the
+    /// device CA: the handshake checked that): a device logging in with that certificate. The
+    /// client identifier names the device; a user name, if any, must name it too; a password is
+    /// ignored. See `client_cert` for what the certificate must be.
+    pub(crate) async fn authenticate_certificate(
+        &self,
+        connect: &Connect,
+        peer: Option<SocketAddr>,
+        certificate: &PresentedCertificate,
+    ) -> Result<Identity, ReasonCode> {
+        let checked = async {
+            let device_id = DeviceId::new(connect.client_id.as_str())
+                .map_err(|_| Refusal::new(ReasonCode::ClientIdentifierNotValid, "client_id"))?;
+            if let Some(username) = &connect.username
+                && username.as_str() != device_id.as_str()
+            {
+                return Err(Refusal::new(ReasonCode::BadUserNameOrPassword, "username_mismatch"));
+            }
+            self.verify_device_certificate(&device_id, certificate).await?;
+            self.logins.lock().unwrap_or_else(PoisonError::into_inner).insert(
+                device_id.clone(),
+                peer,
+                LoginProof::Certificate(certificate.clone()),
+            );
+            Ok(Identity::new(device_id.as_str(), Arc::new(DeviceAcl::new(&device_id))))
+        };
+        checked.await.map_err(refused)
+    }
+
+    /// Checks that `certificate` is a certificate Herd issued to `device_id` (the same DER
+    /// encoding, by its SHA-256), usable now (not revoked, within its validity), and that the
+    /// device is active: two store reads, nothing cached, so a revocation holds at the next
+    /// CONNECT.
+    async fn verify_device_certificate(
+        &self,
+        device_id: &DeviceId,
+        certificate: &PresentedCertificate,
+    ) -> Result<(), Refusal> {
+        // MQTT 5 §3.2.2.2: 0x87 Not authorized for every certificate problem: the client sent no
+        // user name or password that could be wrong (v3.1.1: return code 5).
+        let stored = self
+            .store
+            .device_certificate_by_serial(&certificate.serial)
+            .await
+            .map_err(|e| Refusal::unavailable(&e))?
+            .ok_or(Refusal::new(ReasonCode::NotAuthorized, "unknown_certificate"))?;
+        let same: bool = stored
+            .fingerprint_sha256
+            .as_bytes()
+            .ct_eq(certificate.fingerprint_sha256.as_bytes())
+            .into();
+        if !same {
+            return Err(Refusal::new(ReasonCode::NotAuthorized, "unknown_certificate"));
+        }
+        if stored.device_id != *device_id {
+            return Err(Refusal::new(ReasonCode::NotAuthorized, "wrong_device"));
+        }
+        if !stored.is_usable_at(Timestamp::now()) {
+            return Err(Refusal::new(ReasonCode::NotAuthorized, "certificate_not_usable"));
+        }
+        let device = self
+            .store
+            .device(device_id)
+            .await
+            .map_err(|e| Refusal::unavailable(&e))?
+            .ok_or(Refusal::new(ReasonCode::NotAuthorized, "unknown_certificate"))?;
+        check_device_state(device.state)
     }
 
     /// Checks that the credential whose secret hashes to `hash` belongs to `device_id`, is usable
@@ -286,28 +362,32 @@ impl GatewayAuthenticator {
         if !credential.is_usable_at(now) {
             return Err(Refusal::new(ReasonCode::BadUserNameOrPassword, "credential_not_usable"));
         }
-        match login.device_state {
-            LifecycleState::Active => {
-                let cached = CachedCredential {
-                    device_id: device_id.clone(),
-                    credential_id: credential.id,
-                    expires_at: credential.expires_at,
-                };
-                self.cache.insert(ticket, *hash, cached);
-                Ok(())
-            }
-            // MQTT 5 §3.2.2.2: 0x8A Banned, "this Client has been banned by administrative action":
-            // an operator took the device out of service.
-            LifecycleState::Suspended
-            | LifecycleState::Decommissioned
-            | LifecycleState::Retired => Err(Refusal::new(ReasonCode::Banned, "device_not_active")),
-            // 0x87 Not authorized, "the Client is not authorized to connect": a registered device
-            // has not been activated yet (return code 5, refused, not authorized, on v3.1.1, as is
-            // 0x8A). A deleted device has no credentials left: its CONNECT is refused above as an
-            // unknown credential.
-            LifecycleState::Registered => {
-                Err(Refusal::new(ReasonCode::NotAuthorized, "device_not_active"))
-            }
+        check_device_state(login.device_state)?;
+        let cached = CachedCredential {
+            device_id: device_id.clone(),
+            credential_id: credential.id,
+            expires_at: credential.expires_at,
+        };
+        self.cache.insert(ticket, *hash, cached);
+        Ok(())
+    }
+}
+
+/// Whether a device in `state` may connect.
+fn check_device_state(state: LifecycleState) -> Result<(), Refusal> {
+    match state {
+        LifecycleState::Active => Ok(()),
+        // MQTT 5 §3.2.2.2: 0x8A Banned, "this Client has been banned by administrative action":
+        // an operator took the device out of service.
+        LifecycleState::Suspended | LifecycleState::Decommissioned | LifecycleState::Retired => {
+            Err(Refusal::new(ReasonCode::Banned, "device_not_active"))
+        }
+        // 0x87 Not authorized, "the Client is not authorized to connect": a registered device
+        // has not been activated yet (return code 5, refused, not authorized, on v3.1.1, as is
+        // 0x8A). A deleted device has no credentials left: its CONNECT is refused as an unknown
+        // credential or certificate.
+        LifecycleState::Registered => {
+            Err(Refusal::new(ReasonCode::NotAuthorized, "device_not_active"))
         }
     }
 }
@@ -318,19 +398,15 @@ impl Authenticator for GatewayAuthenticator {
         connect: &Connect,
         peer: Option<SocketAddr>,
     ) -> Result<Identity, ReasonCode> {
-        match self.check(connect, peer).await {
-            Ok(identity) => Ok(identity),
-            Err(refusal) => {
-                metrics::counter!("mqtt_auth_failures_total", "reason" => refusal.why).increment(1);
-                tracing::info!(
-                    reason = refusal.why,
-                    code = ?refusal.code,
-                    "MQTT authentication refused"
-                );
-                Err(refusal.code)
-            }
-        }
+        self.check(connect, peer).await.map_err(refused)
     }
+}
+
+/// Counts and logs a refused CONNECT; its reason code.
+fn refused(refusal: Refusal) -> ReasonCode {
+    metrics::counter!("mqtt_auth_failures_total", "reason" => refusal.why).increment(1);
+    tracing::info!(reason = refusal.why, code = ?refusal.code, "MQTT authentication refused");
+    refusal.code
 }
 
 /// Whether `password` has the shape of every device credential secret: `hdc_` and 64 lowercase
@@ -360,11 +436,18 @@ impl Refusal {
     }
 }
 
-/// Device logins the broker has not yet reported registered: (device, peer) → the hash of the
-/// credential it presented.
+/// What a device logged in with: the hash of a credential's secret, or a certificate.
+#[derive(Debug, Clone)]
+enum LoginProof {
+    Credential(TokenHash),
+    Certificate(PresentedCertificate),
+}
+
+/// Device logins the broker has not yet reported registered: (device, peer) → what it logged in
+/// with.
 #[derive(Debug, Default)]
 struct UnconfirmedLogins {
-    logins: HashMap<(DeviceId, Option<SocketAddr>), (TokenHash, Instant)>,
+    logins: HashMap<(DeviceId, Option<SocketAddr>), (LoginProof, Instant)>,
     /// Size at which the next sweep of logins older than [`UNCONFIRMED_LOGIN_HORIZON`] runs;
     /// doubling it after each sweep keeps the sweeps amortized constant time per login.
     sweep_at: usize,
@@ -374,18 +457,18 @@ impl UnconfirmedLogins {
     /// Least size at which a sweep runs.
     const MIN_SWEEP: usize = 1024;
 
-    fn insert(&mut self, device: DeviceId, peer: Option<SocketAddr>, hash: TokenHash) {
+    fn insert(&mut self, device: DeviceId, peer: Option<SocketAddr>, proof: LoginProof) {
         let now = Instant::now();
         if self.logins.len() >= self.sweep_at.max(Self::MIN_SWEEP) {
             self.logins.retain(|_, (_, at)| now.duration_since(*at) < UNCONFIRMED_LOGIN_HORIZON);
             self.sweep_at = 2 * self.logins.len();
         }
-        self.logins.insert((device, peer), (hash, now));
+        self.logins.insert((device, peer), (proof, now));
     }
 
-    fn take(&mut self, device: &DeviceId, peer: Option<SocketAddr>) -> Option<TokenHash> {
+    fn take(&mut self, device: &DeviceId, peer: Option<SocketAddr>) -> Option<LoginProof> {
         // The key is owned; build it once per confirmation.
-        self.logins.remove(&(device.clone(), peer)).map(|(hash, _)| hash)
+        self.logins.remove(&(device.clone(), peer)).map(|(proof, _)| proof)
     }
 }
 

@@ -14,6 +14,9 @@
 //!   `devices`: a broad `#` or `+/…` rule opens everything else but not device topics, so an
 //!   integration sees `devices/+/telemetry` only when a rule names it. For the same reason a
 //!   subscription that could match a device topic (`#`, `+/status`) must be covered by such a rule.
+//! - **identity requests** (`devices/{id}/identity/…`, a device asking for a new certificate or
+//!   credential) are published by the device itself only: no rule lets another client publish
+//!   there, so nobody obtains a credential for a device by speaking for it.
 //! - **`$` topics**: a filter whose first level is a wildcard never matches a topic that starts
 //!   with `$` ([MQTT-4.7.2-1]), so `#` neither covers nor overlaps `$SYS/…`.
 
@@ -25,6 +28,9 @@ const DEVICES: &str = "devices";
 
 /// The filter that matches every device topic.
 const DEVICE_SUBTREE: &str = "devices/#";
+
+/// The topics of devices' identity requests, which only the device itself may publish to.
+const IDENTITY_REQUESTS: &str = "devices/+/identity/#";
 
 /// Whether every topic that `requested` matches is also matched by `allowed`.
 ///
@@ -152,7 +158,9 @@ impl TopicRules {
 impl Acl for TopicRules {
     fn may_publish(&self, topic: &TopicName) -> bool {
         let topic = topic.as_str();
-        if self.deny.iter().any(|d| filter_covers(d, topic)) {
+        if filter_covers(IDENTITY_REQUESTS, topic)
+            || self.deny.iter().any(|d| filter_covers(d, topic))
+        {
             return false;
         }
         let devices = names_device_subtree(topic);
@@ -317,6 +325,17 @@ mod tests {
         check_publish(&r, "other", false);
         check_subscribe(&r, "alerts/#", false);
         assert!(rules(&[], &[], &["#"]).allows_nothing());
+    }
+
+    #[test]
+    fn only_devices_publish_identity_requests() {
+        let r = rules(&["devices/#", "#"], &["devices/#"], &[]);
+        check_publish(&r, "devices/d1/telemetry", true);
+        check_publish(&r, "devices/d1/identity/csr", false);
+        check_publish(&r, "devices/d1/identity/credential", false);
+        check_publish(&r, "devices/d1/identity", false);
+        // Herd's answers may be read: they hold no secret.
+        check_subscribe(&r, "devices/+/identity/response", true);
     }
 
     #[test]

@@ -170,6 +170,43 @@ pub async fn revoke_device_certificate(store: Arc<dyn Store>) {
     check_chain(&*store).await;
 }
 
+/// The renewal report lists the certificates not revoked that end before a time, of every
+/// device, soonest end first, expired ones included, up to the limit.
+pub async fn expiring_device_certificates(store: Arc<dyn Store>) {
+    devices(&*store).await;
+    let day = 86_400_000;
+    let mut ends = Vec::new();
+    // Certificate n ends n days after BASE (n = 1..=4; 3 is revoked), d1 and d2 alternating.
+    for n in 1..=4u8 {
+        let mut new = new_certificate(n, if n % 2 == 0 { "d2" } else { "d1" });
+        new.not_after = Timestamp::from_millis(BASE + i64::from(n) * day);
+        ends.push(store.create_device_certificate(&new, &at(1_000)).await.unwrap());
+    }
+    // Same end as certificate 2, lower serial: it comes first.
+    let mut tie = new_certificate(0, "d1");
+    tie.not_after = ends[1].not_after;
+    let tie = store.create_device_certificate(&tie, &at(1_000)).await.unwrap();
+    store.revoke_device_certificate(&id("d1"), &ends[2].serial, &at(2_000)).await.unwrap();
+
+    let limit = |n| std::num::NonZeroU32::new(n).unwrap();
+    let expiring = |before: i64, n: u32| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .expiring_device_certificates(Timestamp::from_millis(before), limit(n))
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(expiring(BASE + day, 10).await, vec![]);
+    assert_eq!(expiring(BASE + day + 1, 10).await, vec![ends[0].clone()]);
+    assert_eq!(
+        expiring(BASE + 10 * day, 10).await,
+        vec![ends[0].clone(), tie.clone(), ends[1].clone(), ends[3].clone()]
+    );
+    assert_eq!(expiring(BASE + 10 * day, 2).await, vec![ends[0].clone(), tie]);
+}
+
 /// Deleting a device deletes its certificates (only the device's own record is written); a new
 /// device with the same id starts without any, and the serials are free again.
 pub async fn delete_device_removes_certificates(store: Arc<dyn Store>) {

@@ -1,0 +1,422 @@
+//! Mutual TLS: devices logging in with a certificate Herd's CA issued, on the same TLS port as
+//! token devices; certificates checked against the store at CONNECT (revoked ones refused,
+//! one device's certificate never passing for another's) and revocation closing live sessions.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+
+/// A device key and the certificate the server issued for it through the REST API, as PEM files.
+struct DeviceCert {
+    serial: String,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    cert_pem: String,
+    key_pem: String,
+    _dir: tempfile::TempDir,
+}
+
+/// Generates a key and a CSR naming `subject` and asks the server to issue a certificate to
+/// device `id` from it.
+async fn issue_certificate(server: &TestServer, id: &str, subject: &str) -> DeviceCert {
+    let key = rcgen::KeyPair::generate().expect("device key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CSR params");
+    params.distinguished_name.push(rcgen::DnType::CommonName, subject);
+    let csr = params.serialize_request(&key).expect("CSR").pem().expect("CSR PEM");
+    let (status, body) =
+        server.post(&format!("/api/v1/devices/{id}/certificates"), &json!({ "csr": csr })).await;
+    assert_eq!(status, 201, "{body}");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let cert_pem = body["certificate"].as_str().expect("certificate PEM").to_owned();
+    let key_pem = key.serialize_pem();
+    let cert_file = dir.path().join("device.pem");
+    let key_file = dir.path().join("device.key");
+    std::fs::write(&cert_file, &cert_pem).expect("write the certificate");
+    std::fs::write(&key_file, &key_pem).expect("write the key");
+    DeviceCert {
+        serial: body["serial"].as_str().expect("serial").to_owned(),
+        cert_file,
+        key_file,
+        cert_pem,
+        key_pem,
+        _dir: dir,
+    }
+}
+
+/// A TLS connection to `addr` trusting the test CA and presenting `cert`.
+async fn mtls_connect(
+    certs: &TestCerts,
+    addr: SocketAddr,
+    cert: &DeviceCert,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, std::io::Error> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certs.ca()).expect("CA certificate");
+    let chain = vec![CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).expect("cert PEM")];
+    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).expect("key PEM");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client certificate");
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.expect("connect to the TLS listener");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
+    tokio::time::timeout(WAIT, connector.connect(name, tcp)).await.expect("TLS handshake in time")
+}
+
+/// Connects over mutual TLS with `cert` as client `id` (the id is also sent as user name, with a
+/// password the server ignores); the CONNACK's reason.
+async fn mtls_probe(
+    certs: &TestCerts,
+    addr: SocketAddr,
+    cert: &DeviceCert,
+    version: ProtocolVersion,
+    id: &str,
+) -> (Probe, ReasonCode) {
+    let tls = mtls_connect(certs, addr, cert).await.expect("TLS handshake");
+    let local_addr = tls.get_ref().0.local_addr().expect("local address");
+    Probe::connect_over(Transport::Stream(Box::new(tls)), local_addr, version, id, "ignored").await
+}
+
+async fn mtls_server() -> (TestCerts, TestServer, SocketAddr) {
+    let certs = TestCerts::new();
+    let tls = certs.config();
+    let server = TestServer::start_with(|c| c.mqtt.tls = Some(tls)).await;
+    let mqtts = server.mqtts_addr.expect("TLS listener");
+    (certs, server, mqtts)
+}
+
+/// The CONNACK code of a refused certificate as each version shows it (v3.1.1 return code 5 is
+/// decoded as 0x87).
+const CERTIFICATE_REFUSED: ReasonCode = ReasonCode::NotAuthorized;
+
+#[tokio::test]
+async fn devices_log_in_with_the_certificate_herd_issued_them() {
+    let (certs, server, mqtts) = mtls_server().await;
+    server.active_device("dev-a").await;
+    let token_b = server.active_device("dev-b").await;
+    // The CSR asks for dev-b's name: the certificate names dev-a all the same.
+    let cert_a = issue_certificate(&server, "dev-a", "dev-b").await;
+
+    for version in [V5, V311] {
+        let (mut probe, code) = mtls_probe(&certs, mqtts, &cert_a, version, "dev-a").await;
+        assert_eq!(code, ReasonCode::Success);
+        assert_eq!(probe.subscribe(&["devices/dev-a/#"]).await, vec![ReasonCode::Success]);
+        probe.publish("devices/dev-a/telemetry", "mtls").await;
+        assert_eq!(probe.next_message().await, ("devices/dev-a/telemetry".into(), "mtls".into()));
+        // Its own subtree only.
+        assert_eq!(probe.subscribe(&["devices/dev-b/#"]).await, vec![refused(version)]);
+    }
+    // dev-a's certificate does not pass for dev-b, whatever the password.
+    let (_, code) = mtls_probe(&certs, mqtts, &cert_a, V5, "dev-b").await;
+    assert_eq!(code, CERTIFICATE_REFUSED);
+    // Token devices still log in on the same port, without a certificate.
+    let mut probe =
+        tls_probe(&certs, mqtts, &[&rustls::version::TLS13], V5, "dev-b", &token_b).await;
+    assert_eq!(probe.subscribe(&["devices/dev-b/#"]).await, vec![ReasonCode::Success]);
+
+    // A suspended device's certificate is refused (banned) until it is active again.
+    set_state(&server, "dev-a", "suspended").await;
+    let (_, code) = mtls_probe(&certs, mqtts, &cert_a, V5, "dev-a").await;
+    assert_eq!(code, ReasonCode::Banned);
+    set_state(&server, "dev-a", "active").await;
+    let (_, code) = mtls_probe(&certs, mqtts, &cert_a, V5, "dev-a").await;
+    assert_eq!(code, ReasonCode::Success);
+
+    // Revoked: refused, though its chain to the CA is as valid as before.
+    let (status, body) =
+        server.delete(&format!("/api/v1/devices/dev-a/certificates/{}", cert_a.serial)).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, code) = mtls_probe(&certs, mqtts, &cert_a, V5, "dev-a").await;
+    assert_eq!(code, CERTIFICATE_REFUSED);
+}
+
+#[tokio::test]
+async fn a_certificate_of_another_ca_fails_the_handshake() {
+    let (certs, server, mqtts) = mtls_server().await;
+    server.active_device("dev-a").await;
+    // Self-signed, with the device's name: not from the device CA.
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.distinguished_name.push(rcgen::DnType::CommonName, "dev-a");
+    let forged = params.self_signed(&key).expect("certificate");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let cert = DeviceCert {
+        serial: String::new(),
+        cert_file: dir.path().join("c.pem"),
+        key_file: dir.path().join("k.pem"),
+        cert_pem: forged.pem(),
+        key_pem: key.serialize_pem(),
+        _dir: dir,
+    };
+    // With TLS 1.3 the client's handshake may finish before the server has judged its
+    // certificate; then the CONNECT gets no CONNACK, only the connection's end.
+    let refused = match mtls_connect(&certs, mqtts, &cert).await {
+        Err(_) => true,
+        Ok(mut tls) => {
+            let mut connect = Connect::new(V5, ClientId::new("dev-a").expect("client id"), 0);
+            connect.username = Some(MqttString::new("dev-a").expect("user name"));
+            let mut out = BytesMut::new();
+            mqtt_codec::encode(&Packet::Connect(Box::new(connect)), V5, &mut out).expect("encode");
+            let _ = tls.write_all(&out).await;
+            let _ = tls.flush().await;
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut answer))
+                .await
+                .expect("the server ends the connection");
+            answer.first() != Some(&0x20)
+        }
+    };
+    assert!(refused, "a certificate outside the device CA must end the connection");
+}
+
+#[tokio::test]
+async fn revoking_a_credential_or_certificate_cuts_the_live_session_within_a_second() {
+    let (certs, server, mqtts) = mtls_server().await;
+    let token = server.active_device("dev-a").await;
+    let cert = issue_certificate(&server, "dev-a", "dev-a").await;
+
+    let (mut probe, code) = mtls_probe(&certs, mqtts, &cert, V5, "dev-a").await;
+    assert_eq!(code, ReasonCode::Success);
+    let revoked = tokio::time::timeout(Duration::from_secs(1), async {
+        let (status, body) =
+            server.delete(&format!("/api/v1/devices/dev-a/certificates/{}", cert.serial)).await;
+        assert_eq!(status, 200, "{body}");
+        probe.closed().await
+    })
+    .await
+    .expect("the certificate's session ends within a second of its revocation");
+    assert_eq!(revoked, Some(ReasonCode::AdministrativeAction));
+
+    let mut probe = Probe::connected(server.mqtt_addr, V5, "dev-a", &token).await;
+    let (_, body) = server.get("/api/v1/devices/dev-a/credentials").await;
+    let credential = body["items"][0]["id"].as_str().expect("credential id").to_owned();
+    let revoked = tokio::time::timeout(Duration::from_secs(1), async {
+        let (status, body) =
+            server.delete(&format!("/api/v1/devices/dev-a/credentials/{credential}")).await;
+        assert_eq!(status, 200, "{body}");
+        probe.closed().await
+    })
+    .await
+    .expect("the credential's session ends within a second of its revocation");
+    assert_eq!(revoked, Some(ReasonCode::AdministrativeAction));
+    let (_, code) = Probe::connect(server.mqtt_addr, V5, "dev-a", &token).await;
+    assert_eq!(code, ReasonCode::BadUserNameOrPassword);
+}
+
+/// Arguments of a Mosquitto client logging in over mutual TLS with `cert` as client `id`.
+fn mtls_client_args(
+    certs: &TestCerts,
+    mqtts: SocketAddr,
+    cert: &DeviceCert,
+    id: &str,
+) -> Vec<String> {
+    [
+        "-h",
+        "localhost",
+        "-p",
+        &mqtts.port().to_string(),
+        "--cafile",
+        &certs.path("ca.pem").display().to_string(),
+        "--cert",
+        &cert.cert_file.display().to_string(),
+        "--key",
+        &cert.key_file.display().to_string(),
+        "-V",
+        "mqttv311",
+        "-i",
+        id,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+#[tokio::test]
+async fn mosquitto_clients_log_in_with_a_herd_issued_certificate() {
+    if !mosquitto_clients() {
+        return;
+    }
+    let (certs, server, mqtts) = mtls_server().await;
+    server.active_device("dev-a").await;
+    server.active_device("dev-b").await;
+    let cert_a = issue_certificate(&server, "dev-a", "dev-a").await;
+
+    // mosquitto_rr subscribes to its own topic and publishes there: the message comes back.
+    let mut args = mtls_client_args(&certs, mqtts, &cert_a, "dev-a");
+    args.extend(
+        [
+            "-t",
+            "devices/dev-a/telemetry",
+            "-e",
+            "devices/dev-a/telemetry",
+            "-m",
+            "22.5",
+            "-W",
+            "10",
+        ]
+        .map(str::to_owned),
+    );
+    let out = run("mosquitto_rr", &args).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "22.5");
+    // QoS 1: mosquitto_pub succeeds only once the PUBACK came back.
+    let mut args = mtls_client_args(&certs, mqtts, &cert_a, "dev-a");
+    args.extend(["-q", "1", "-t", "devices/dev-a/telemetry", "-m", "1"].map(str::to_owned));
+    let out = run("mosquitto_pub", &args).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // dev-a's certificate cannot act as dev-b.
+    let mut args = mtls_client_args(&certs, mqtts, &cert_a, "dev-b");
+    args.extend(["-q", "1", "-t", "devices/dev-b/telemetry", "-m", "1"].map(str::to_owned));
+    let out = run("mosquitto_pub", &args).await;
+    assert!(!out.status.success(), "dev-a's certificate must not log in as dev-b");
+
+    // Revoked: refused.
+    let (status, body) =
+        server.delete(&format!("/api/v1/devices/dev-a/certificates/{}", cert_a.serial)).await;
+    assert_eq!(status, 200, "{body}");
+    let mut args = mtls_client_args(&certs, mqtts, &cert_a, "dev-a");
+    args.extend(["-q", "1", "-t", "devices/dev-a/telemetry", "-m", "1"].map(str::to_owned));
+    let out = run("mosquitto_pub", &args).await;
+    assert!(!out.status.success(), "a revoked certificate must be refused");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not authorised") || stderr.contains("not authorized"), "{stderr}");
+}
+
+/// A CSR for a fresh key naming `subject`; (CSR PEM, key PEM).
+fn csr(subject: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("device key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CSR params");
+    params.distinguished_name.push(rcgen::DnType::CommonName, subject);
+    let csr = params.serialize_request(&key).expect("CSR").pem().expect("CSR PEM");
+    (csr, key.serialize_pem())
+}
+
+/// The common name of a PEM certificate's subject.
+fn subject_cn(pem: &str) -> String {
+    let (_, der) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("PEM");
+    let cert = der.parse_x509().expect("certificate");
+    let cn = cert.subject().iter_common_name().next().expect("a common name");
+    cn.as_str().expect("text").to_owned()
+}
+
+/// Publishes an identity request and returns Herd's answer.
+async fn identity_request(
+    probe: &mut Probe,
+    kind: &str,
+    request: &serde_json::Value,
+) -> serde_json::Value {
+    // Herd's responder is subscribed: the request is routed and acknowledged.
+    let code = probe.publish(&format!("devices/dev-a/identity/{kind}"), &request.to_string()).await;
+    assert_eq!(code, ReasonCode::Success);
+    let (topic, payload) = probe.next_message().await;
+    assert_eq!(topic, "devices/dev-a/identity/response");
+    serde_json::from_str(&payload).expect("a JSON answer")
+}
+
+#[tokio::test]
+async fn devices_renew_their_certificate_and_credential_over_mqtt() {
+    let (certs, server, mqtts) = mtls_server().await;
+    server.active_device("dev-a").await;
+    let old = issue_certificate(&server, "dev-a", "dev-a").await;
+    let (mut probe, code) = mtls_probe(&certs, mqtts, &old, V5, "dev-a").await;
+    assert_eq!(code, ReasonCode::Success);
+    assert_eq!(
+        probe.subscribe(&["devices/dev-a/identity/response"]).await,
+        vec![ReasonCode::Success]
+    );
+
+    // Bad requests are answered, with the request id when there is one.
+    let answer = identity_request(&mut probe, "csr", &json!({"request_id": "r3"})).await;
+    assert_eq!(
+        (answer["request_id"].clone(), answer["code"].clone()),
+        (json!("r3"), json!("invalid_request"))
+    );
+    let answer =
+        identity_request(&mut probe, "csr", &json!({"request_id": "r4", "csr": "junk"})).await;
+    assert_eq!(answer["code"], "invalid_csr", "{answer}");
+
+    // A new certificate from a CSR that names another device: it names dev-a.
+    let (csr_pem, key_pem) = csr("dev-b");
+    let answer =
+        identity_request(&mut probe, "csr", &json!({"request_id": "r1", "csr": csr_pem})).await;
+    assert_eq!(answer["request_id"], "r1", "{answer}");
+    assert_eq!(answer["status"], "issued", "{answer}");
+    let cert_pem = answer["certificate"].as_str().expect("certificate").to_owned();
+    assert_eq!(subject_cn(&cert_pem), "dev-a");
+    assert!(answer["ca_certificate"].as_str().is_some_and(|ca| ca.contains("BEGIN CERTIFICATE")));
+    // Two usable certificates: a third is refused until an operator revokes one.
+    let (csr_pem, _) = csr("dev-a");
+    let answer =
+        identity_request(&mut probe, "csr", &json!({"request_id": "r2", "csr": csr_pem})).await;
+    assert_eq!(answer["code"], "too_many_credentials", "{answer}");
+
+    // A credential whose secret the device made: only its hash travels.
+    let secret = format!("hdc_{}", "5e".repeat(32));
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(secret.as_bytes()));
+    let answer = identity_request(
+        &mut probe,
+        "credential",
+        &json!({"request_id": "c1", "secret_sha256": hash}),
+    )
+    .await;
+    assert_eq!(answer["status"], "created", "{answer}");
+    assert!(answer["credential_id"].as_str().is_some_and(|id| id.starts_with("cred_")));
+    let mut by_token = Probe::connected(server.mqtt_addr, V311, "dev-a", &secret).await;
+    // The first credential (from active_device) and this one: a third is refused.
+    let answer = identity_request(
+        &mut mtls_probe_subscribed(&certs, mqtts, &old).await,
+        "credential",
+        &json!({"request_id": "c2", "secret_sha256": "ab".repeat(32)}),
+    )
+    .await;
+    assert_eq!(answer["code"], "too_many_credentials", "{answer}");
+    assert_eq!(by_token.closed().await, None, "taken over by the newer connection");
+
+    // The new certificate logs in; once the operator retires the old one, only the new one does.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let new = DeviceCert {
+        serial: String::new(),
+        cert_file: dir.path().join("c.pem"),
+        key_file: dir.path().join("k.pem"),
+        cert_pem,
+        key_pem,
+        _dir: dir,
+    };
+    let (_, code) = mtls_probe(&certs, mqtts, &new, V5, "dev-a").await;
+    assert_eq!(code, ReasonCode::Success);
+    let (status, body) =
+        server.delete(&format!("/api/v1/devices/dev-a/certificates/{}", old.serial)).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, code) = mtls_probe(&certs, mqtts, &old, V5, "dev-a").await;
+    assert_eq!(code, CERTIFICATE_REFUSED);
+    let (_, code) = mtls_probe(&certs, mqtts, &new, V5, "dev-a").await;
+    assert_eq!(code, ReasonCode::Success);
+
+    // Issued certificates are audited with the device as the actor.
+    let (_, audit) = server.get("/api/v1/audit?limit=1000").await;
+    let by_device = audit["items"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter(|r| r["actor"] == "device:dev-a")
+        .count();
+    assert_eq!(by_device, 2, "{audit}");
+}
+
+/// An mTLS connection as dev-a subscribed to its identity answers.
+async fn mtls_probe_subscribed(certs: &TestCerts, mqtts: SocketAddr, cert: &DeviceCert) -> Probe {
+    let (mut probe, code) = mtls_probe(certs, mqtts, cert, V5, "dev-a").await;
+    assert_eq!(code, ReasonCode::Success);
+    assert_eq!(
+        probe.subscribe(&["devices/dev-a/identity/response"]).await,
+        vec![ReasonCode::Success]
+    );
+    probe
+}

@@ -21,7 +21,7 @@ use tokio::time::{Instant, Interval};
 
 use crate::backoff::backoff_delay;
 use crate::config::Validated;
-use crate::device::{Command, Stats};
+use crate::device::{Command, Renewed, Stats};
 use crate::error::AgentError;
 use crate::journal::{Journal, Record};
 use crate::link::{Link, LinkError};
@@ -170,6 +170,7 @@ impl Agent {
                     self.stats.send_modify(|s| {
                         s.connected = true;
                         s.reconnects += u64::from(reconnect);
+                        s.sessions_resumed += u64::from(connack.session_present);
                     });
                     tracing::info!(session_present = connack.session_present, "connected");
                     let ended = self.session(&mut link, &connack).await;
@@ -278,6 +279,7 @@ impl Agent {
                         self.flush(link).await?;
                     }
                     Some(Command::Sever(offline_for)) => return Err(LinkError::Severed(offline_for)),
+                    Some(Command::Renew(renewed)) => self.renew(renewed),
                     Some(Command::Shutdown) | None => {
                         link.send(&Packet::Disconnect(Disconnect::new(ReasonCode::Success))).await?;
                         return Ok(());
@@ -316,6 +318,15 @@ impl Agent {
         }
     }
 
+    /// Uses `renewed` from the next connection on.
+    fn renew(&mut self, renewed: Renewed) {
+        match renewed {
+            Renewed::Password(secret) => self.config.password = secret,
+            Renewed::Transport(dialer) => self.config.transport = *dialer,
+        }
+        tracing::info!("login material renewed; used from the next connection");
+    }
+
     /// Waits `delay` between attempts, buffering telemetry meanwhile; breaks on shutdown.
     async fn wait(&mut self, delay: Duration) -> ControlFlow<()> {
         let deadline = tokio::time::sleep(delay);
@@ -327,6 +338,7 @@ impl Agent {
                     Some(Command::Publish(message)) => self.enqueue(message),
                     // Already offline.
                     Some(Command::Sever(_)) => {}
+                    Some(Command::Renew(renewed)) => self.renew(renewed),
                     Some(Command::Shutdown) | None => return ControlFlow::Break(()),
                 },
             }

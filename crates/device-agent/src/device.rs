@@ -1,6 +1,7 @@
 //! The public face of a device: [`Device::spawn`] starts its task, [`DeviceHandle`] talks to it.
 
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::SeedableRng as _;
@@ -11,7 +12,7 @@ use tracing::Instrument as _;
 
 use crate::agent::{Agent, Outgoing};
 use crate::config::{DeviceConfig, Validated};
-use crate::error::{AgentError, ConfigError, Stopped};
+use crate::error::{AgentError, ConfigError, RenewError, Stopped};
 use crate::journal::{Journal, JournalOptions};
 use crate::message::{Channel, Event, Incoming};
 use crate::telemetry::Telemetry;
@@ -28,6 +29,9 @@ pub struct Stats {
     pub connected: bool,
     /// Connections accepted after the first one.
     pub reconnects: u64,
+    /// Connections on which the server still held the device's session (Session Present 1):
+    /// its subscriptions and the messages queued for it were kept.
+    pub sessions_resumed: u64,
     /// Messages (telemetry, events, facts, heartbeats, …) published for the first time (resends
     /// not counted).
     pub sent: u64,
@@ -56,6 +60,17 @@ pub(crate) enum Command {
     Sever(Duration),
     /// Send DISCONNECT and stop.
     Shutdown,
+    /// Log in with these from the next connection on.
+    Renew(Renewed),
+}
+
+/// New login material for the next connections.
+#[derive(Debug)]
+pub(crate) enum Renewed {
+    /// A new credential secret.
+    Password(bytes::Bytes),
+    /// A new client certificate, already loaded into the transport.
+    Transport(Box<crate::transport::Dialer>),
 }
 
 /// A device's connection to Herd, run by one task.
@@ -106,13 +121,14 @@ impl Device {
             ),
         };
         let config_id = config.client_id.as_str().to_owned();
+        let dialer = Arc::new(config.transport.clone());
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
         let (stats_tx, stats_rx) = watch::channel(Stats::default());
         let agent =
             Agent::new(config, commands_rx, inbox, stats_tx, StdRng::from_os_rng(), journal);
         let span = tracing::info_span!("device", device_id = config_id);
         let task = tokio::spawn(agent.run().instrument(span));
-        Ok((DeviceHandle { commands: commands_tx, stats: stats_rx }, task))
+        Ok((DeviceHandle { commands: commands_tx, stats: stats_rx, dialer }, task))
     }
 }
 
@@ -137,6 +153,8 @@ impl Inbox {
 pub struct DeviceHandle {
     commands: mpsc::Sender<Command>,
     stats: watch::Receiver<Stats>,
+    /// The transport as configured: the base of a renewed client certificate.
+    dialer: Arc<crate::transport::Dialer>,
 }
 
 impl DeviceHandle {
@@ -214,6 +232,36 @@ impl DeviceHandle {
     ) -> Result<Stats, Stopped> {
         let mut stats = self.stats.clone();
         stats.wait_for(condition).await.map(|s| *s).map_err(|_| Stopped)
+    }
+
+    /// Logs in with the credential `secret` (`hdc_…`) from the next connection on; the current
+    /// connection, if any, goes on. For a device that renewed its credential
+    /// (`devices/{id}/identity/credential`, see [`crate::identity`]).
+    ///
+    /// # Errors
+    /// [`Stopped`] when the task has ended.
+    pub async fn set_password(&self, secret: &str) -> Result<(), Stopped> {
+        let secret = bytes::Bytes::copy_from_slice(secret.as_bytes());
+        self.commands.send(Command::Renew(Renewed::Password(secret))).await.map_err(|_| Stopped)
+    }
+
+    /// Presents the client certificate `chain_pem` with its private key `key_pem` from the next
+    /// TLS connection on; the current connection, if any, goes on. For a device that renewed its
+    /// certificate (`devices/{id}/identity/csr`, see [`crate::identity`]).
+    ///
+    /// # Errors
+    /// [`ConfigError::ClientCertificate`] (in [`RenewError::Config`]) when the PEM is unusable or
+    /// the device does not connect over TLS; [`RenewError::Stopped`] when the task has ended.
+    pub async fn set_client_certificate(
+        &self,
+        chain_pem: &str,
+        key_pem: &str,
+    ) -> Result<(), RenewError> {
+        let dialer = self.dialer.with_client_certificate(chain_pem, key_pem)?;
+        self.commands
+            .send(Command::Renew(Renewed::Transport(Box::new(dialer))))
+            .await
+            .map_err(|_| RenewError::Stopped(Stopped))
     }
 
     /// Asks the task to send DISCONNECT and stop. Messages still buffered or unacknowledged are

@@ -36,6 +36,11 @@ pub enum ConfigError {
     /// path is not valid (the path must start with `/`).
     #[error("invalid WebSocket URL {0:?}")]
     WebSocketUrl(String),
+    /// A client certificate given to
+    /// [`DeviceHandle::set_client_certificate`](crate::DeviceHandle::set_client_certificate) is
+    /// unusable, or the device does not connect over TLS.
+    #[error("cannot use the client certificate: {0}")]
+    ClientCertificate(String),
     /// The offline journal cannot be opened (its directory cannot be created or read, or another
     /// process holds it).
     #[error("cannot open the offline journal: {0}")]
@@ -56,3 +61,14 @@ pub enum AgentError {
 #[derive(Debug, thiserror::Error)]
 #[error("the device task has stopped")]
 pub struct Stopped;
+
+/// Why new login material could not be handed to the device task.
+#[derive(Debug, thiserror::Error)]
+pub enum RenewError {
+    /// The material is unusable (see [`ConfigError::ClientCertificate`]).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The task has ended.
+    #[error(transparent)]
+    Stopped(#[from] Stopped),
+}

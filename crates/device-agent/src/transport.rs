@@ -161,6 +161,38 @@ impl Dialer {
         }
     }
 
+    /// This transport presenting another client certificate (PEM chain, PEM private key) from
+    /// its next connection on.
+    ///
+    /// # Errors
+    /// [`ConfigError::ClientCertificate`] when the transport has no TLS or the PEM is unusable.
+    pub(crate) fn with_client_certificate(
+        &self,
+        chain_pem: &str,
+        key_pem: &str,
+    ) -> Result<Self, ConfigError> {
+        let bad =
+            |reason: &dyn std::fmt::Display| ConfigError::ClientCertificate(reason.to_string());
+        let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(&e))?;
+        if chain.is_empty() {
+            return Err(bad(&"no PEM certificate"));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| bad(&e))?;
+        let renewed = |tls: &TlsClient| tls.with_identity(chain.clone(), key.clone_key());
+        match self {
+            Self::Tcp | Self::WebSocket { tls: None, .. } => {
+                Err(bad(&"the transport does not use TLS"))
+            }
+            Self::Tls(tls) => Ok(Self::Tls(renewed(tls).map_err(|e| bad(&e))?)),
+            Self::WebSocket { url, tls: Some(tls) } => Ok(Self::WebSocket {
+                url: url.clone(),
+                tls: Some(renewed(tls).map_err(|e| bad(&e))?),
+            }),
+        }
+    }
+
     /// Runs the TLS and WebSocket handshakes of this transport over `tcp`, if any.
     pub(crate) async fn establish(&self, tcp: TcpStream) -> Result<Connection, LinkError> {
         Ok(match self {
@@ -182,6 +214,9 @@ impl Dialer {
 pub(crate) struct TlsClient {
     config: Arc<rustls::ClientConfig>,
     server_name: ServerName<'static>,
+    /// The authorities the server's certificate must chain to, kept to build a new configuration
+    /// when the device's own certificate changes.
+    roots: Arc<rustls::RootCertStore>,
 }
 
 impl TlsClient {
@@ -215,21 +250,33 @@ impl TlsClient {
                 }
             }
         }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("the aws-lc-rs provider supports TLS 1.2 and 1.3")
-            .with_root_certificates(roots);
+        let roots = Arc::new(roots);
         let config = match &options.client_cert {
-            None => builder.with_no_client_auth(),
+            None => client_config(&roots).with_no_client_auth(),
             Some((cert_file, key_file)) => {
                 let chain = read_certs(cert_file)?;
                 let key =
                     PrivateKeyDer::from_pem_file(key_file).map_err(|e| tls_file(key_file, &e))?;
-                builder.with_client_auth_cert(chain, key).map_err(|e| tls_file(key_file, &e))?
+                client_config(&roots)
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| tls_file(key_file, &e))?
             }
         };
-        Ok(Self { config: Arc::new(config), server_name })
+        Ok(Self { config: Arc::new(config), server_name, roots })
+    }
+
+    /// The same settings with another client certificate chain and key.
+    fn with_identity(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, rustls::Error> {
+        let config = client_config(&self.roots).with_client_auth_cert(chain, key)?;
+        Ok(Self {
+            config: Arc::new(config),
+            server_name: self.server_name.clone(),
+            roots: Arc::clone(&self.roots),
+        })
     }
 
     async fn handshake(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, LinkError> {
@@ -238,6 +285,17 @@ impl TlsClient {
             .await
             .map_err(LinkError::Tls)
     }
+}
+
+/// A client configuration trusting `roots`, before its client authentication is chosen.
+fn client_config(
+    roots: &Arc<rustls::RootCertStore>,
+) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("the aws-lc-rs provider supports TLS 1.2 and 1.3")
+        .with_root_certificates(Arc::clone(roots))
 }
 
 /// The certificates of a PEM file: at least one.

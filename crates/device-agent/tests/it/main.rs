@@ -5,6 +5,7 @@
 
 mod channels;
 mod journal;
+mod renewal;
 mod transports;
 mod watcher;
 

@@ -122,3 +122,16 @@ pub struct DeviceAccessChange {
     /// What changed.
     pub reason: AccessChangeReason,
 }
+
+/// A message the REST side asks the MQTT gateway to send to a device: QoS 1 to
+/// `devices/{device_id}/{subtopic}`, so a device with a persistent session gets it when it is back
+/// if it is offline now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceNotice {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The topic below `devices/{id}/`, such as `identity/rotate`.
+    pub subtopic: &'static str,
+    /// The payload (JSON).
+    pub payload: String,
+}

@@ -29,7 +29,8 @@ pub use agent::{AgentPayload, AgentPayloadError, AgentReport, AgentReportUpdate}
 pub use audit::{AuditRecord, NewAuditRecord};
 pub use certificate::{CertificateSerial, DeviceCertificate, NewDeviceCertificate};
 pub use credential::{
-    AccessChangeReason, CredentialId, DeviceAccessChange, DeviceCredential, NewDeviceCredential,
+    AccessChangeReason, CredentialId, DeviceAccessChange, DeviceCredential, DeviceNotice,
+    NewDeviceCredential,
 };
 pub use device::{
     Attributes, Device, DeviceId, DevicePatch, DisplayName, IllegalTransition, ImportRow,

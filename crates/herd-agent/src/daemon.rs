@@ -5,15 +5,20 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use device_agent::identity::{self, Rotate};
 use device_agent::{
-    AgentError, Channel, Device, DeviceConfig, DeviceHandle, OfflineJournal, Protocol, Stats,
-    TlsOptions, Transport,
+    AgentError, Channel, Device, DeviceConfig, DeviceHandle, Inbox, OfflineJournal, Protocol,
+    Stats, TlsOptions, Transport,
 };
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::renewal::Renewer;
 use crate::settings::{Scheme, Settings};
+
+/// Messages from Herd waiting for the agent: answers to renewals and requests to renew.
+const INBOX_CAPACITY: std::num::NonZeroUsize = std::num::NonZeroUsize::new(16).expect("not zero");
 use crate::system::{self, CpuSampler};
 
 /// How the agent runs.
@@ -65,6 +70,9 @@ pub fn device_config(settings: &Settings) -> anyhow::Result<DeviceConfig> {
         Scheme::Wss => Transport::WebSocket { path: server.path.clone(), tls: Some(tls()) },
     };
     config.protocol = if settings.v311 { Protocol::V311 } else { Protocol::V5 };
+    // Herd's answers to renewals, and its requests to renew.
+    config.subscriptions =
+        vec![identity::RESPONSE_SUBTOPIC.to_owned(), identity::ROTATE_SUBTOPIC.to_owned()];
     config.keep_alive = settings.keep_alive;
     config.offline_journal = Some(OfflineJournal {
         dir: settings.data_dir.join("journal"),
@@ -87,9 +95,10 @@ pub async fn run(
         format!("cannot create the data directory {}", settings.data_dir.display())
     })?;
     let config = device_config(settings)?;
-    let (device, mut task) = Device::spawn(config).context("invalid device configuration")?;
+    let (device, mut inbox, mut task) =
+        Device::spawn_with_inbox(config, INBOX_CAPACITY).context("invalid device configuration")?;
     let mut cpu = CpuSampler::default();
-    let agent = Agent { device: &device, settings, facts_for: None };
+    let agent = Agent { device: &device, settings, facts_for: None, inbox: &mut inbox };
     let outcome = match mode {
         Mode::Once { timeout } => {
             let once = agent.once(&mut cpu);
@@ -125,9 +134,22 @@ fn ended_early(ended: Result<Result<(), AgentError>, tokio::task::JoinError>) ->
     }
 }
 
+/// Waits until `device`'s counters satisfy `condition`.
+async fn wait_for(
+    device: &DeviceHandle,
+    condition: impl FnMut(&Stats) -> bool,
+) -> Result<Stats, RunError> {
+    device
+        .wait_for_stats(condition)
+        .await
+        .map_err(|_| RunError::Other(anyhow::anyhow!("the device task stopped")))
+}
+
 struct Agent<'a> {
     device: &'a DeviceHandle,
     settings: &'a Settings,
+    /// Herd's answers to renewals and its requests to renew.
+    inbox: &'a mut Inbox,
     /// The connection (its reconnect count) the facts were last sent for.
     facts_for: Option<u64>,
 }
@@ -153,14 +175,31 @@ impl Agent<'_> {
     ) -> Result<(), RunError> {
         let mut heartbeat = tokio::time::interval(self.settings.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renewal_check = tokio::time::interval(self.settings.renewal_check_interval);
+        renewal_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let _ = cpu.sample();
         loop {
             let facts_for = self.facts_for;
             tokio::select! {
                 () = &mut shutdown => break,
                 _ = heartbeat.tick() => self.send_heartbeat(cpu).await?,
-                stats = self.wait_stats(move |s| s.connected && Some(s.reconnects) != facts_for) => {
+                stats = wait_for(self.device, move |s| s.connected && Some(s.reconnects) != facts_for) => {
                     self.send_facts(stats?.reconnects).await?;
+                }
+                _ = renewal_check.tick(), if self.settings.client_cert.is_some() => {
+                    let renewer = Renewer { device: self.device, settings: self.settings };
+                    if renewer.certificate_due() {
+                        tracing::info!("the client certificate ends soon; renewing it");
+                        if let Err(e) = renewer.renew_certificate(self.inbox).await {
+                            tracing::warn!(error = %format!("{e:#}"), "certificate renewal failed");
+                        }
+                    }
+                }
+                incoming = self.inbox.recv() => {
+                    let Some(incoming) = incoming else { continue };
+                    if incoming.topic.ends_with(identity::ROTATE_SUBTOPIC) {
+                        self.rotate(&incoming.payload).await;
+                    }
                 }
             }
         }
@@ -180,11 +219,25 @@ impl Agent<'_> {
         Ok(())
     }
 
+    /// Renews what Herd asks for on `identity/rotate`.
+    async fn rotate(&mut self, request: &[u8]) {
+        let renewer = Renewer { device: self.device, settings: self.settings };
+        let renewed = match Rotate::parse(request) {
+            Some(Rotate::Certificate) => renewer.renew_certificate(self.inbox).await,
+            Some(Rotate::Credential) => renewer.renew_credential(self.inbox).await,
+            None => {
+                tracing::warn!("ignoring a rotation request it cannot read");
+                return;
+            }
+        };
+        match renewed {
+            Ok(()) => tracing::info!("renewed on Herd's request"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "renewal on Herd's request failed"),
+        }
+    }
+
     async fn wait_stats(&self, condition: impl FnMut(&Stats) -> bool) -> Result<Stats, RunError> {
-        self.device
-            .wait_for_stats(condition)
-            .await
-            .map_err(|_| RunError::Other(anyhow::anyhow!("the device task stopped")))
+        wait_for(self.device, condition).await
     }
 
     async fn send_facts(&mut self, reconnects: u64) -> Result<(), RunError> {

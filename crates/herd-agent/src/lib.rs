@@ -4,8 +4,10 @@
 //! `device-agent` SDK with an on-disk offline journal, reports the device's facts after every
 //! connection and a heartbeat with health metrics every interval ([`system`]), and stops
 //! gracefully on SIGTERM or Ctrl-C ([`daemon`]). `herd-agent --once` sends the facts and one
-//! heartbeat and exits. Installing it is described in `docs/agent.md`.
+//! heartbeat and exits. It renews its client certificate before it ends, and its certificate or
+//! credential when Herd asks ([`renewal`]). Installing it is described in `docs/agent.md`.
 
 pub mod daemon;
+pub mod renewal;
 pub mod settings;
 pub mod system;

@@ -6,6 +6,10 @@
 //! credential_file = "/etc/herd/credential"     # the device credential (hdc_…), mode 0600
 //! data_dir = "/var/lib/herd-agent"
 //! ```
+//!
+//! A device with a client certificate (`client_cert_file`, `client_key_file`, `mqtts://` or
+//! `wss://`) needs no credential file; the agent renews that certificate `renew_before_days`
+//! before it ends. The agent rewrites the credential, certificate and key files it renews.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
@@ -26,7 +30,9 @@ pub struct ConfigFile {
     /// The device id.
     pub device_id: String,
     /// A file holding only the device credential secret; must not be readable by group or others.
-    pub credential_file: PathBuf,
+    /// Optional for a device that logs in with a client certificate.
+    #[serde(default)]
+    pub credential_file: Option<PathBuf>,
     /// Where the agent keeps its offline journal.
     pub data_dir: PathBuf,
     /// `5` (default) or `3.1.1`.
@@ -56,6 +62,12 @@ pub struct ConfigFile {
     /// Seconds the agent waits at shutdown for unacknowledged messages (default 5).
     #[serde(default)]
     pub shutdown_grace_secs: Option<u64>,
+    /// Days before its client certificate ends that the agent asks for a new one (default 30).
+    #[serde(default)]
+    pub renew_before_days: Option<u64>,
+    /// Seconds between checks of the client certificate's end (default 3600).
+    #[serde(default)]
+    pub renewal_check_interval_secs: Option<u64>,
 }
 
 /// The transport the server URL names.
@@ -137,8 +149,10 @@ pub struct Settings {
     pub server: ServerUrl,
     /// The device id.
     pub device_id: String,
-    /// The credential secret, read from the credential file.
+    /// The credential secret, read from the credential file (empty without one).
     pub token: String,
+    /// The credential file, rewritten when the credential is renewed.
+    pub credential_file: Option<PathBuf>,
     /// The data directory.
     pub data_dir: PathBuf,
     /// MQTT 3.1.1 instead of 5.
@@ -157,6 +171,10 @@ pub struct Settings {
     pub offline_buffer_sync: bool,
     /// Wait for acknowledgements at shutdown.
     pub shutdown_grace: Duration,
+    /// How long before the client certificate ends it is renewed.
+    pub renew_before: Duration,
+    /// Between checks of the client certificate's end.
+    pub renewal_check_interval: Duration,
 }
 
 impl Settings {
@@ -183,18 +201,34 @@ impl Settings {
             Some("3.1.1" | "4") => true,
             Some(other) => bail!("protocol {other:?}: use \"5\" or \"3.1.1\""),
         };
-        let token = read_credential(&file.credential_file)?;
         let client_cert = match (file.client_cert_file, file.client_key_file) {
             (Some(cert), Some(key)) => Some((cert, key)),
             (None, None) => None,
             _ => bail!("client_cert_file and client_key_file go together"),
         };
+        let token = match (&file.credential_file, &client_cert) {
+            (Some(path), _) => read_credential(path)?,
+            (None, Some(_)) => String::new(),
+            (None, None) => {
+                bail!(
+                    "credential_file is required unless client_cert_file and client_key_file are set"
+                )
+            }
+        };
+        let renew_before_days = file.renew_before_days.unwrap_or(30);
+        ensure!(
+            (1..=3650).contains(&renew_before_days),
+            "renew_before_days must be between 1 and 3650"
+        );
+        let check = file.renewal_check_interval_secs.unwrap_or(3600);
+        ensure!(check > 0, "renewal_check_interval_secs must be at least 1");
         let heartbeat = file.heartbeat_interval_secs.unwrap_or(60);
         ensure!(heartbeat > 0, "heartbeat_interval_secs must be at least 1");
         Ok(Self {
             server,
             device_id: file.device_id,
             token,
+            credential_file: file.credential_file,
             data_dir: file.data_dir,
             v311,
             ca_file: file.ca_file,
@@ -204,6 +238,8 @@ impl Settings {
             offline_buffer_max_bytes: file.offline_buffer_max_bytes.unwrap_or(16 * 1024 * 1024),
             offline_buffer_sync: file.offline_buffer_sync.unwrap_or(true),
             shutdown_grace: Duration::from_secs(file.shutdown_grace_secs.unwrap_or(5)),
+            renew_before: Duration::from_secs(renew_before_days * 86_400),
+            renewal_check_interval: Duration::from_secs(check),
         })
     }
 }

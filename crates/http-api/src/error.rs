@@ -99,6 +99,9 @@ pub(crate) enum ApiError {
     /// The server has no CA to issue certificates with.
     #[error("this server has no certificate authority to issue certificates with")]
     CaUnavailable,
+    /// The server cannot send messages to devices (no MQTT gateway).
+    #[error("this server cannot send messages to devices now")]
+    GatewayUnavailable,
     /// A device with this id exists already.
     #[error("device {0} already exists")]
     DeviceExists(String),
@@ -152,7 +155,9 @@ impl ApiError {
             | Self::GroupExists(_)
             | Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
-            Self::StoreUnavailable | Self::CaUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::StoreUnavailable | Self::CaUnavailable | Self::GatewayUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -185,6 +190,7 @@ impl ApiError {
             Self::CertificateNotFound(_) => "certificate_not_found",
             Self::InvalidCsr(_) => "invalid_csr",
             Self::CaUnavailable => "ca_unavailable",
+            Self::GatewayUnavailable => "gateway_unavailable",
             Self::DeviceExists(_) => "device_exists",
             Self::GroupExists(_) => "group_exists",
             Self::Conflict(_) => "conflict",

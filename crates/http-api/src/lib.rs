@@ -30,6 +30,7 @@ mod instrument;
 mod inventory;
 mod openapi_doc;
 mod paging;
+mod rotation;
 mod state;
 mod tokens;
 
@@ -106,6 +107,8 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(certificates::create_certificate, certificates::list_certificates))
         .routes(routes!(certificates::revoke_certificate))
         .routes(routes!(certificates::expiring_certificates))
+        .routes(routes!(rotation::rotate_device))
+        .routes(routes!(rotation::rotate_group))
         .routes(routes!(import::import_devices))
         .routes(routes!(inventory::summary))
         .routes(routes!(inventory::connectivity))

@@ -25,10 +25,13 @@ use std::fmt;
 use std::sync::Arc;
 
 use domain::{
-    AccessChangeReason, Actor, ApiToken, DeviceAccessChange, DeviceId, Mutation, Timestamp,
+    AccessChangeReason, Actor, ApiToken, DeviceAccessChange, DeviceId, DeviceNotice, Mutation,
+    Timestamp,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use store::Store;
+
+use crate::error::ApiError;
 use tokio::sync::mpsc;
 
 use crate::CertificateIssuer;
@@ -94,6 +97,9 @@ pub struct AppState {
     access_events: Option<mpsc::Sender<DeviceAccessChange>>,
     /// What signs device certificates; `None`: issuing answers 503 `ca_unavailable`.
     certificate_issuer: Option<Arc<dyn CertificateIssuer>>,
+    /// Where messages to devices go (the MQTT gateway); `None`: requests that send one answer
+    /// 503 `gateway_unavailable`.
+    device_notices: Option<mpsc::Sender<DeviceNotice>>,
 }
 
 impl fmt::Debug for AppState {
@@ -104,6 +110,7 @@ impl fmt::Debug for AppState {
             .field("metrics", &self.metrics.is_some())
             .field("access_events", &self.access_events.is_some())
             .field("certificate_issuer", &self.certificate_issuer.is_some())
+            .field("device_notices", &self.device_notices.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -118,6 +125,7 @@ impl AppState {
             metrics: None,
             access_events: None,
             certificate_issuer: None,
+            device_notices: None,
         }
     }
 
@@ -150,6 +158,20 @@ impl AppState {
     pub fn with_certificate_issuer(mut self, issuer: Arc<dyn CertificateIssuer>) -> Self {
         self.certificate_issuer = Some(issuer);
         self
+    }
+
+    /// Sends messages to devices (such as a request to renew a credential) through `notices`,
+    /// which the MQTT gateway publishes. A full channel holds the request until there is room.
+    #[must_use]
+    pub fn with_device_notices(mut self, notices: mpsc::Sender<DeviceNotice>) -> Self {
+        self.device_notices = Some(notices);
+        self
+    }
+
+    /// Hands `notice` to the MQTT gateway.
+    pub(crate) async fn notify(&self, notice: DeviceNotice) -> Result<(), ApiError> {
+        let tx = self.device_notices.as_ref().ok_or(ApiError::GatewayUnavailable)?;
+        tx.send(notice).await.map_err(|_| ApiError::GatewayUnavailable)
     }
 
     /// Reports that `device_id` lost (some of) its access, after the change was committed.

@@ -382,6 +382,39 @@ pub async fn accept_loop(
     tracing::debug!("MQTT listener closed");
 }
 
+/// Capacity of the channel of messages from the REST API to devices ([`forward_device_notices`]).
+/// When it is full the REST requests that send one wait for room.
+pub const DEVICE_NOTICES_CAPACITY: usize = 256;
+
+/// Publishes the messages the REST API sends to devices (QoS 1 to `devices/{id}/{subtopic}`)
+/// until `stop` is cancelled or the REST side is gone.
+pub async fn forward_device_notices(
+    mut notices: mpsc::Receiver<domain::DeviceNotice>,
+    broker: BrokerHandle,
+    stop: CancellationToken,
+) {
+    loop {
+        let notice = tokio::select! {
+            () = stop.cancelled() => break,
+            notice = notices.recv() => match notice {
+                Some(notice) => notice,
+                None => break,
+            },
+        };
+        let topic = format!("devices/{}/{}", notice.device_id.as_str(), notice.subtopic);
+        let Ok(topic) = mqtt_codec::TopicName::new(topic) else {
+            tracing::warn!(device_id = %notice.device_id, "a device notice with an invalid topic");
+            continue;
+        };
+        let mut message = mqtt_broker::Message::new(topic, notice.payload);
+        message.qos = mqtt_codec::QoS::AtLeastOnce;
+        if let Err(error) = broker.publish(message).await {
+            tracing::debug!(error = %error, "broker stopped; device notices no longer sent");
+            break;
+        }
+    }
+}
+
 /// Closes the live MQTT connection of each device whose access the REST API took away, with
 /// DISCONNECT 0x98 (Administrative action; v3.1.1 clients see the socket close), until `stop` is
 /// cancelled or the REST side is gone.

@@ -276,6 +276,12 @@ pub async fn run(
     tasks.spawn(broker.run());
     tasks.spawn(session_writer.run());
     let (access_tx, access_rx) = mpsc::channel(gateway::ACCESS_EVENTS_CAPACITY);
+    let (notices_tx, notices_rx) = mpsc::channel(gateway::DEVICE_NOTICES_CAPACITY);
+    tasks.spawn(gateway::forward_device_notices(
+        notices_rx,
+        broker_handle.clone(),
+        broker_stop.clone(),
+    ));
     // The authenticator owns the access-change receiver: its credential cache drops a device's
     // entries in the same step as the enforcer takes the event (see `gateway::credential_cache`).
     let authenticator =
@@ -290,6 +296,7 @@ pub async fn run(
     let state = http_api::AppState::new(Arc::clone(&store), config.api.clone())
         .with_metrics(metrics_handle())
         .with_access_events(access_tx)
+        .with_device_notices(notices_tx)
         .with_certificate_issuer(Arc::clone(&issuer) as Arc<dyn http_api::CertificateIssuer>);
     let local = listener.local_addr().context("listener has no local address")?;
 

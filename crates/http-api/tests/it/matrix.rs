@@ -71,6 +71,18 @@ const ROUTES: &[(&str, &str, &str, Access)] = &[
         AtLeast(Operator),
     ),
     ("GET", "/api/v1/certificates/expiring", "/api/v1/certificates/expiring", AtLeast(Viewer)),
+    (
+        "POST",
+        "/api/v1/devices/{id}/rotate-credentials",
+        "/api/v1/devices/dev-1/rotate-credentials",
+        AtLeast(Operator),
+    ),
+    (
+        "POST",
+        "/api/v1/groups/{name}/rotate-credentials",
+        "/api/v1/groups/g1/rotate-credentials",
+        AtLeast(Operator),
+    ),
     ("POST", "/api/v1/devices:import", "/api/v1/devices:import", AtLeast(Operator)),
     ("GET", "/api/v1/inventory/summary", "/api/v1/inventory/summary", AtLeast(Viewer)),
     ("GET", "/api/v1/inventory/connectivity", "/api/v1/inventory/connectivity", AtLeast(Viewer)),

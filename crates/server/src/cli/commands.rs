@@ -216,6 +216,18 @@ async fn credential(cmd: CredentialCommand) -> anyhow::Result<()> {
             }
             done(&client, &format!("revoked credential {id} of device {device}"))
         }
+        CredentialCommand::Rotate { device, kind, client } => {
+            let sent = Client::new(&client)?
+                .post(
+                    &format!("/api/v1/devices/{}/rotate-credentials", encode(&device)),
+                    &json!({ "credential": kind.as_str() }),
+                )
+                .await?;
+            if client.output == OutputFormat::Json {
+                return output::write_json(&sent);
+            }
+            done(&client, &format!("asked device {device} to renew its {}", kind.as_str()))
+        }
     }
 }
 
@@ -380,6 +392,25 @@ pub(crate) async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
                 all,
             )
             .await
+        }
+        GroupCommand::RotateCredentials { name, kind, client } => {
+            let sent = Client::new(&client)?
+                .post(
+                    &format!("/api/v1/groups/{}/rotate-credentials", encode(&name)),
+                    &json!({ "credential": kind.as_str() }),
+                )
+                .await?;
+            if client.output == OutputFormat::Json {
+                return output::write_json(&sent);
+            }
+            done(
+                &client,
+                &format!(
+                    "asked {} active device(s) of group {name} to renew their {}",
+                    sent["devices"],
+                    kind.as_str()
+                ),
+            )
         }
     }
 }

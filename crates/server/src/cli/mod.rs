@@ -305,6 +305,38 @@ pub enum CredentialCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Ask a device to renew its certificate or credential now (it must be connected, or have a
+    /// persistent session to get the request when it is back); the old one keeps working until
+    /// revoked.
+    Rotate {
+        /// Device id.
+        device: String,
+        /// What to renew.
+        #[arg(long, value_enum)]
+        kind: RotateKind,
+        /// Server, token and output options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// What `rotate` asks devices to renew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RotateKind {
+    /// The client certificate.
+    Certificate,
+    /// The credential.
+    Credential,
+}
+
+impl RotateKind {
+    /// The name in the REST API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Certificate => "certificate",
+            Self::Credential => "credential",
+        }
+    }
 }
 
 /// Import file formats.
@@ -398,6 +430,17 @@ pub enum GroupCommand {
         /// Fetch every page.
         #[arg(long)]
         all: bool,
+        /// Server, token and output options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Ask every active device of a group to renew its certificate or credential now.
+    RotateCredentials {
+        /// Group name.
+        name: String,
+        /// What to renew.
+        #[arg(long, value_enum)]
+        kind: RotateKind,
         /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,

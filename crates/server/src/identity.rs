@@ -6,6 +6,9 @@
 //!   for).
 //! - [`issuer`] holds [`issuer::CaIssuer`]: the CA with the configured certificate lifetime, as
 //!   the REST API's `CertificateIssuer` (`POST /api/v1/devices/{id}/certificates`).
+//! - [`secrets`] holds the master key (`<data dir>/identity/master.key`, created on first start)
+//!   that seals enrollment secrets, lent to the REST API as its `SecretBox`.
 
 pub mod ca;
 pub mod issuer;
+pub mod secrets;

@@ -1,6 +1,8 @@
 //! Enrollment groups (CRUD, roles, derived keys, claim codes) and zero-touch provisioning through
 //! `POST /provision/v1/register`: symmetric keys, claim codes, refusals, rate limiting, CSRs.
 
+#![expect(clippy::unwrap_used, reason = "test code: an unexpected error fails the test")]
+
 use std::sync::Arc;
 
 use base64::Engine as _;

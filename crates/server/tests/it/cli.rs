@@ -373,10 +373,16 @@ async fn enrollment_groups_through_the_cli() {
 
     let expires_at = domain::Timestamp::now().millis() / 1000 + 300;
     let signature = BASE64.encode(http_api::secrets::proof_signature(&key, "SN1", expires_at));
+    // The CSR names another device: the certificate names the device the group makes of SN1.
+    let device_key = rcgen::KeyPair::generate().unwrap();
+    let mut csr_params = rcgen::CertificateParams::new(vec!["other-device".to_owned()]).unwrap();
+    csr_params.distinguished_name.push(rcgen::DnType::CommonName, "other-device");
+    let csr = csr_params.serialize_request(&device_key).unwrap().pem().unwrap();
     let body = serde_json::json!({
         "registration_id": "SN1",
         "enrollment_group": "factory-a",
         "proof": {"type": "symmetric_key", "expires_at": expires_at, "signature": signature},
+        "csr": csr,
     });
     let r = reqwest::Client::new()
         .post(server.url("/provision/v1/register"))
@@ -388,6 +394,14 @@ async fn enrollment_groups_through_the_cli() {
     let registered: Value = r.json().await.unwrap();
     assert_eq!(registered["device_id"], "fa-SN1");
     let secret = registered["credential"]["secret"].as_str().unwrap().to_owned();
+    let pem = registered["certificate_pem"].as_str().unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let cn = cert.subject().iter_common_name().next().unwrap().as_str().unwrap().to_owned();
+    assert_eq!(cn, "fa-SN1");
+    let sans = &cert.subject_alternative_name().unwrap().unwrap().value.general_names;
+    assert_eq!(sans, &[x509_parser::extensions::GeneralName::URI("urn:herd:device:fa-SN1")]);
+    assert!(registered["ca_pem"].as_str().unwrap().contains("BEGIN CERTIFICATE"));
     let (_, device) = server.get("/api/v1/devices/fa-SN1").await;
     assert_eq!(
         (&device["state"], &device["tags"]["site"]),

@@ -3,15 +3,21 @@
 
 #![expect(clippy::unwrap_used, reason = "test code: an unexpected error fails the test")]
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, StatusCode};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use domain::{DeviceId, Role};
+use domain::{AccessChangeReason, DeviceAccessChange, DeviceId, Role, TokenHash};
 use http_api::secrets::{SecretBox, proof_signature};
 use http_api::{ApiConfig, AppState};
 use serde_json::{Value, json};
 use store::Store;
+use tokio::sync::mpsc;
+use tower::ServiceExt as _;
 
 use crate::api::{START_MILLIS, TestApi};
 use crate::certificates::{TestCa, csr, subject_cn};
@@ -269,7 +275,7 @@ async fn register_with_a_symmetric_key_then_retry() {
     );
     let members = api.get("/api/v1/groups/line-1/devices").send().await.json();
     assert_eq!(crate::api::ids(&members), vec!["fa-SN1"]);
-    let login = api.store.device_login(&domain::TokenHash::of_secret(&secret)).await.unwrap();
+    let login = api.store.device_login(&TokenHash::of_secret(&secret)).await.unwrap();
     assert_eq!(login.unwrap().credential.device_id.as_str(), "fa-SN1");
 
     let again = register(&api, &signed("factory-a", "SN1", &key)).await.assert_status(200).json();
@@ -340,17 +346,72 @@ async fn wrong_proofs_are_refused_audited_and_rate_limited() {
     register(&api, &signed("sk", "dev-1", &key)).await.assert_status(201);
 }
 
+/// Sends a registration as if it came from `ip` (the server serves with connection info).
+async fn register_from(api: &TestApi, ip: [u8; 4], body: &Value) -> StatusCode {
+    let request = Request::post(REGISTER)
+        .header("content-type", "application/json")
+        .extension(ConnectInfo(SocketAddr::from((ip, 40_000))))
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    api.router.clone().oneshot(request).await.unwrap().status()
+}
+
 #[tokio::test]
 async fn failures_are_counted_per_client_address() {
     let config = ApiConfig { provisioning_max_failures_per_minute: 2, ..ApiConfig::default() };
     let api = TestApi::build(config, with_secrets).await;
     create_group(&api, json!({"name": "sk", "attestation": "symmetric_key"})).await;
-    // The router is called without connection info here, so only the registration id counts.
-    for _ in 0..2 {
-        register(&api, &signed("sk", "a", &[1; 32])).await.assert_problem(401, "invalid_proof");
+    // Two failures from one address, each for another registration id...
+    for id in ["a", "b"] {
+        let status = register_from(&api, [192, 0, 2, 7], &signed("sk", id, &[1; 32])).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
-    register(&api, &signed("sk", "a", &[1; 32])).await.assert_problem(429, "too_many_attempts");
-    register(&api, &signed("sk", "b", &[1; 32])).await.assert_problem(401, "invalid_proof");
+    // ... hold that address back for any registration id, but not another address.
+    let c = signed("sk", "c", &derived_key(&api, "sk", "c").await);
+    assert_eq!(register_from(&api, [192, 0, 2, 7], &c).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(register_from(&api, [192, 0, 2, 8], &c).await, StatusCode::CREATED);
+    let record = api.store.audit_records(0, 1000.try_into().unwrap()).await.unwrap();
+    let sources: Vec<_> = record
+        .iter()
+        .filter(|r| r.action == "enrollment.register.refused")
+        .map(|r| {
+            serde_json::from_str::<Value>(r.after.as_deref().unwrap()).unwrap()["source"].clone()
+        })
+        .collect();
+    assert_eq!(sources, vec![json!("https 192.0.2.7"), json!("https 192.0.2.7")]);
+}
+
+#[tokio::test]
+async fn rotation_revokes_the_oldest_credential_and_closes_its_sessions() {
+    let (tx, mut rx) = mpsc::channel(16);
+    let api =
+        TestApi::build(ApiConfig::default(), |s| with_secrets(s).with_access_events(tx)).await;
+    create_group(&api, json!({"name": "sk", "attestation": "symmetric_key"})).await;
+    let key = derived_key(&api, "sk", "d1").await;
+    let mut secrets = Vec::new();
+    for _ in 0..3 {
+        let r = register(&api, &signed("sk", "d1", &key)).await.json();
+        secrets.push(r["credential"]["secret"].as_str().unwrap().to_owned());
+    }
+    let change = rx.try_recv().expect("the revocation of the first credential is announced");
+    assert_eq!(
+        change,
+        DeviceAccessChange {
+            device_id: DeviceId::new("d1").unwrap(),
+            reason: AccessChangeReason::CredentialRevoked
+        }
+    );
+    assert!(rx.try_recv().is_err(), "one revocation, one event");
+    let now = api.now();
+    let usable: Vec<bool> = {
+        let mut out = Vec::new();
+        for s in &secrets {
+            let login = api.store.device_login(&TokenHash::of_secret(s)).await.unwrap().unwrap();
+            out.push(login.credential.is_usable_at(now));
+        }
+        out
+    };
+    assert_eq!(usable, vec![false, true, true]);
 }
 
 #[tokio::test]

@@ -204,6 +204,16 @@ async fn crud_and_roles() {
         api.post(GROUPS).json(&body).send().await.assert_problem(status, code);
     }
     // An uploaded CA must be a CA certificate.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["leaf.example".to_owned()]).unwrap();
+    let leaf = leaf.self_signed(&key).unwrap().pem();
+    let problem = api
+        .post(GROUPS)
+        .json(&json!({"name": "x", "attestation": "x509", "ca_certificate": leaf}))
+        .send()
+        .await
+        .assert_problem(422, "validation_failed");
+    assert!(problem["detail"].as_str().unwrap().contains("not a CA certificate"), "{problem}");
     let ca = TestCa::new().pem;
     let x =
         create_group(&api, json!({"name": "x509-a", "attestation": "x509", "ca_certificate": ca}))

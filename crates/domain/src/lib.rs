@@ -12,6 +12,9 @@
 //! - [`Presence`] is what the MQTT gateway last saw of a device's connection (not audited).
 //! - [`AgentReport`] is what a device's agent last reported about itself (facts, heartbeat health),
 //!   each an [`AgentPayload`] (not audited either).
+//! - [`EnrollmentGroup`] says how unknown devices provision themselves (zero-touch): how they prove
+//!   they belong ([`Attestation`]), which id they get and what they start with; [`ClaimCode`]s are
+//!   a group's one-time passwords, stored as hashes.
 //! - [`Mutation`] says who changes something and when; every write to the store carries one.
 
 pub mod agent;
@@ -19,6 +22,7 @@ pub mod audit;
 pub mod certificate;
 pub mod credential;
 pub mod device;
+pub mod enrollment;
 pub mod filter;
 pub mod group;
 pub mod presence;
@@ -35,6 +39,10 @@ pub use credential::{
 pub use device::{
     Attributes, Device, DeviceId, DevicePatch, DisplayName, IllegalTransition, ImportRow,
     LifecycleState, NewDevice, TagKey, Tags,
+};
+pub use enrollment::{
+    Attestation, ClaimCode, ClaimCodeId, DeviceIdTemplate, EnrollmentGroup, EnrollmentGroupName,
+    EnrollmentGroupPatch, NewEnrollmentGroup, RegistrationId, RegistrationRefusal,
 };
 pub use filter::{Field, Filter, FilterError};
 pub use group::{Group, GroupKind, GroupName, GroupPatch, NewGroup};

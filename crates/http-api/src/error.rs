@@ -111,6 +111,39 @@ pub(crate) enum ApiError {
     /// The request conflicts with the resource's nature (members of a dynamic group, …).
     #[error("{0}")]
     Conflict(String),
+    /// No enrollment group with this name.
+    #[error("enrollment group {0} not found")]
+    EnrollmentGroupNotFound(String),
+    /// An enrollment group with this name exists already.
+    #[error("enrollment group {0} already exists")]
+    EnrollmentGroupExists(String),
+    /// The server has no master key to seal or open enrollment secrets with.
+    #[error("this server has no master key for enrollment secrets")]
+    SecretsUnavailable,
+    /// A registration's proof is wrong, does not fit the group, or names no group.
+    #[error("the registration proof is not valid")]
+    InvalidProof,
+    /// The enrollment group is disabled.
+    #[error("enrollment through this group is disabled")]
+    EnrollmentDisabled,
+    /// The enrollment group has expired.
+    #[error("enrollment through this group has expired")]
+    EnrollmentExpired,
+    /// The claim code has enrolled as many devices as it may.
+    #[error("the claim code has been used up")]
+    ClaimCodeExhausted,
+    /// The claim code has expired.
+    #[error("the claim code has expired")]
+    ClaimCodeExpired,
+    /// The device exists and was not enrolled this way.
+    #[error("{0}")]
+    DeviceConflict(String),
+    /// Too many failed registration attempts from this client or for this registration id.
+    #[error("too many failed attempts; retry after {retry_after_secs} s")]
+    TooManyAttempts {
+        /// Seconds until attempts are counted afresh (the `Retry-After` header).
+        retry_after_secs: u64,
+    },
     /// The store does not answer (`/readyz`).
     #[error("the store is not available")]
     StoreUnavailable,
@@ -128,9 +161,15 @@ impl ApiError {
     /// The HTTP status of this error.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Self::RouteNotFound
+            Self::Unauthorized(_) | Self::InvalidProof => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. }
+            | Self::EnrollmentDisabled
+            | Self::EnrollmentExpired
+            | Self::ClaimCodeExhausted
+            | Self::ClaimCodeExpired => StatusCode::FORBIDDEN,
+            Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::EnrollmentGroupNotFound(_)
+            | Self::RouteNotFound
             | Self::MetricsDisabled
             | Self::DeviceNotFound(_)
             | Self::GroupNotFound(_)
@@ -153,11 +192,14 @@ impl ApiError {
             Self::IllegalTransition(_)
             | Self::DeviceExists(_)
             | Self::GroupExists(_)
+            | Self::EnrollmentGroupExists(_)
+            | Self::DeviceConflict(_)
             | Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
-            Self::StoreUnavailable | Self::CaUnavailable | Self::GatewayUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::StoreUnavailable
+            | Self::CaUnavailable
+            | Self::GatewayUnavailable
+            | Self::SecretsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -194,6 +236,16 @@ impl ApiError {
             Self::DeviceExists(_) => "device_exists",
             Self::GroupExists(_) => "group_exists",
             Self::Conflict(_) => "conflict",
+            Self::EnrollmentGroupNotFound(_) => "enrollment_group_not_found",
+            Self::EnrollmentGroupExists(_) => "enrollment_group_exists",
+            Self::SecretsUnavailable => "secrets_unavailable",
+            Self::InvalidProof => "invalid_proof",
+            Self::EnrollmentDisabled => "enrollment_disabled",
+            Self::EnrollmentExpired => "enrollment_expired",
+            Self::ClaimCodeExhausted => "claim_code_exhausted",
+            Self::ClaimCodeExpired => "claim_code_expired",
+            Self::DeviceConflict(_) => "device_conflict",
+            Self::TooManyAttempts { .. } => "too_many_attempts",
             Self::StoreUnavailable => "store_unavailable",
             Self::Internal(_) => "internal",
         }
@@ -218,8 +270,16 @@ impl IntoResponse for ApiError {
             // answer the client gets can be matched.
             tracing::error!(error = %e, source = ?e.source(), "request failed");
         }
-        let parts =
-            ProblemParts { status: self.status(), code: self.code(), detail: self.detail() };
+        let retry_after = match &self {
+            Self::TooManyAttempts { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        };
+        let parts = ProblemParts {
+            status: self.status(),
+            code: self.code(),
+            detail: self.detail(),
+            retry_after,
+        };
         let mut response = parts.status.into_response();
         response.extensions_mut().insert(parts);
         response
@@ -234,6 +294,12 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { kind: "token", id } => Self::TokenNotFound(id),
             StoreError::NotFound { kind: "credential", id } => Self::CredentialNotFound(id),
             StoreError::NotFound { kind: "certificate", id } => Self::CertificateNotFound(id),
+            StoreError::NotFound { kind: "enrollment_group", id } => {
+                Self::EnrollmentGroupNotFound(id)
+            }
+            StoreError::AlreadyExists { kind: "enrollment_group", id } => {
+                Self::EnrollmentGroupExists(id)
+            }
             StoreError::AlreadyExists { kind: "device", id } => Self::DeviceExists(id),
             StoreError::AlreadyExists { kind: "group", id } => Self::GroupExists(id),
             StoreError::VersionMismatch { expected, current } => Self::PreconditionFailed(format!(
@@ -267,6 +333,8 @@ pub(crate) struct ProblemParts {
     pub(crate) status: StatusCode,
     pub(crate) code: &'static str,
     pub(crate) detail: String,
+    /// Seconds for a `Retry-After` header (429 responses).
+    pub(crate) retry_after: Option<u64>,
 }
 
 impl ProblemParts {
@@ -284,7 +352,7 @@ impl ProblemParts {
             _ => "internal",
         };
         let detail = status.canonical_reason().unwrap_or("error").to_lowercase();
-        Self { status, code, detail }
+        Self { status, code, detail, retry_after: None }
     }
 
     /// Renders the problem+json response for the request `request_id`.
@@ -300,6 +368,9 @@ impl ProblemParts {
         let bytes = serde_json::to_vec(&body).expect("a problem always serializes");
         let mut response = (self.status, bytes).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -175,7 +175,10 @@ fn group_name(raw: String) -> Result<GroupName, ApiError> {
 
 /// The route's path parameters. The inner `Err` holds why a segment does not decode (it is not
 /// percent-encoded UTF-8), for the caller to classify; the outer one is a routing bug.
-async fn path_params<S, T>(parts: &mut Parts, state: &S) -> Result<Result<T, String>, ApiError>
+pub(crate) async fn path_params<S, T>(
+    parts: &mut Parts,
+    state: &S,
+) -> Result<Result<T, String>, ApiError>
 where
     S: Send + Sync,
     T: DeserializeOwned + Send,

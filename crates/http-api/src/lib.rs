@@ -6,7 +6,11 @@
 //!   access-change channel and [`CertificateIssuer`]) every handler receives.
 //! - [`router`] builds the whole surface: health and metrics endpoints, the `/api/v1` resources
 //!   (one module each: `devices`, `credentials`, `certificates`, `inventory`, `import`, `groups`, `tokens`,
-//!   `audit`), the OpenAPI document and Swagger UI.
+//!   `audit`, `enrollment`), the device-facing `POST /provision/v1/register` (`provisioning`, no
+//!   operator token), the OpenAPI document and Swagger UI.
+//! - [`Provisioner`] is zero-touch provisioning without HTTP, for any transport; [`SecretBox`]
+//!   (module [`secrets`]) seals enrollment secrets with the server's master key
+//!   ([`AppState::with_secret_box`]).
 //! - Every failure is one `ApiError` (module `error`) that renders as `application/problem+json`
 //!   with a stable `code`; the request middleware (module `instrument`) gives each request an id,
 //!   a tracing span and metrics, and fills the request id into problem bodies.
@@ -21,6 +25,7 @@ mod audit;
 mod certificates;
 mod credentials;
 mod devices;
+mod enrollment;
 mod error;
 mod extract;
 mod groups;
@@ -30,11 +35,17 @@ mod instrument;
 mod inventory;
 mod openapi_doc;
 mod paging;
+mod provisioning;
 mod rotation;
+pub mod secrets;
 mod state;
 mod tokens;
 
 pub use certificates::{CertificateIssuer, IssueError, IssuedCertificate};
+pub use provisioning::{
+    FailureLimiter, Proof, ProvisionError, Provisioned, Provisioner, RegisterRequest,
+};
+pub use secrets::SecretBox;
 pub use state::{ApiConfig, AppState, Clock};
 
 use axum::Router;
@@ -121,6 +132,15 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(tokens::revoke_token))
         .routes(routes!(tokens::whoami))
         .routes(routes!(audit::list_audit))
+        .routes(routes!(enrollment::create_enrollment_group, enrollment::list_enrollment_groups))
+        .routes(routes!(
+            enrollment::get_enrollment_group,
+            enrollment::update_enrollment_group,
+            enrollment::delete_enrollment_group
+        ))
+        .routes(routes!(enrollment::derive_key))
+        .routes(routes!(enrollment::create_claim_codes, enrollment::list_claim_codes))
+        .routes(routes!(provisioning::register))
         .split_for_parts();
     (router, openapi_doc::finish(doc))
 }
@@ -133,7 +153,7 @@ pub fn problem(
     detail: impl Into<String>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    let parts = error::ProblemParts { status, code, detail: detail.into() };
+    let parts = error::ProblemParts { status, code, detail: detail.into(), retry_after: None };
     let mut response = status.into_response();
     response.extensions_mut().insert(parts);
     response

@@ -35,6 +35,8 @@ pub(crate) const BEARER: &str = "bearer";
         (name = "groups", description = "Static and dynamic device groups"),
         (name = "tokens", description = "Operator API tokens"),
         (name = "audit", description = "The hash-chained audit log"),
+        (name = "enrollment", description = "Enrollment groups: how unknown devices provision themselves"),
+        (name = "provisioning", description = "Zero-touch provisioning: devices register themselves (no operator token)"),
         (name = "health", description = "Probes and metrics (no authentication)"),
     ),
 )]

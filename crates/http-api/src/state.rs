@@ -35,6 +35,8 @@ use crate::error::ApiError;
 use tokio::sync::mpsc;
 
 use crate::CertificateIssuer;
+use crate::provisioning::{FailureLimiter, Provisioner};
+use crate::secrets::SecretBox;
 
 /// The wall clock the API reads: token expiry checks and the time of every write.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -64,6 +66,20 @@ pub struct ApiConfig {
     /// Page size of list endpoints when the request gives no `limit` (default 100). Values
     /// outside 1..=1000 are clamped into that range.
     pub default_page_size: u32,
+    /// Most claim codes one `POST /api/v1/enrollment-groups/{name}/claim-codes` makes (default
+    /// 1000); a larger `count` is 422 `validation_failed`.
+    pub max_claim_codes_per_request: u32,
+    /// How far ahead a registration proof's `expires_at` may lie, in seconds (default 3600).
+    /// A proof valid for longer is refused as 401 `invalid_proof`: a captured proof is useless
+    /// once it expires.
+    pub provisioning_max_proof_lifetime_secs: u64,
+    /// Failed registrations (wrong proof, refused) allowed per registration id and per client IP
+    /// address in a minute (default 10); further attempts in that minute are refused with 429
+    /// `too_many_attempts` and `Retry-After`, without checking their proof.
+    pub provisioning_max_failures_per_minute: u32,
+    /// Most registration ids and client addresses whose failures are counted at once (default
+    /// 10,000). When full, counts whose minute is over are dropped first, then the oldest.
+    pub provisioning_max_tracked_clients: usize,
 }
 
 impl Default for ApiConfig {
@@ -75,6 +91,10 @@ impl Default for ApiConfig {
             max_atomic_import_rows: 1_000_000,
             max_attributes_bytes: 16 * 1024,
             default_page_size: 100,
+            max_claim_codes_per_request: 1000,
+            provisioning_max_proof_lifetime_secs: 3600,
+            provisioning_max_failures_per_minute: 10,
+            provisioning_max_tracked_clients: 10_000,
         }
     }
 }
@@ -100,6 +120,11 @@ pub struct AppState {
     /// Where messages to devices go (the MQTT gateway); `None`: requests that send one answer
     /// 503 `gateway_unavailable`.
     device_notices: Option<mpsc::Sender<DeviceNotice>>,
+    /// What seals enrollment group keys; `None`: symmetric-key enrollment answers 503
+    /// `secrets_unavailable`.
+    secret_box: Option<Arc<SecretBox>>,
+    /// Failed registration attempts, shared by every request.
+    provisioning_failures: Arc<FailureLimiter>,
 }
 
 impl fmt::Debug for AppState {
@@ -111,6 +136,7 @@ impl fmt::Debug for AppState {
             .field("access_events", &self.access_events.is_some())
             .field("certificate_issuer", &self.certificate_issuer.is_some())
             .field("device_notices", &self.device_notices.is_some())
+            .field("secret_box", &self.secret_box.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -118,6 +144,10 @@ impl fmt::Debug for AppState {
 impl AppState {
     /// State over a store with the given limits, the system clock and no metrics endpoint.
     pub fn new(store: Arc<dyn Store>, config: ApiConfig) -> Self {
+        let provisioning_failures = Arc::new(FailureLimiter::new(
+            config.provisioning_max_failures_per_minute,
+            config.provisioning_max_tracked_clients,
+        ));
         Self {
             store,
             config: Arc::new(config),
@@ -126,6 +156,8 @@ impl AppState {
             access_events: None,
             certificate_issuer: None,
             device_notices: None,
+            secret_box: None,
+            provisioning_failures,
         }
     }
 
@@ -172,6 +204,34 @@ impl AppState {
     pub(crate) async fn notify(&self, notice: DeviceNotice) -> Result<(), ApiError> {
         let tx = self.device_notices.as_ref().ok_or(ApiError::GatewayUnavailable)?;
         tx.send(notice).await.map_err(|_| ApiError::GatewayUnavailable)
+    }
+
+    /// Seals and opens enrollment group keys with `secret_box` (the server's master key).
+    /// Without it, creating or using a symmetric-key enrollment group answers 503
+    /// `secrets_unavailable`.
+    #[must_use]
+    pub fn with_secret_box(mut self, secret_box: Arc<SecretBox>) -> Self {
+        self.secret_box = Some(secret_box);
+        self
+    }
+
+    /// The provisioning logic over this state's store, secrets, CA, clock and access-change
+    /// channel, sharing its failure counts: what `POST /provision/v1/register` calls, and what
+    /// other transports (MQTT) can call.
+    pub fn provisioner(&self) -> Provisioner {
+        Provisioner::new(
+            Arc::clone(&self.store),
+            &self.config,
+            Arc::clone(&self.clock),
+            self.secret_box.clone(),
+            self.certificate_issuer.clone(),
+            self.access_events.clone(),
+            Arc::clone(&self.provisioning_failures),
+        )
+    }
+
+    pub(crate) fn secret_box(&self) -> Option<&SecretBox> {
+        self.secret_box.as_deref()
     }
 
     /// Reports that `device_id` lost (some of) its access, after the change was committed.

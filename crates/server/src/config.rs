@@ -94,6 +94,9 @@ pub struct IdentityConfig {
     /// asks for a new one over MQTT (`identity.max_credentials_per_device`, 1 to 16): two lets it
     /// rotate, holding the old one and the new one.
     pub max_credentials_per_device: usize,
+    /// The master key sealing enrollment secrets (`identity.master_key_file`, default
+    /// `<data_dir>/identity/master.key`), created on first start.
+    pub master_key_file: PathBuf,
 }
 
 /// Where the device CA comes from.
@@ -213,7 +216,17 @@ struct RawConfig {
     store: RawStore,
     mqtt: RawMqtt,
     identity: RawIdentity,
+    provisioning: RawProvisioning,
     log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvisioning {
+    max_proof_lifetime_secs: u64,
+    max_failures_per_minute: u64,
+    max_tracked_clients: u64,
+    max_claim_codes_per_request: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -223,6 +236,7 @@ struct RawIdentity {
     ca_key_file: String,
     certificate_lifetime_days: u64,
     max_credentials_per_device: u64,
+    master_key_file: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -497,6 +511,18 @@ fn validate(
     let max_attributes_bytes =
         positive("http.max_attributes_bytes", raw.http.max_attributes_bytes, 1 << 24);
     let default_page_size = positive("http.default_page_size", raw.http.default_page_size, 1000);
+    let p = &raw.provisioning;
+    let max_proof_lifetime_secs =
+        positive("provisioning.max_proof_lifetime_secs", p.max_proof_lifetime_secs, 86_400);
+    let max_failures_per_minute =
+        positive("provisioning.max_failures_per_minute", p.max_failures_per_minute, 1_000_000);
+    let max_tracked_clients =
+        positive("provisioning.max_tracked_clients", p.max_tracked_clients, 10_000_000);
+    let max_claim_codes_per_request = positive(
+        "provisioning.max_claim_codes_per_request",
+        p.max_claim_codes_per_request,
+        100_000,
+    );
     let sqlite_readers = positive("store.sqlite_readers", raw.store.sqlite_readers, 64);
     let postgres_max_connections =
         positive("store.postgres_max_connections", raw.store.postgres_max_connections, 1000);
@@ -609,6 +635,10 @@ fn validate(
             max_atomic_import_rows: max_atomic_import_rows as usize,
             max_attributes_bytes: max_attributes_bytes as usize,
             default_page_size: default_page_size as u32,
+            max_claim_codes_per_request: max_claim_codes_per_request as u32,
+            provisioning_max_proof_lifetime_secs: max_proof_lifetime_secs,
+            provisioning_max_failures_per_minute: max_failures_per_minute as u32,
+            provisioning_max_tracked_clients: max_tracked_clients as usize,
         },
         store,
         mqtt,
@@ -913,7 +943,11 @@ fn validate_identity(
         ));
     }
     let max_credentials_per_device = usize::try_from(max.clamp(1, 16)).unwrap_or(2);
-    IdentityConfig { ca, certificate_lifetime, max_credentials_per_device }
+    let master_key_file = match raw.master_key_file.trim() {
+        "" => data_dir.join("identity").join("master.key"),
+        path => PathBuf::from(path),
+    };
+    IdentityConfig { ca, certificate_lifetime, max_credentials_per_device, master_key_file }
 }
 
 /// `v`, already checked to be between 1 and `u32::MAX`.
@@ -1267,6 +1301,7 @@ mod tests {
                 ca: CaSource::Internal { dir: PathBuf::from("./herd-data/ca") },
                 certificate_lifetime: Duration::from_secs(365 * 86_400),
                 max_credentials_per_device: 2,
+                master_key_file: PathBuf::from("./herd-data/identity/master.key"),
             }
         );
         let dir = tempfile::tempdir().unwrap();

@@ -254,6 +254,14 @@ pub async fn run(
         external = matches!(config.identity.ca, CaSource::External { .. }),
         "device CA ready"
     );
+    let master_key_file = config.identity.master_key_file.clone();
+    // File I/O and, on first start, key generation: off the async workers.
+    let secret_box = tokio::task::spawn_blocking(move || {
+        crate::identity::secrets::load_or_create_master_key(&master_key_file)
+    })
+    .await
+    .context("the task loading the master key failed")?
+    .context("failed to load the master key for enrollment secrets")?;
     let store = open_store(&config).await?;
     tracing::info!(backend = store.backend_name(), "store open");
     bootstrap_admin(store.as_ref(), &config).await?;
@@ -297,7 +305,8 @@ pub async fn run(
         .with_metrics(metrics_handle())
         .with_access_events(access_tx)
         .with_device_notices(notices_tx)
-        .with_certificate_issuer(Arc::clone(&issuer) as Arc<dyn http_api::CertificateIssuer>);
+        .with_certificate_issuer(Arc::clone(&issuer) as Arc<dyn http_api::CertificateIssuer>)
+        .with_secret_box(Arc::new(secret_box));
     let local = listener.local_addr().context("listener has no local address")?;
 
     let stop_accepting = CancellationToken::new();

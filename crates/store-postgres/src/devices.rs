@@ -222,7 +222,10 @@ pub(crate) async fn existing_ids(
 }
 
 /// Reads a device and locks its row for the rest of the transaction.
-async fn get_for_update(conn: &mut PgConnection, id: &DeviceId) -> StoreResult<Option<Device>> {
+pub(crate) async fn get_for_update(
+    conn: &mut PgConnection,
+    id: &DeviceId,
+) -> StoreResult<Option<Device>> {
     let row = sqlx::query(concat!(
         "SELECT ",
         device_columns!(),
@@ -236,7 +239,7 @@ async fn get_for_update(conn: &mut PgConnection, id: &DeviceId) -> StoreResult<O
 }
 
 /// Inserts a device and its tags; `false` when the id is taken.
-async fn insert(conn: &mut PgConnection, d: &Device) -> StoreResult<bool> {
+pub(crate) async fn insert(conn: &mut PgConnection, d: &Device) -> StoreResult<bool> {
     let inserted = sqlx::query(
         "INSERT INTO devices (id, name, tags, attributes, state, created_at, updated_at, version)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)

@@ -6,6 +6,7 @@
 //! its behaviour to be the same as SQLite's.
 //!
 //! Inside, each area has its module: `devices`, `groups`, `tokens`, `credentials`, `certificates`,
+//! `enrollment` (enrollment groups, claim codes, the registration transaction),
 //! `presence`, `agent_reports` (what devices' agents report about themselves) and `mqtt`
 //! (the broker's persistent sessions and retained messages) hold the queries, `audit` appends to the hash chain in the same transaction as each change, `filter_sql`
 //! turns device filters into index-backed SQL with bind parameters, and `rows` decodes stored rows
@@ -21,6 +22,7 @@ mod audit;
 mod certificates;
 mod credentials;
 mod devices;
+mod enrollment;
 mod error;
 mod filter_sql;
 mod groups;
@@ -36,17 +38,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{
-    AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, CredentialId, Device,
-    DeviceCertificate, DeviceCredential, DeviceId, DevicePatch, Group, GroupName, GroupPatch,
-    ImportRow, Mutation, NewDevice, NewDeviceCertificate, NewDeviceCredential, NewGroup, NewToken,
-    Presence, Timestamp, TokenHash, TokenId,
+    AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, ClaimCode,
+    CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch,
+    EnrollmentGroup, EnrollmentGroupName, EnrollmentGroupPatch, Group, GroupName, GroupPatch,
+    ImportRow, Mutation, NewDevice, NewDeviceCertificate, NewDeviceCredential, NewEnrollmentGroup,
+    NewGroup, NewToken, Presence, RegistrationRefusal, Timestamp, TokenHash, TokenId,
 };
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 use store::{
     ConnectivitySummary, DeviceLogin, DeviceQuery, ImportMode, ImportOutcome, MqttOp, MqttSnapshot,
-    Page, PresenceEvent, StateCounts, Store, StoreError, StoreResult,
+    NewClaimCode, Page, PresenceEvent, Registered, Registration, RegistrationRefusalRecord,
+    StateCounts, Store, StoreError, StoreResult,
 };
 
 pub use crate::error::PostgresError;
@@ -339,6 +343,86 @@ impl Store for PostgresStore {
         m: &Mutation,
     ) -> StoreResult<DeviceCertificate> {
         certificates::revoke(&self.pool, device, serial, m).await
+    }
+
+    async fn create_enrollment_group(
+        &self,
+        new: &NewEnrollmentGroup,
+        m: &Mutation,
+    ) -> StoreResult<EnrollmentGroup> {
+        enrollment::create(&self.pool, new, m).await
+    }
+
+    async fn enrollment_group(
+        &self,
+        name: &EnrollmentGroupName,
+    ) -> StoreResult<Option<EnrollmentGroup>> {
+        enrollment::get(&self.pool, name).await
+    }
+
+    async fn list_enrollment_groups(
+        &self,
+        after: Option<&EnrollmentGroupName>,
+        limit: NonZeroU32,
+    ) -> StoreResult<Page<EnrollmentGroup>> {
+        enrollment::list(&self.pool, after, limit).await
+    }
+
+    async fn update_enrollment_group(
+        &self,
+        name: &EnrollmentGroupName,
+        patch: &EnrollmentGroupPatch,
+        m: &Mutation,
+    ) -> StoreResult<EnrollmentGroup> {
+        enrollment::update(&self.pool, name, patch, m).await
+    }
+
+    async fn delete_enrollment_group(
+        &self,
+        name: &EnrollmentGroupName,
+        m: &Mutation,
+    ) -> StoreResult<()> {
+        enrollment::delete(&self.pool, name, m).await
+    }
+
+    async fn record_key_derivation(
+        &self,
+        name: &EnrollmentGroupName,
+        device: &DeviceId,
+        m: &Mutation,
+    ) -> StoreResult<()> {
+        enrollment::record_key_derivation(&self.pool, name, device, m).await
+    }
+
+    async fn create_claim_codes(
+        &self,
+        name: &EnrollmentGroupName,
+        codes: &[NewClaimCode],
+        max_uses: u32,
+        expires_at: Option<Timestamp>,
+        m: &Mutation,
+    ) -> StoreResult<Vec<ClaimCode>> {
+        enrollment::create_claim_codes(&self.pool, name, codes, max_uses, expires_at, m).await
+    }
+
+    async fn claim_codes(&self, name: &EnrollmentGroupName) -> StoreResult<Vec<ClaimCode>> {
+        enrollment::claim_codes(&self.pool, name).await
+    }
+
+    async fn register_device(
+        &self,
+        registration: &Registration,
+        m: &Mutation,
+    ) -> StoreResult<Result<Registered, RegistrationRefusal>> {
+        enrollment::register(&self.pool, registration, m).await
+    }
+
+    async fn record_registration_refusal(
+        &self,
+        refusal: &RegistrationRefusalRecord,
+        m: &Mutation,
+    ) -> StoreResult<()> {
+        enrollment::record_refusal(&self.pool, refusal, m).await
     }
 
     async fn record_presence_events(&self, events: &[PresenceEvent]) -> StoreResult<()> {

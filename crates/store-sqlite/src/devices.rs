@@ -373,7 +373,7 @@ async fn current(
 }
 
 /// Inserts a new device row and its tags.
-async fn insert(conn: &mut SqliteConnection, d: &Device) -> StoreResult<()> {
+pub(crate) async fn insert(conn: &mut SqliteConnection, d: &Device) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO devices \
          (id, name, state, tags_json, attributes_json, created_at, updated_at, version) \

@@ -17,6 +17,8 @@
 //! persistent sessions and retained messages, written in batches on the writer connection;
 //! `presence` keeps what the MQTT gateway saw of devices' connections and `agent_reports` what
 //! devices' agents report about themselves (facts, heartbeat health), both written in batches too.
+//! `enrollment` keeps enrollment groups, their claim codes and which devices they enrolled, and
+//! registers a device in one transaction.
 
 mod agent_reports;
 mod audit_chain;
@@ -24,6 +26,7 @@ mod bulk;
 mod certificates;
 mod credentials;
 mod devices;
+mod enrollment;
 mod filter_sql;
 mod groups;
 mod mqtt;
@@ -37,10 +40,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{
-    AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, CredentialId, Device,
-    DeviceCertificate, DeviceCredential, DeviceId, DevicePatch, Group, GroupName, GroupPatch,
-    ImportRow, Mutation, NewDevice, NewDeviceCertificate, NewDeviceCredential, NewGroup, NewToken,
-    Presence, Timestamp, TokenHash, TokenId,
+    AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, ClaimCode,
+    CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch,
+    EnrollmentGroup, EnrollmentGroupName, EnrollmentGroupPatch, Group, GroupName, GroupPatch,
+    ImportRow, Mutation, NewDevice, NewDeviceCertificate, NewDeviceCredential, NewEnrollmentGroup,
+    NewGroup, NewToken, Presence, RegistrationRefusal, Timestamp, TokenHash, TokenId,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -48,7 +52,8 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 use store::{
     ConnectivitySummary, DeviceLogin, DeviceQuery, ImportMode, ImportOutcome, MqttOp, MqttSnapshot,
-    Page, PresenceEvent, StateCounts, Store, StoreError, StoreResult,
+    NewClaimCode, Page, PresenceEvent, Registered, Registration, RegistrationRefusalRecord,
+    StateCounts, Store, StoreError, StoreResult,
 };
 
 use crate::rows::{AUDIT_COLUMNS, AuditRow, audit_from_row, db};
@@ -382,6 +387,86 @@ impl Store for SqliteStore {
         m: &Mutation,
     ) -> StoreResult<DeviceCertificate> {
         certificates::revoke(self, device, serial, m).await
+    }
+
+    async fn create_enrollment_group(
+        &self,
+        new: &NewEnrollmentGroup,
+        m: &Mutation,
+    ) -> StoreResult<EnrollmentGroup> {
+        enrollment::create(self, new, m).await
+    }
+
+    async fn enrollment_group(
+        &self,
+        name: &EnrollmentGroupName,
+    ) -> StoreResult<Option<EnrollmentGroup>> {
+        enrollment::get(&mut *self.read().await?, name).await
+    }
+
+    async fn list_enrollment_groups(
+        &self,
+        after: Option<&EnrollmentGroupName>,
+        limit: NonZeroU32,
+    ) -> StoreResult<Page<EnrollmentGroup>> {
+        enrollment::list(&mut *self.read().await?, after, limit).await
+    }
+
+    async fn update_enrollment_group(
+        &self,
+        name: &EnrollmentGroupName,
+        patch: &EnrollmentGroupPatch,
+        m: &Mutation,
+    ) -> StoreResult<EnrollmentGroup> {
+        enrollment::update(self, name, patch, m).await
+    }
+
+    async fn delete_enrollment_group(
+        &self,
+        name: &EnrollmentGroupName,
+        m: &Mutation,
+    ) -> StoreResult<()> {
+        enrollment::delete(self, name, m).await
+    }
+
+    async fn record_key_derivation(
+        &self,
+        name: &EnrollmentGroupName,
+        device: &DeviceId,
+        m: &Mutation,
+    ) -> StoreResult<()> {
+        enrollment::record_key_derivation(self, name, device, m).await
+    }
+
+    async fn create_claim_codes(
+        &self,
+        name: &EnrollmentGroupName,
+        codes: &[NewClaimCode],
+        max_uses: u32,
+        expires_at: Option<Timestamp>,
+        m: &Mutation,
+    ) -> StoreResult<Vec<ClaimCode>> {
+        enrollment::create_claim_codes(self, name, codes, max_uses, expires_at, m).await
+    }
+
+    async fn claim_codes(&self, name: &EnrollmentGroupName) -> StoreResult<Vec<ClaimCode>> {
+        enrollment::claim_codes(&mut *self.read().await?, name).await
+    }
+
+    async fn register_device(
+        &self,
+        registration: &Registration,
+        m: &Mutation,
+    ) -> StoreResult<Result<Registered, RegistrationRefusal>> {
+        enrollment::register(self, registration, m).await
+    }
+
+    async fn record_registration_refusal(
+        &self,
+        refusal: &RegistrationRefusalRecord,
+        m: &Mutation,
+    ) -> StoreResult<()> {
+        enrollment::record_refusal(self, refusal, m).await
     }
 
     async fn record_presence_events(&self, events: &[PresenceEvent]) -> StoreResult<()> {

@@ -24,7 +24,9 @@
 //! - Every change appends exactly one audit record per changed resource, with `before`/`after` the
 //!   `audit_summary()` of the resource; actions are `device.create|update|delete`,
 //!   `group.create|update|delete`, `group.members.add|remove`, `token.create|revoke`,
-//!   `device.credential.create|revoke`, `device.certificate.create|revoke` (an import writes
+//!   `device.credential.create|revoke`, `device.certificate.create|revoke`,
+//!   `enrollment_group.create|update|delete|derive_key|claim_codes.create` on
+//!   `enrollment_group/<name>`, `device.register` and `enrollment.register.refused` (an import writes
 //!   `device.create`/`device.update` per device); resources are `device/<id>` (a credential's or
 //!   certificate's is its device's), `group/<name>`, `token/<id>`. Deleting a device deletes its
 //!   credentials and certificates without a record of their own.
@@ -47,6 +49,7 @@
 #![expect(clippy::unwrap_used, reason = "test code: an unexpected error fails the case")]
 
 mod certificates;
+mod enrollment;
 mod mqtt;
 
 use std::num::NonZeroU32;
@@ -62,6 +65,7 @@ use domain::{
 use serde_json::{Value, json};
 
 pub use crate::conformance::certificates::*;
+pub use crate::conformance::enrollment::*;
 pub use crate::conformance::mqtt::*;
 
 use crate::{
@@ -128,6 +132,11 @@ macro_rules! conformance_tests {
             revoke_device_certificate,
             expiring_device_certificates,
             delete_device_removes_certificates,
+            enrollment_group_crud,
+            claim_codes_count_their_uses,
+            register_creates_then_retries_idempotently,
+            register_refusals_and_conflicts,
+            register_keeps_two_provisioning_credentials,
             presence_records_connects_and_disconnects,
             presence_batch_applies_events_in_order,
             presence_batch_equals_sequential_calls,

@@ -9,6 +9,7 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod enrollment;
 mod mqtt;
 
 use std::fmt;
@@ -16,13 +17,18 @@ use std::num::NonZeroU32;
 
 use async_trait::async_trait;
 use domain::{
-    AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, CredentialId, Device,
-    DeviceCertificate, DeviceCredential, DeviceId, DevicePatch, Filter, Group, GroupName,
+    AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, ClaimCode,
+    CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch,
+    EnrollmentGroup, EnrollmentGroupName, EnrollmentGroupPatch, Filter, Group, GroupName,
     GroupPatch, IllegalTransition, ImportRow, LifecycleState, Mutation, NewDevice,
-    NewDeviceCertificate, NewDeviceCredential, NewGroup, NewToken, Presence, Timestamp, TokenHash,
-    TokenId,
+    NewDeviceCertificate, NewDeviceCredential, NewEnrollmentGroup, NewGroup, NewToken, Presence,
+    RegistrationRefusal, Timestamp, TokenHash, TokenId,
 };
 
+pub use crate::enrollment::{
+    MAX_PROVISIONING_CREDENTIALS, NewClaimCode, Registered, Registration,
+    RegistrationRefusalRecord, claim_codes_audit_summary,
+};
 pub use crate::mqtt::{
     MqttMessage, MqttOp, MqttQueued, MqttSession, MqttSnapshot, MqttSubscription,
 };
@@ -407,6 +413,117 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         serial: &CertificateSerial,
         m: &Mutation,
     ) -> StoreResult<DeviceCertificate>;
+
+    // ---- enrollment groups ----
+    //
+    // Enrollment groups let devices Herd has never seen provision themselves (see
+    // `domain::enrollment`). Group changes are audited as `enrollment_group.create|update|delete`
+    // on `enrollment_group/<name>` (never the key); a registration as `device.register` on
+    // `device/<id>` with the actor `enrollment:<group>`.
+
+    /// Creates an enrollment group with no registrations. Audited as `enrollment_group.create`.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] (kind `enrollment_group`), [`StoreError::NotFound`] (kind
+    /// `group`) for a static group that does not exist, [`StoreError::Conflict`] for a dynamic one.
+    async fn create_enrollment_group(
+        &self,
+        new: &NewEnrollmentGroup,
+        m: &Mutation,
+    ) -> StoreResult<EnrollmentGroup>;
+
+    /// Reads one enrollment group.
+    async fn enrollment_group(
+        &self,
+        name: &EnrollmentGroupName,
+    ) -> StoreResult<Option<EnrollmentGroup>>;
+
+    /// Lists enrollment groups ordered by name, after the cursor.
+    async fn list_enrollment_groups(
+        &self,
+        after: Option<&EnrollmentGroupName>,
+        limit: NonZeroU32,
+    ) -> StoreResult<Page<EnrollmentGroup>>;
+
+    /// Applies a patch (a patch that changes nothing writes nothing). Audited as
+    /// `enrollment_group.update`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (kind `enrollment_group`, or `group` for an unknown static group),
+    /// [`StoreError::Conflict`] for a dynamic group.
+    async fn update_enrollment_group(
+        &self,
+        name: &EnrollmentGroupName,
+        patch: &EnrollmentGroupPatch,
+        m: &Mutation,
+    ) -> StoreResult<EnrollmentGroup>;
+
+    /// Deletes an enrollment group with its claim codes and its record of which devices it
+    /// enrolled (the devices stay). Audited as `enrollment_group.delete`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (kind `enrollment_group`).
+    async fn delete_enrollment_group(
+        &self,
+        name: &EnrollmentGroupName,
+        m: &Mutation,
+    ) -> StoreResult<()>;
+
+    /// Appends the audit record `enrollment_group.derive_key` (after: the device id): an
+    /// operator read a device key derived from the group's secret.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (kind `enrollment_group`).
+    async fn record_key_derivation(
+        &self,
+        name: &EnrollmentGroupName,
+        device: &DeviceId,
+        m: &Mutation,
+    ) -> StoreResult<()>;
+
+    /// Stores claim codes of a `claim_code` group (only their hashes), each usable `max_uses`
+    /// times until `expires_at`, and returns them in the given order. One audit record
+    /// `enrollment_group.claim_codes.create` for the batch (count and ids, never codes).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (kind `enrollment_group`), [`StoreError::Conflict`] when the group
+    /// does not use claim codes, [`StoreError::AlreadyExists`] (kind `claim_code`) when an id or
+    /// hash is taken.
+    async fn create_claim_codes(
+        &self,
+        name: &EnrollmentGroupName,
+        codes: &[NewClaimCode],
+        max_uses: u32,
+        expires_at: Option<Timestamp>,
+        m: &Mutation,
+    ) -> StoreResult<Vec<ClaimCode>>;
+
+    /// A group's claim codes, oldest first (ties: by id); empty for an unknown group.
+    async fn claim_codes(&self, name: &EnrollmentGroupName) -> StoreResult<Vec<ClaimCode>>;
+
+    /// Registers a device through an enrollment group whose proof the caller checked, in one
+    /// transaction (see [`Registration`] for the rules): creates the device or recognises an
+    /// idempotent retry, consumes a claim code use, stores the new credential and revokes the
+    /// oldest provisioning credentials beyond [`MAX_PROVISIONING_CREDENTIALS`]. Audited as
+    /// `device.register` on `device/<id>`. A refusal (the inner `Err`) writes nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] (kind `credential`) when the credential's id or hash is taken,
+    /// [`StoreError::Backend`].
+    async fn register_device(
+        &self,
+        registration: &Registration,
+        m: &Mutation,
+    ) -> StoreResult<Result<Registered, RegistrationRefusal>>;
+
+    /// Appends the audit record `enrollment.register.refused` of a refused registration attempt
+    /// (on `registration/<registration id>`; after: group, reason and source), so failed proofs
+    /// are on record.
+    async fn record_registration_refusal(
+        &self,
+        refusal: &RegistrationRefusalRecord,
+        m: &Mutation,
+    ) -> StoreResult<()>;
 
     // ---- presence ----
     //

@@ -24,14 +24,14 @@ const CERTS: &str = "/api/v1/devices/boiler-7/certificates";
 
 /// A CA for tests: signs with the CSR's key, names the device as subject, numbers serials from
 /// `0x10` up.
-struct TestCa {
+pub(crate) struct TestCa {
     issuer: Issuer<'static, KeyPair>,
-    pem: String,
+    pub(crate) pem: String,
     next: AtomicU8,
 }
 
 impl TestCa {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let key = KeyPair::generate().expect("generate the CA key");
         let mut params =
             CertificateParams::new(Vec::<String>::new()).expect("CA parameters without names");
@@ -78,7 +78,7 @@ fn hex_sha256(bytes: &[u8]) -> String {
 }
 
 /// A PEM CSR for a fresh key whose subject names `cn`.
-fn csr(cn: &str) -> String {
+pub(crate) fn csr(cn: &str) -> String {
     let key = KeyPair::generate().expect("generate a device key");
     let mut params = CertificateParams::new(vec![cn.to_owned()]).expect("a valid name");
     params.distinguished_name.push(DnType::CommonName, cn);
@@ -87,7 +87,7 @@ fn csr(cn: &str) -> String {
 }
 
 /// The common name of a PEM certificate's subject.
-fn subject_cn(pem: &str) -> String {
+pub(crate) fn subject_cn(pem: &str) -> String {
     let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("a PEM block");
     let cert = pem.parse_x509().expect("a certificate");
     let cn = cert.subject().iter_common_name().next().expect("a common name");

@@ -7,6 +7,7 @@ mod bad_input;
 mod certificates;
 mod credentials;
 mod devices;
+mod enrollment;
 mod groups;
 mod health;
 mod import;

@@ -104,6 +104,30 @@ const ROUTES: &[(&str, &str, &str, Access)] = &[
     ("DELETE", "/api/v1/tokens/{id}", "/api/v1/tokens/tok_0000000000000000", AtLeast(Admin)),
     ("GET", "/api/v1/whoami", "/api/v1/whoami", AtLeast(Viewer)),
     ("GET", "/api/v1/audit", "/api/v1/audit", AtLeast(Viewer)),
+    ("POST", "/api/v1/enrollment-groups", "/api/v1/enrollment-groups", AtLeast(Admin)),
+    ("GET", "/api/v1/enrollment-groups", "/api/v1/enrollment-groups", AtLeast(Viewer)),
+    ("GET", "/api/v1/enrollment-groups/{name}", "/api/v1/enrollment-groups/e1", AtLeast(Viewer)),
+    ("PATCH", "/api/v1/enrollment-groups/{name}", "/api/v1/enrollment-groups/e1", AtLeast(Admin)),
+    ("DELETE", "/api/v1/enrollment-groups/{name}", "/api/v1/enrollment-groups/e1", AtLeast(Admin)),
+    (
+        "POST",
+        "/api/v1/enrollment-groups/{name}/derive-key",
+        "/api/v1/enrollment-groups/e1/derive-key",
+        AtLeast(Admin),
+    ),
+    (
+        "POST",
+        "/api/v1/enrollment-groups/{name}/claim-codes",
+        "/api/v1/enrollment-groups/e1/claim-codes",
+        AtLeast(Admin),
+    ),
+    (
+        "GET",
+        "/api/v1/enrollment-groups/{name}/claim-codes",
+        "/api/v1/enrollment-groups/e1/claim-codes",
+        AtLeast(Viewer),
+    ),
+    ("POST", "/provision/v1/register", "/provision/v1/register", Public),
 ];
 
 /// Routes that are served but, being the documentation itself, are not in the document.

@@ -709,7 +709,7 @@ fn print_groups(client: &ClientArgs, whole: &Value, items: &[Value]) -> anyhow::
     output::write_raw(&t.render())
 }
 
-fn done(client: &ClientArgs, message: &str) -> anyhow::Result<()> {
+pub(super) fn done(client: &ClientArgs, message: &str) -> anyhow::Result<()> {
     if client.output == OutputFormat::Json {
         return output::write_json(&json!({ "ok": true }));
     }
@@ -767,11 +767,11 @@ fn if_version_matches(
 }
 
 /// The `items` of a list response (none when it has no `items` array).
-fn page_items(page: &Value) -> Vec<Value> {
+pub(super) fn page_items(page: &Value) -> Vec<Value> {
     page.get("items").and_then(Value::as_array).cloned().unwrap_or_default()
 }
 
-fn str_field(v: &Value, k: &str) -> String {
+pub(super) fn str_field(v: &Value, k: &str) -> String {
     match v.get(k) {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Null) | None => String::new(),
@@ -779,7 +779,7 @@ fn str_field(v: &Value, k: &str) -> String {
     }
 }
 
-fn tags_text(tags: Option<&Value>) -> String {
+pub(super) fn tags_text(tags: Option<&Value>) -> String {
     tags.and_then(Value::as_object)
         .map(|m| {
             m.iter()
@@ -790,7 +790,7 @@ fn tags_text(tags: Option<&Value>) -> String {
         .unwrap_or_default()
 }
 
-fn parse_tags(tags: &[String]) -> anyhow::Result<Value> {
+pub(super) fn parse_tags(tags: &[String]) -> anyhow::Result<Value> {
     let mut map = Map::new();
     for t in tags {
         let Some((k, v)) = t.split_once('=') else {

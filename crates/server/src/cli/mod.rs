@@ -6,6 +6,7 @@
 
 mod client;
 mod commands;
+mod enrollment;
 mod output;
 
 use std::future::Future;
@@ -15,6 +16,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Sources};
+
+pub use enrollment::{AttestationArg, ClaimCodesCommand, EnrollmentCommand};
 
 /// Herd: IoT device management in one binary.
 #[derive(Debug, Parser)]
@@ -42,6 +45,9 @@ pub enum Command {
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Manage enrollment groups: how unknown devices provision themselves (zero-touch).
+    #[command(subcommand)]
+    Enrollment(EnrollmentCommand),
     /// Fleet totals: devices by lifecycle state, connected now, ever connected.
     Inventory {
         /// Server, token and output options.
@@ -531,6 +537,7 @@ pub fn execute(cli: Cli) -> ExitCode {
         Command::Group(cmd) => block_on(commands::group(cmd)),
         Command::Token(cmd) => block_on(commands::token(cmd)),
         Command::Audit(cmd) => block_on(commands::audit(cmd)),
+        Command::Enrollment(cmd) => block_on(enrollment::enrollment(cmd)),
         Command::Inventory { client } => block_on(commands::inventory(client)),
     };
     match result {

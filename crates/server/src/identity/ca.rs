@@ -403,12 +403,12 @@ fn timestamp(t: OffsetDateTime) -> Timestamp {
     Timestamp::from_millis(t.unix_timestamp().saturating_mul(1000))
 }
 
-fn exists(path: &Path) -> Result<bool, CaError> {
+pub(crate) fn exists(path: &Path) -> Result<bool, CaError> {
     path.try_exists().map_err(|source| CaError::Read { path: path.to_owned(), source })
 }
 
 /// Refuses a key file that users other than its owner may read or write.
-fn check_private(path: &Path) -> Result<(), CaError> {
+pub(crate) fn check_private(path: &Path) -> Result<(), CaError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
@@ -421,7 +421,7 @@ fn check_private(path: &Path) -> Result<(), CaError> {
     Ok(())
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), CaError> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), CaError> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -434,7 +434,7 @@ fn create_private_dir(dir: &Path) -> Result<(), CaError> {
 
 /// Writes `contents` to a temporary file created with `mode`, then renames it to `path`: `path`
 /// either does not exist or is whole, and never has looser permissions than `mode`.
-fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
+pub(crate) fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
     let write_err = |source| CaError::Write { path: path.to_owned(), source };
     let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
     tmp_name.push(".tmp");

@@ -1,8 +1,11 @@
 //! The operator CLI against an in-process server: output formats, errors with the server's message,
-//! import with counts, and `herd audit verify` catching a tampered row.
+//! import with counts, `herd audit verify` catching a tampered row, and enrollment groups with a
+//! device provisioning itself from a key the CLI derived, then connecting over MQTT.
 
 use std::io::Write as _;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::Value;
 use test_support::TestServer;
 
@@ -305,5 +308,125 @@ async fn audit_verify_names_a_tampered_record() {
     drop(conn);
     let err = cli.fails(&["audit", "verify"], Some(&server.admin_token));
     assert!(err.contains("broken at record 3"), "{err}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enrollment_groups_through_the_cli() {
+    let server = TestServer::start().await;
+    let cli = Cli { server: &server };
+    cli.ok(&["group", "create", "line-1"]);
+    let g = cli.json(&[
+        "enrollment",
+        "create",
+        "factory-a",
+        "--attestation",
+        "symmetric-key",
+        "--tag",
+        "site=berlin",
+        "--group",
+        "line-1",
+        "--attribute",
+        "batch=7",
+        "--id-template",
+        "fa-{registration_id}",
+        "--expires",
+        "2099-01-01T00:00:00Z",
+    ]);
+    assert_eq!(g["attestation"], "symmetric_key");
+    assert_eq!(g["attributes"]["batch"], 7);
+    assert_eq!(g["groups"][0], "line-1");
+    cli.ok(&["enrollment", "create", "codes", "--attestation", "claim-code", "--disabled"]);
+    let table = cli.ok(&["enrollment", "list"]);
+    assert!(table.starts_with("NAME") && table.contains("factory-a"), "{table}");
+    assert!(table.contains("codes"), "{table}");
+    let shown = cli.ok(&["enrollment", "show", "factory-a"]);
+    assert!(shown.contains("fa-{registration_id}"), "{shown}");
+    let codes = cli.json(&["enrollment", "claim-codes", "create", "codes", "--count", "3"]);
+    assert_eq!(codes["items"].as_array().unwrap().len(), 3);
+    let listed = cli.ok(&["enrollment", "claim-codes", "list", "codes"]);
+    assert!(listed.starts_with("ID") && listed.lines().count() == 4, "{listed}");
+    cli.ok(&["enrollment", "enable", "codes"]);
+    assert_eq!(cli.json(&["enrollment", "show", "codes"])["enabled"], true);
+    cli.ok(&["enrollment", "delete", "codes"]);
+    let err = cli.fails(&["enrollment", "show", "codes"], Some(&server.admin_token));
+    assert!(err.contains("enrollment_group_not_found"), "{err}");
+    let err =
+        cli.fails(&["enrollment", "derive-key", "factory-a", "a/b"], Some(&server.admin_token));
+    assert!(err.contains("invalid_device_id"), "{err}");
+
+    // A factory derives the key; the device registers over HTTP with it, then connects over MQTT.
+    let key = cli.ok(&["enrollment", "derive-key", "factory-a", "fa-SN1"]);
+    let key = BASE64.decode(key.trim()).expect("the key is printed as base64");
+    assert_eq!(key.len(), 32);
+    let ids = server.data_dir.path().join("ids.txt");
+    std::fs::write(&ids, "# batch 7\nfa-SN1\n\nfa-SN2\n").unwrap();
+    let manifest = server.data_dir.path().join("manifest.csv");
+    let ids_arg = ids.display().to_string();
+    let out_arg = manifest.display().to_string();
+    cli.ok(&["enrollment", "derive-keys", "factory-a", "--ids", &ids_arg, "--out", &out_arg]);
+    let csv = std::fs::read_to_string(&manifest).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "device_id,derived_key");
+    assert_eq!(lines[1], format!("fa-SN1,{}", BASE64.encode(&key)));
+    assert!(lines[2].starts_with("fa-SN2,") && lines.len() == 3, "{csv}");
+
+    let expires_at = domain::Timestamp::now().millis() / 1000 + 300;
+    let signature = BASE64.encode(http_api::secrets::proof_signature(&key, "SN1", expires_at));
+    // The CSR names another device: the certificate names the device the group makes of SN1.
+    let device_key = rcgen::KeyPair::generate().unwrap();
+    let mut csr_params = rcgen::CertificateParams::new(vec!["other-device".to_owned()]).unwrap();
+    csr_params.distinguished_name.push(rcgen::DnType::CommonName, "other-device");
+    let csr = csr_params.serialize_request(&device_key).unwrap().pem().unwrap();
+    let body = serde_json::json!({
+        "registration_id": "SN1",
+        "enrollment_group": "factory-a",
+        "proof": {"type": "symmetric_key", "expires_at": expires_at, "signature": signature},
+        "csr": csr,
+    });
+    let r = reqwest::Client::new()
+        .post(server.url("/provision/v1/register"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let registered: Value = r.json().await.unwrap();
+    assert_eq!(registered["device_id"], "fa-SN1");
+    let secret = registered["credential"]["secret"].as_str().unwrap().to_owned();
+    let pem = registered["certificate_pem"].as_str().unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let cn = cert.subject().iter_common_name().next().unwrap().as_str().unwrap().to_owned();
+    assert_eq!(cn, "fa-SN1");
+    let sans = &cert.subject_alternative_name().unwrap().unwrap().value.general_names;
+    assert_eq!(sans, &[x509_parser::extensions::GeneralName::URI("urn:herd:device:fa-SN1")]);
+    assert!(registered["ca_pem"].as_str().unwrap().contains("BEGIN CERTIFICATE"));
+    let (_, device) = server.get("/api/v1/devices/fa-SN1").await;
+    assert_eq!(
+        (&device["state"], &device["tags"]["site"]),
+        (&Value::from("active"), &Value::from("berlin"))
+    );
+
+    let mut options = rumqttc::MqttOptions::new(
+        "fa-SN1",
+        server.mqtt_addr.ip().to_string(),
+        server.mqtt_addr.port(),
+    );
+    options.set_credentials("fa-SN1", secret);
+    let (client, mut events) = rumqttc::AsyncClient::new(options, 10);
+    let connack = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))) => return Ok(ack),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("a CONNACK in time");
+    assert_eq!(connack.expect("connected").code, rumqttc::ConnectReturnCode::Success);
+    client.disconnect().await.unwrap();
     server.stop().await;
 }

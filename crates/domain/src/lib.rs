@@ -12,6 +12,8 @@
 //! - [`Presence`] is what the MQTT gateway last saw of a device's connection (not audited).
 //! - [`AgentReport`] is what a device's agent last reported about itself (facts, heartbeat health),
 //!   each an [`AgentPayload`] (not audited either).
+//! - [`ReplacementPlan`] is what replacing a device (RMA) does to the two devices' registry
+//!   entries, with the rules it checks ([`ReplacementError`]); [`Replacement`] is its outcome.
 //! - [`Mutation`] says who changes something and when; every write to the store carries one.
 
 pub mod agent;
@@ -22,6 +24,7 @@ pub mod device;
 pub mod filter;
 pub mod group;
 pub mod presence;
+pub mod replacement;
 pub mod timestamp;
 pub mod token;
 
@@ -38,6 +41,7 @@ pub use device::{
 pub use filter::{Field, Filter, FilterError};
 pub use group::{Group, GroupKind, GroupName, GroupPatch, NewGroup};
 pub use presence::Presence;
+pub use replacement::{Replacement, ReplacementError, ReplacementPlan};
 pub use timestamp::Timestamp;
 pub use token::{ApiToken, NewToken, Role, TokenHash, TokenId};
 

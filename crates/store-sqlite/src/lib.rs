@@ -17,6 +17,7 @@
 //! persistent sessions and retained messages, written in batches on the writer connection;
 //! `presence` keeps what the MQTT gateway saw of devices' connections and `agent_reports` what
 //! devices' agents report about themselves (facts, heartbeat health), both written in batches too.
+//! `replacement` replaces a device by another (RMA) in one transaction.
 
 mod agent_reports;
 mod audit_chain;
@@ -28,6 +29,7 @@ mod filter_sql;
 mod groups;
 mod mqtt;
 mod presence;
+mod replacement;
 mod rows;
 mod tokens;
 
@@ -40,7 +42,7 @@ use domain::{
     AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, CredentialId, Device,
     DeviceCertificate, DeviceCredential, DeviceId, DevicePatch, Group, GroupName, GroupPatch,
     ImportRow, Mutation, NewDevice, NewDeviceCertificate, NewDeviceCredential, NewGroup, NewToken,
-    Presence, Timestamp, TokenHash, TokenId,
+    Presence, Replacement, Timestamp, TokenHash, TokenId,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -243,6 +245,15 @@ impl Store for SqliteStore {
         m: &Mutation,
     ) -> StoreResult<Vec<ImportOutcome>> {
         devices::import(self, rows, mode, m).await
+    }
+
+    async fn replace_device(
+        &self,
+        old: &DeviceId,
+        new: &DeviceId,
+        m: &Mutation,
+    ) -> StoreResult<Replacement> {
+        replacement::replace(self, old, new, m).await
     }
 
     async fn create_group(&self, new: &NewGroup, m: &Mutation) -> StoreResult<Group> {

@@ -19,8 +19,8 @@ use domain::{
     AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, CredentialId, Device,
     DeviceCertificate, DeviceCredential, DeviceId, DevicePatch, Filter, Group, GroupName,
     GroupPatch, IllegalTransition, ImportRow, LifecycleState, Mutation, NewDevice,
-    NewDeviceCertificate, NewDeviceCredential, NewGroup, NewToken, Presence, Timestamp, TokenHash,
-    TokenId,
+    NewDeviceCertificate, NewDeviceCredential, NewGroup, NewToken, Presence, Replacement,
+    ReplacementError, Timestamp, TokenHash, TokenId,
 };
 
 pub use crate::mqtt::{
@@ -60,6 +60,10 @@ pub enum StoreError {
     /// The lifecycle does not allow the requested state change.
     #[error(transparent)]
     IllegalTransition(#[from] IllegalTransition),
+    /// A device replacement breaks one of its rules (see [`ReplacementError`]; its lifecycle
+    /// failures are reported as [`StoreError::IllegalTransition`] instead).
+    #[error(transparent)]
+    Replacement(ReplacementError),
     /// The request conflicts with the resource's nature (adding members to a dynamic group, a
     /// dynamic group's filter on a static group, a device created in a non-initial state).
     #[error("{0}")]
@@ -73,6 +77,15 @@ impl StoreError {
     /// Wraps any backend error.
     pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Backend(Box::new(e))
+    }
+}
+
+impl From<ReplacementError> for StoreError {
+    fn from(e: ReplacementError) -> Self {
+        match e {
+            ReplacementError::IllegalTransition(t) => Self::IllegalTransition(t),
+            other => Self::Replacement(other),
+        }
     }
 }
 
@@ -246,6 +259,29 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         mode: ImportMode,
         m: &Mutation,
     ) -> StoreResult<Vec<ImportOutcome>>;
+
+    /// Replaces device `old` with device `new` (RMA), in one transaction: `new` is created in
+    /// state `registered` when it does not exist; it takes over `old`'s tags (`old`'s win on key
+    /// conflicts), attributes (shallow merge, `old`'s keys win) and static group memberships
+    /// (`old` leaves them); `new.replaces = old` and `old.replaced_by = new`; every unrevoked
+    /// credential and certificate of `old` is revoked; `old` goes through `decommissioned` (unless
+    /// it is already) to `retired`, each step checked by the lifecycle. The rules are
+    /// [`domain::ReplacementPlan::new`]'s.
+    ///
+    /// Audited as the changes would be one by one (`device.create` or `device.update` of `new`,
+    /// `device.credential.revoke` and `device.certificate.revoke` per revocation, one
+    /// `device.update` per lifecycle step of `old`), then one `device.replace` on `device/<old>`
+    /// with no `before` and [`Replacement::audit_summary`] as `after`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (kind `device`) for an unknown `old`, [`StoreError::Replacement`]
+    /// for a broken rule, [`StoreError::IllegalTransition`]; nothing is changed then.
+    async fn replace_device(
+        &self,
+        old: &DeviceId,
+        new: &DeviceId,
+        m: &Mutation,
+    ) -> StoreResult<Replacement>;
 
     // ---- groups ----
 

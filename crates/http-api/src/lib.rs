@@ -5,7 +5,7 @@
 //!   of handles (the [`store::Store`], the config, the clock, the metrics handle, the optional
 //!   access-change channel and [`CertificateIssuer`]) every handler receives.
 //! - [`router`] builds the whole surface: health and metrics endpoints, the `/api/v1` resources
-//!   (one module each: `devices`, `credentials`, `certificates`, `inventory`, `import`, `groups`, `tokens`,
+//!   (one module each: `devices`, `replacement`, `credentials`, `certificates`, `inventory`, `import`, `groups`, `tokens`,
 //!   `audit`), the OpenAPI document and Swagger UI.
 //! - Every failure is one `ApiError` (module `error`) that renders as `application/problem+json`
 //!   with a stable `code`; the request middleware (module `instrument`) gives each request an id,
@@ -30,6 +30,7 @@ mod instrument;
 mod inventory;
 mod openapi_doc;
 mod paging;
+mod replacement;
 mod state;
 mod tokens;
 
@@ -101,6 +102,7 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(health::metrics))
         .routes(routes!(devices::create_device, devices::list_devices))
         .routes(routes!(devices::get_device, devices::update_device, devices::delete_device))
+        .routes(routes!(replacement::replace_device))
         .routes(routes!(credentials::create_credential, credentials::list_credentials))
         .routes(routes!(credentials::revoke_credential))
         .routes(routes!(certificates::create_certificate, certificates::list_certificates))

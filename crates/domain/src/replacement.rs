@@ -145,10 +145,9 @@ impl ReplacementPlan {
             old: old.id.clone(),
             reason: e.reason,
         })?;
-        let mut attributes = successor.map_or_else(
-            || serde_json::Map::new(),
-            |s| s.attributes.as_json().as_object().cloned().unwrap_or_default(),
-        );
+        let mut attributes = successor.map_or_else(serde_json::Map::new, |s| {
+            s.attributes.as_json().as_object().cloned().unwrap_or_default()
+        });
         let old_attributes = old.attributes.as_json().as_object().cloned().unwrap_or_default();
         let moved_attributes = old_attributes.len();
         attributes.extend(old_attributes);
@@ -367,7 +366,7 @@ mod tests {
         );
         let many =
             |p: &str| (0..40).map(|i| (format!("{p}{i}"), String::new())).collect::<Vec<_>>();
-        let mut old_many = old.clone();
+        let mut old_many = old;
         old_many.tags = Tags::new(many("a")).unwrap();
         let mut new_many = device("new", LifecycleState::Active, &[], j);
         new_many.tags = Tags::new(many("b")).unwrap();

@@ -9,6 +9,7 @@ use domain::{
     DeviceCertificate, DeviceCredential, DeviceId, Mutation, NewAuditRecord, Replacement,
     ReplacementError, ReplacementPlan,
 };
+use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use store::{StoreError, StoreResult};
 
@@ -49,6 +50,26 @@ pub(crate) async fn replace(
     }
     // Desired configuration (issue 6) will move here as well, in this transaction.
     let groups = move_group_memberships(&mut tx, old, new).await?;
+    for (group, added) in &groups {
+        if *added {
+            let after = json!({ "added": [new.as_str()] });
+            entries.push(audit::record(
+                m,
+                "group.members.add",
+                format!("group/{group}"),
+                None,
+                Some(after),
+            ));
+        }
+        let after = json!({ "removed": [old.as_str()] });
+        entries.push(audit::record(
+            m,
+            "group.members.remove",
+            format!("group/{group}"),
+            None,
+            Some(after),
+        ));
+    }
 
     let credentials = revoke_credentials(&mut tx, old, m).await?;
     for (before, after) in &credentials {
@@ -79,7 +100,7 @@ pub(crate) async fn replace(
     }
 
     let mut counts = plan.counts;
-    counts.groups = groups;
+    counts.groups = groups.len();
     counts.credentials_revoked = credentials.len();
     counts.certificates_revoked = certificates.len();
     let replacement = Replacement {
@@ -103,12 +124,24 @@ pub(crate) async fn replace(
 }
 
 /// Adds `new` to every static group `old` is in (where it is not already) and takes `old` out of
-/// them; returns how many groups `old` was in.
+/// them; returns those groups by name, each with whether `new` was added to it (it was not when
+/// it was a member already).
 async fn move_group_memberships(
     conn: &mut PgConnection,
     old: &DeviceId,
     new: &DeviceId,
-) -> StoreResult<usize> {
+) -> StoreResult<Vec<(String, bool)>> {
+    let groups: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT g.name, NOT EXISTS (SELECT 1 FROM group_members n
+                                    WHERE n.group_id = m.group_id AND n.device_id = $1)
+         FROM group_members m JOIN device_groups g ON g.id = m.group_id
+         WHERE m.device_id = $2 ORDER BY g.name",
+    )
+    .bind(new.as_str())
+    .bind(old.as_str())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
     sqlx::query(
         "INSERT INTO group_members (group_id, device_id)
          SELECT group_id, $1 FROM group_members WHERE device_id = $2
@@ -119,12 +152,12 @@ async fn move_group_memberships(
     .execute(&mut *conn)
     .await
     .map_err(db)?;
-    let removed = sqlx::query("DELETE FROM group_members WHERE device_id = $1")
+    sqlx::query("DELETE FROM group_members WHERE device_id = $1")
         .bind(old.as_str())
         .execute(&mut *conn)
         .await
         .map_err(db)?;
-    Ok(usize::try_from(removed.rows_affected()).unwrap_or(usize::MAX))
+    Ok(groups)
 }
 
 /// Revokes every credential of `device` not revoked yet; returns each as it was and as it is.

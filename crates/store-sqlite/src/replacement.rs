@@ -8,6 +8,7 @@ use domain::{
     DeviceCertificate, DeviceCredential, DeviceId, Mutation, NewAuditRecord, Replacement,
     ReplacementError, ReplacementPlan,
 };
+use serde_json::json;
 use sqlx::SqliteConnection;
 use store::StoreResult;
 
@@ -56,6 +57,20 @@ pub(crate) async fn replace(
     }
     // Desired configuration (issue 6) will move here as well, in this transaction.
     let groups = move_group_memberships(&mut tx, old, new).await?;
+    for (group, added) in &groups {
+        if *added {
+            let after = json!({ "added": [new.as_str()] });
+            entries.push(entry(
+                m,
+                "group.members.add",
+                format!("group/{group}"),
+                None,
+                Some(after),
+            ));
+        }
+        let after = json!({ "removed": [old.as_str()] });
+        entries.push(entry(m, "group.members.remove", format!("group/{group}"), None, Some(after)));
+    }
 
     let credentials = revoke_credentials(&mut tx, old, m).await?;
     for (before, after) in &credentials {
@@ -92,7 +107,7 @@ pub(crate) async fn replace(
     }
 
     let mut counts = plan.counts;
-    counts.groups = groups;
+    counts.groups = groups.len();
     counts.credentials_revoked = credentials.len();
     counts.certificates_revoked = certificates.len();
     let replacement = Replacement {
@@ -115,12 +130,23 @@ pub(crate) async fn replace(
 }
 
 /// Adds `new` to every static group `old` is in (where it is not already) and takes `old` out of
-/// them; returns how many groups `old` was in.
+/// them; returns those groups by name, each with whether `new` was added to it (it was not when
+/// it was a member already).
 async fn move_group_memberships(
     conn: &mut SqliteConnection,
     old: &DeviceId,
     new: &DeviceId,
-) -> StoreResult<usize> {
+) -> StoreResult<Vec<(String, bool)>> {
+    let groups: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT m.group_name, NOT EXISTS (SELECT 1 FROM group_members n \
+         WHERE n.group_name = m.group_name AND n.device_id = ?) \
+         FROM group_members m WHERE m.device_id = ? ORDER BY m.group_name",
+    )
+    .bind(new.as_str())
+    .bind(old.as_str())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
     sqlx::query(
         "INSERT INTO group_members (group_name, device_id) \
          SELECT group_name, ? FROM group_members WHERE device_id = ? \
@@ -131,12 +157,12 @@ async fn move_group_memberships(
     .execute(&mut *conn)
     .await
     .map_err(db)?;
-    let removed = sqlx::query("DELETE FROM group_members WHERE device_id = ?")
+    sqlx::query("DELETE FROM group_members WHERE device_id = ?")
         .bind(old.as_str())
         .execute(&mut *conn)
         .await
         .map_err(db)?;
-    Ok(usize::try_from(removed.rows_affected()).unwrap_or(usize::MAX))
+    Ok(groups)
 }
 
 /// Revokes every credential of `device` not revoked yet; returns each as it was and as it is.

@@ -268,8 +268,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// it is already) to `retired`, each step checked by the lifecycle. The rules are
     /// [`domain::ReplacementPlan::new`]'s.
     ///
-    /// Audited as the changes would be one by one (`device.create` or `device.update` of `new`,
-    /// `device.credential.revoke` and `device.certificate.revoke` per revocation, one
+    /// Audited as the changes would be one by one (`device.create` or `device.update` of `new`;
+    /// per group of `old`, by name, `group.members.add` of `new` unless it was a member and
+    /// `group.members.remove` of `old`; `device.credential.revoke` and `device.certificate.revoke`
+    /// per revocation, one
     /// `device.update` per lifecycle step of `old`), then one `device.replace` on `device/<old>`
     /// with no `before` and [`Replacement::audit_summary`] as `after`.
     ///

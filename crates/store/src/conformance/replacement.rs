@@ -68,7 +68,8 @@ async fn snapshot(
 /// memberships (the old device leaves them); the two are linked; the old device's live
 /// credentials and certificates are revoked (revoked ones keep their time, the successor's are
 /// untouched); the old device goes `decommissioned` then `retired`, one version each. Audited as
-/// each change would be, then `device.replace` with the counts; presence stays.
+/// each change would be (group member changes included, groups unchanged otherwise), then
+/// `device.replace` with the counts; presence stays.
 pub async fn replace_device_moves_identity_and_retires_old(store: Arc<dyn Store>) {
     let old = rich_device(
         "old",
@@ -162,6 +163,10 @@ pub async fn replace_device_moves_identity_and_retires_old(store: Arc<dyn Store>
     assert_eq!(group_ids(&*store, "g1", None).await, ["bystander", "new"]);
     assert_eq!(group_ids(&*store, "g2", None).await, ["new"]);
     assert_eq!(group_ids(&*store, "g3", None).await, ["new"]);
+    for g in ["g1", "g2", "g3"] {
+        let group = store.group(&group_name(g)).await.unwrap().unwrap();
+        assert_eq!(group.version, 1, "membership is not part of a group's version");
+    }
 
     let c1_revoked = DeviceCredential { revoked_at: Some(m.at), ..c1.clone() };
     assert_eq!(
@@ -177,7 +182,7 @@ pub async fn replace_device_moves_identity_and_retires_old(store: Arc<dyn Store>
     assert_eq!(store.presence(&id("old")).await.unwrap(), presence, "history stays");
 
     let records = audit_since(&*store, seq).await;
-    assert_eq!(records.len(), 6, "{records:#?}");
+    assert_eq!(records.len(), 9, "{records:#?}");
     let summary = |d: &Device| Some(d.audit_summary());
     check_record(
         &records[0],
@@ -187,12 +192,18 @@ pub async fn replace_device_moves_identity_and_retires_old(store: Arc<dyn Store>
         summary(&new),
         summary(&successor),
     );
+    // Group records as adding and removing members would write them, groups by name; `new` was
+    // in g2 already.
+    let (added, removed) = (Some(json!({"added": ["new"]})), Some(json!({"removed": ["old"]})));
+    check_record(&records[1], &m, "group.members.add", "group/g1", None, added);
+    check_record(&records[2], &m, "group.members.remove", "group/g1", None, removed.clone());
+    check_record(&records[3], &m, "group.members.remove", "group/g2", None, removed);
     let (before, after) = (Some(c1.audit_summary()), Some(c1_revoked.audit_summary()));
-    check_record(&records[1], &m, "device.credential.revoke", "device/old", before, after);
+    check_record(&records[4], &m, "device.credential.revoke", "device/old", before, after);
     let (before, after) = (Some(k1.audit_summary()), Some(k1_revoked.audit_summary()));
-    check_record(&records[2], &m, "device.certificate.revoke", "device/old", before, after);
+    check_record(&records[5], &m, "device.certificate.revoke", "device/old", before, after);
     check_record(
-        &records[3],
+        &records[6],
         &m,
         "device.update",
         "device/old",
@@ -200,7 +211,7 @@ pub async fn replace_device_moves_identity_and_retires_old(store: Arc<dyn Store>
         summary(&decommissioned),
     );
     check_record(
-        &records[4],
+        &records[7],
         &m,
         "device.update",
         "device/old",
@@ -208,7 +219,7 @@ pub async fn replace_device_moves_identity_and_retires_old(store: Arc<dyn Store>
         summary(&retired),
     );
     check_record(
-        &records[5],
+        &records[8],
         &m,
         "device.replace",
         "device/old",
@@ -220,7 +231,7 @@ pub async fn replace_device_moves_identity_and_retires_old(store: Arc<dyn Store>
             "revoked": {"credentials": 1, "certificates": 1},
         })),
     );
-    let linked: Value = serde_json::from_str(records[4].after.as_deref().unwrap()).unwrap();
+    let linked: Value = serde_json::from_str(records[7].after.as_deref().unwrap()).unwrap();
     assert_eq!(linked["replaced_by"], "new");
     check_chain(&*store).await;
 }
@@ -327,91 +338,37 @@ pub async fn replace_device_refusals_change_nothing(store: Arc<dyn Store>) {
 
     let ids = ["old", "retired", "decom", "a", "b", "crowded", "full", "ghost", "new"];
     let before = snapshot(&*store, &ids, &["g"]).await;
-    let refused = |e: &StoreResult| format!("{e:?}");
-    type StoreResult = crate::StoreResult<domain::Replacement>;
-    let cases: Vec<(&str, &str, Box<dyn Fn(&StoreResult) -> bool>)> = vec![
-        (
-            "ghost",
-            "new",
-            Box::new(
-                |e| matches!(e, Err(StoreError::NotFound { kind: "device", id }) if id == "ghost"),
-            ),
-        ),
-        (
-            "old",
-            "old",
-            Box::new(
-                |e| matches!(e, Err(StoreError::Replacement(ReplacementError::SameDevice(d))) if d.as_str() == "old"),
-            ),
-        ),
-        (
-            "retired",
-            "new",
-            Box::new(
-                |e| matches!(e, Err(StoreError::Replacement(ReplacementError::AlreadyRetired { id, replaced_by: None })) if id.as_str() == "retired"),
-            ),
-        ),
-        (
-            "a",
-            "new",
-            Box::new(
-                |e| matches!(e, Err(StoreError::Replacement(ReplacementError::AlreadyRetired { replaced_by: Some(s), .. })) if s.as_str() == "b"),
-            ),
-        ),
+    use ReplacementError::{
+        AlreadyRetired, MergedTags, SameDevice, SuccessorAlreadyReplaces, SuccessorOutOfService,
+    };
+    let tag_rule = "at most 64 tags per device".to_owned();
+    let merged = MergedTags { id: id("full"), old: id("crowded"), reason: tag_rule };
+    let cases = [
+        ("ghost", "new", None),
+        ("old", "old", Some(SameDevice(id("old")))),
+        ("retired", "new", Some(AlreadyRetired { id: id("retired"), replaced_by: None })),
+        ("a", "new", Some(AlreadyRetired { id: id("a"), replaced_by: Some(id("b")) })),
         (
             "old",
             "decom",
-            Box::new(|e| {
-                matches!(
-                    e,
-                    Err(StoreError::Replacement(ReplacementError::SuccessorOutOfService {
-                        state: LifecycleState::Decommissioned,
-                        ..
-                    }))
-                )
-            }),
+            Some(SuccessorOutOfService { id: id("decom"), state: LifecycleState::Decommissioned }),
         ),
         (
             "old",
             "retired",
-            Box::new(|e| {
-                matches!(
-                    e,
-                    Err(StoreError::Replacement(ReplacementError::SuccessorOutOfService {
-                        state: LifecycleState::Retired,
-                        ..
-                    }))
-                )
-            }),
+            Some(SuccessorOutOfService { id: id("retired"), state: LifecycleState::Retired }),
         ),
-        (
-            "old",
-            "a",
-            Box::new(|e| {
-                matches!(
-                    e,
-                    Err(StoreError::Replacement(ReplacementError::SuccessorOutOfService { .. }))
-                )
-            }),
-        ),
-        (
-            "old",
-            "b",
-            Box::new(
-                |e| matches!(e, Err(StoreError::Replacement(ReplacementError::SuccessorAlreadyReplaces { id, predecessor })) if id.as_str() == "b" && predecessor.as_str() == "a"),
-            ),
-        ),
-        (
-            "crowded",
-            "full",
-            Box::new(|e| {
-                matches!(e, Err(StoreError::Replacement(ReplacementError::MergedTags { .. })))
-            }),
-        ),
+        ("old", "a", Some(SuccessorOutOfService { id: id("a"), state: LifecycleState::Retired })),
+        ("old", "b", Some(SuccessorAlreadyReplaces { id: id("b"), predecessor: id("a") })),
+        ("crowded", "full", Some(merged)),
     ];
     for (old, new, expected) in cases {
         let result = store.replace_device(&id(old), &id(new), &at(100)).await;
-        assert!(expected(&result), "{old} -> {new}: {}", refused(&result));
+        match (&result, expected) {
+            (Err(StoreError::NotFound { kind: "device", id }), None) if id == old => {}
+            (Err(StoreError::Replacement(got)), Some(expected)) if *got == expected => {}
+            _ => panic!("{old} -> {new}: {result:?}"),
+        }
         assert!(
             before == snapshot(&*store, &ids, &["g"]).await,
             "{old} -> {new} changed something"

@@ -380,19 +380,34 @@ pub struct Device {
     pub updated_at: Timestamp,
     /// Incremented on every change, starting at 1: the basis of `ETag`/`If-Match`.
     pub version: u64,
+    /// The device this one replaced (see [`crate::replacement`]); set once, never cleared. Only
+    /// an id: the predecessor may have been deleted since.
+    pub replaces: Option<DeviceId>,
+    /// The device that replaced this one; set when this one was retired by a replacement.
+    pub replaced_by: Option<DeviceId>,
 }
 
 impl Device {
-    /// A compact JSON summary for audit records.
+    /// A compact JSON summary for audit records. The replacement links appear only when set, so
+    /// records of devices without any keep their shape.
     pub fn audit_summary(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut summary = serde_json::json!({
             "id": self.id.as_str(),
             "name": self.name.as_str(),
             "tags": self.tags.to_json(),
             "attributes": self.attributes.as_json(),
             "state": self.state.as_str(),
             "version": self.version,
-        })
+        });
+        if let Some(obj) = summary.as_object_mut() {
+            if let Some(p) = &self.replaces {
+                obj.insert("replaces".to_owned(), p.as_str().into());
+            }
+            if let Some(s) = &self.replaced_by {
+                obj.insert("replaced_by".to_owned(), s.as_str().into());
+            }
+        }
+        summary
     }
 }
 

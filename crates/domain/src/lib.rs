@@ -15,6 +15,8 @@
 //! - [`EnrollmentGroup`] says how unknown devices provision themselves (zero-touch): how they prove
 //!   they belong ([`Attestation`]), which id they get and what they start with; [`ClaimCode`]s are
 //!   a group's one-time passwords, stored as hashes.
+//! - [`ReplacementPlan`] is what replacing a device (RMA) does to the two devices' registry
+//!   entries, with the rules it checks ([`ReplacementError`]); [`Replacement`] is its outcome.
 //! - [`Mutation`] says who changes something and when; every write to the store carries one.
 
 pub mod agent;
@@ -26,6 +28,7 @@ pub mod enrollment;
 pub mod filter;
 pub mod group;
 pub mod presence;
+pub mod replacement;
 pub mod timestamp;
 pub mod token;
 
@@ -47,6 +50,7 @@ pub use enrollment::{
 pub use filter::{Field, Filter, FilterError};
 pub use group::{Group, GroupKind, GroupName, GroupPatch, NewGroup};
 pub use presence::Presence;
+pub use replacement::{Replacement, ReplacementError, ReplacementPlan};
 pub use timestamp::Timestamp;
 pub use token::{ApiToken, NewToken, Role, TokenHash, TokenId};
 

@@ -44,6 +44,13 @@ pub(crate) struct DeviceDto {
     updated_at: String,
     /// Incremented on every change; the `ETag` is this number in quotes.
     version: u64,
+    /// The device this one replaced (`POST /api/v1/devices/{id}/replace`); absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "sensor-00")]
+    replaces: Option<String>,
+    /// The device that replaced this one (it is retired); absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replaced_by: Option<String>,
     /// The device's MQTT connection as the gateway last saw it. Only in the response of
     /// `GET /api/v1/devices/{id}`; not part of the `ETag` (it is not versioned).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -148,6 +155,8 @@ impl From<&Device> for DeviceDto {
             created_at: d.created_at.to_rfc3339(),
             updated_at: d.updated_at.to_rfc3339(),
             version: d.version,
+            replaces: d.replaces.as_ref().map(|r| r.as_str().to_owned()),
+            replaced_by: d.replaced_by.as_ref().map(|r| r.as_str().to_owned()),
             connectivity: None,
             agent: None,
         }

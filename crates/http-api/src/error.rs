@@ -10,7 +10,7 @@ use std::error::Error as StdError;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use domain::{FilterError, InvalidInput, Role};
+use domain::{FilterError, InvalidInput, ReplacementError, Role};
 use serde::Serialize;
 use store::StoreError;
 use utoipa::ToSchema;
@@ -108,6 +108,18 @@ pub(crate) enum ApiError {
     /// A group with this name exists already.
     #[error("group {0} already exists")]
     GroupExists(String),
+    /// A device replacement names the device itself as its successor.
+    #[error("{0}")]
+    ReplaceSameDevice(String),
+    /// The device to replace is retired already.
+    #[error("{0}")]
+    DeviceRetired(String),
+    /// The successor of a replacement is decommissioned or retired.
+    #[error("{0}")]
+    SuccessorOutOfService(String),
+    /// The successor of a replacement replaced another device already.
+    #[error("{0}")]
+    SuccessorAlreadyReplaces(String),
     /// The request conflicts with the resource's nature (members of a dynamic group, …).
     #[error("{0}")]
     Conflict(String),
@@ -186,7 +198,9 @@ impl ApiError {
             | Self::InvalidQuery(_)
             | Self::InvalidCsvHeader(_)
             | Self::InvalidCsr(_) => StatusCode::BAD_REQUEST,
-            Self::ValidationFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::ValidationFailed(_) | Self::ReplaceSameDevice(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::PayloadTooLarge(_) | Self::ImportTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::IllegalTransition(_)
@@ -194,6 +208,9 @@ impl ApiError {
             | Self::GroupExists(_)
             | Self::EnrollmentGroupExists(_)
             | Self::DeviceConflict(_)
+            | Self::DeviceRetired(_)
+            | Self::SuccessorOutOfService(_)
+            | Self::SuccessorAlreadyReplaces(_)
             | Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Self::StoreUnavailable
@@ -235,6 +252,10 @@ impl ApiError {
             Self::GatewayUnavailable => "gateway_unavailable",
             Self::DeviceExists(_) => "device_exists",
             Self::GroupExists(_) => "group_exists",
+            Self::ReplaceSameDevice(_) => "replace_same_device",
+            Self::DeviceRetired(_) => "device_retired",
+            Self::SuccessorOutOfService(_) => "successor_out_of_service",
+            Self::SuccessorAlreadyReplaces(_) => "successor_already_replaces",
             Self::Conflict(_) => "conflict",
             Self::EnrollmentGroupNotFound(_) => "enrollment_group_not_found",
             Self::EnrollmentGroupExists(_) => "enrollment_group_exists",
@@ -307,9 +328,26 @@ impl From<StoreError> for ApiError {
             )),
             StoreError::IllegalTransition(t) => Self::IllegalTransition(t.to_string()),
             StoreError::Conflict(msg) => Self::Conflict(msg),
+            StoreError::Replacement(e) => Self::from(e),
             other @ (StoreError::NotFound { .. }
             | StoreError::AlreadyExists { .. }
             | StoreError::Backend(_)) => Self::internal(other),
+        }
+    }
+}
+
+impl From<ReplacementError> for ApiError {
+    fn from(e: ReplacementError) -> Self {
+        let message = e.to_string();
+        match e {
+            ReplacementError::SameDevice(_) => Self::ReplaceSameDevice(message),
+            ReplacementError::AlreadyRetired { .. } => Self::DeviceRetired(message),
+            ReplacementError::SuccessorOutOfService { .. } => Self::SuccessorOutOfService(message),
+            ReplacementError::SuccessorAlreadyReplaces { .. } => {
+                Self::SuccessorAlreadyReplaces(message)
+            }
+            ReplacementError::MergedTags { .. } => Self::ValidationFailed(message),
+            ReplacementError::IllegalTransition(_) => Self::IllegalTransition(message),
         }
     }
 }

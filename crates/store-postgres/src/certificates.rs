@@ -131,14 +131,17 @@ pub(crate) async fn expiring(
 }
 
 /// A device's certificates, newest first (ties: highest serial first).
-pub(crate) async fn list(pool: &PgPool, device: &DeviceId) -> StoreResult<Vec<DeviceCertificate>> {
+pub(crate) async fn list(
+    conn: impl sqlx::PgExecutor<'_>,
+    device: &DeviceId,
+) -> StoreResult<Vec<DeviceCertificate>> {
     let rows = sqlx::query(concat!(
         "SELECT ",
         columns!(),
         " FROM device_certificates WHERE device_id = $1 ORDER BY created_at DESC, serial DESC"
     ))
     .bind(device.as_str())
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
     .map_err(db)?;
     rows.iter().map(from_row).collect()

@@ -108,14 +108,17 @@ pub(crate) async fn login_by_hash(
 }
 
 /// A device's credentials, newest first (ties broken by id, highest first).
-pub(crate) async fn list(pool: &PgPool, device: &DeviceId) -> StoreResult<Vec<DeviceCredential>> {
+pub(crate) async fn list(
+    conn: impl sqlx::PgExecutor<'_>,
+    device: &DeviceId,
+) -> StoreResult<Vec<DeviceCredential>> {
     let rows = sqlx::query(concat!(
         "SELECT ",
         credential_columns!(),
         " FROM device_credentials c WHERE c.device_id = $1 ORDER BY c.created_at DESC, c.id DESC"
     ))
     .bind(device.as_str())
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
     .map_err(db)?;
     rows.iter().map(rows::credential).collect()

@@ -35,6 +35,8 @@ pub(crate) async fn create(pool: &PgPool, new: &NewDevice, m: &Mutation) -> Stor
         created_at: m.at,
         updated_at: m.at,
         version: 1,
+        replaces: None,
+        replaced_by: None,
     };
     let mut tx = begin_write(pool).await?;
     if !insert(&mut tx, &device).await? {
@@ -184,6 +186,8 @@ async fn import_row(
             created_at: m.at,
             updated_at: m.at,
             version: 1,
+            replaces: None,
+            replaced_by: None,
         };
         if !insert(conn, &device).await? {
             // The write lock is held and the device was just found missing: this cannot happen
@@ -241,8 +245,9 @@ pub(crate) async fn get_for_update(
 /// Inserts a device and its tags; `false` when the id is taken.
 pub(crate) async fn insert(conn: &mut PgConnection, d: &Device) -> StoreResult<bool> {
     let inserted = sqlx::query(
-        "INSERT INTO devices (id, name, tags, attributes, state, created_at, updated_at, version)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        "INSERT INTO devices (id, name, tags, attributes, state, created_at, updated_at, version,
+                              predecessor_id, successor_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(d.id.as_str())
@@ -253,6 +258,8 @@ pub(crate) async fn insert(conn: &mut PgConnection, d: &Device) -> StoreResult<b
     .bind(d.created_at.millis())
     .bind(d.updated_at.millis())
     .bind(rows::version_to_sql(d.version)?)
+    .bind(d.replaces.as_ref().map(DeviceId::as_str))
+    .bind(d.replaced_by.as_ref().map(DeviceId::as_str))
     .execute(&mut *conn)
     .await
     .map_err(db)?
@@ -265,10 +272,15 @@ pub(crate) async fn insert(conn: &mut PgConnection, d: &Device) -> StoreResult<b
 }
 
 /// Writes `next` over `current` (same id), rewriting the tag rows when the tags changed.
-async fn write_update(conn: &mut PgConnection, current: &Device, next: &Device) -> StoreResult<()> {
+pub(crate) async fn write_update(
+    conn: &mut PgConnection,
+    current: &Device,
+    next: &Device,
+) -> StoreResult<()> {
     sqlx::query(
         "UPDATE devices
-         SET name = $2, tags = $3, attributes = $4, state = $5, updated_at = $6, version = $7
+         SET name = $2, tags = $3, attributes = $4, state = $5, updated_at = $6, version = $7,
+             predecessor_id = $8, successor_id = $9
          WHERE id = $1",
     )
     .bind(next.id.as_str())
@@ -278,6 +290,8 @@ async fn write_update(conn: &mut PgConnection, current: &Device, next: &Device) 
     .bind(next.state.as_str())
     .bind(next.updated_at.millis())
     .bind(rows::version_to_sql(next.version)?)
+    .bind(next.replaces.as_ref().map(DeviceId::as_str))
+    .bind(next.replaced_by.as_ref().map(DeviceId::as_str))
     .execute(&mut *conn)
     .await
     .map_err(db)?;
@@ -319,11 +333,11 @@ fn check_version(current: &Device, expected: Option<u64>) -> StoreResult<()> {
     }
 }
 
-fn created_record(d: &Device, m: &Mutation) -> NewAuditRecord {
+pub(crate) fn created_record(d: &Device, m: &Mutation) -> NewAuditRecord {
     audit::record(m, "device.create", resource(&d.id), None, Some(d.audit_summary()))
 }
 
-fn updated_record(before: &Device, after: &Device, m: &Mutation) -> NewAuditRecord {
+pub(crate) fn updated_record(before: &Device, after: &Device, m: &Mutation) -> NewAuditRecord {
     audit::record(
         m,
         "device.update",
@@ -333,11 +347,11 @@ fn updated_record(before: &Device, after: &Device, m: &Mutation) -> NewAuditReco
     )
 }
 
-fn resource(id: &DeviceId) -> String {
+pub(crate) fn resource(id: &DeviceId) -> String {
     format!("device/{id}")
 }
 
-fn not_found(id: &DeviceId) -> StoreError {
+pub(crate) fn not_found(id: &DeviceId) -> StoreError {
     StoreError::NotFound { kind: "device", id: id.to_string() }
 }
 

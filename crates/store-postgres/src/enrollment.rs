@@ -487,6 +487,8 @@ pub(crate) async fn register(
                 created_at: m.at,
                 updated_at: m.at,
                 version: 1,
+                replaces: None,
+                replaced_by: None,
             };
             if !devices::insert(&mut tx, &device).await? {
                 return Ok(Err(RegistrationRefusal::DeviceConflict));

@@ -8,6 +8,8 @@
 //! Inside, each area has its module: `devices`, `groups`, `tokens`, `credentials`, `certificates`,
 //! `enrollment` (enrollment groups, claim codes, the registration transaction),
 //! `presence`, `agent_reports` (what devices' agents report about themselves) and `mqtt`
+//! `presence`, `agent_reports` (what devices' agents report about themselves), `replacement`
+//! (replacing a device by another, RMA) and `mqtt`
 //! (the broker's persistent sessions and retained messages) hold the queries, `audit` appends to the hash chain in the same transaction as each change, `filter_sql`
 //! turns device filters into index-backed SQL with bind parameters, and `rows` decodes stored rows
 //! back into validated domain values. Queries are built at run time with binds (`sqlx::query`), never by
@@ -28,6 +30,7 @@ mod filter_sql;
 mod groups;
 mod mqtt;
 mod presence;
+mod replacement;
 mod rows;
 mod tokens;
 
@@ -42,7 +45,7 @@ use domain::{
     CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch,
     EnrollmentGroup, EnrollmentGroupName, EnrollmentGroupPatch, Group, GroupName, GroupPatch,
     ImportRow, Mutation, NewDevice, NewDeviceCertificate, NewDeviceCredential, NewEnrollmentGroup,
-    NewGroup, NewToken, Presence, RegistrationRefusal, Timestamp, TokenHash, TokenId,
+    NewGroup, NewToken, Presence, RegistrationRefusal, Replacement, Timestamp, TokenHash, TokenId,
 };
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -204,6 +207,15 @@ impl Store for PostgresStore {
         m: &Mutation,
     ) -> StoreResult<Vec<ImportOutcome>> {
         devices::import(&self.pool, rows, mode, m).await
+    }
+
+    async fn replace_device(
+        &self,
+        old: &DeviceId,
+        new: &DeviceId,
+        m: &Mutation,
+    ) -> StoreResult<Replacement> {
+        replacement::replace(&self.pool, old, new, m).await
     }
 
     async fn create_group(&self, new: &NewGroup, m: &Mutation) -> StoreResult<Group> {

@@ -18,7 +18,8 @@ use crate::error::{PostgresError, db};
 /// The columns [`device`] reads, qualified by the alias `d`, as a literal for `concat!`.
 macro_rules! device_columns {
     () => {
-        "d.id, d.name, d.tags, d.attributes, d.state, d.created_at, d.updated_at, d.version"
+        "d.id, d.name, d.tags, d.attributes, d.state, d.created_at, d.updated_at, d.version, \
+         d.predecessor_id, d.successor_id"
     };
 }
 pub(crate) use device_columns;
@@ -77,7 +78,15 @@ pub(crate) fn device(row: &PgRow) -> Result<Device, StoreError> {
         created_at: Timestamp::from_millis(row.try_get("created_at").map_err(db)?),
         updated_at: Timestamp::from_millis(row.try_get("updated_at").map_err(db)?),
         version: version(row, "device version")?,
+        replaces: link(row, "predecessor_id")?,
+        replaced_by: link(row, "successor_id")?,
     })
+}
+
+/// Decodes a device's predecessor or successor column.
+fn link(row: &PgRow, column: &'static str) -> Result<Option<DeviceId>, StoreError> {
+    let id: Option<String> = row.try_get(column).map_err(db)?;
+    id.map(DeviceId::new).transpose().map_err(|e| PostgresError::corrupt(column, &e))
 }
 
 /// A group as stored, with its surrogate key (members reference it).

@@ -31,6 +31,8 @@ pub(crate) async fn create(s: &SqliteStore, new: &NewDevice, m: &Mutation) -> St
         created_at: m.at,
         updated_at: m.at,
         version: 1,
+        replaces: None,
+        replaced_by: None,
     };
     let mut tx = s.begin_write().await?;
     insert(&mut tx, &device).await?;
@@ -260,6 +262,8 @@ fn judge(
             created_at: m.at,
             updated_at: m.at,
             version: 1,
+            replaces: None,
+            replaced_by: None,
         };
         return (ImportOutcome::Created, Some(device));
     };
@@ -345,11 +349,11 @@ async fn write_devices(
 }
 
 /// The audit resource of a device.
-fn resource(id: &DeviceId) -> String {
+pub(crate) fn resource(id: &DeviceId) -> String {
     format!("device/{id}")
 }
 
-fn not_found(id: &DeviceId) -> StoreError {
+pub(crate) fn not_found(id: &DeviceId) -> StoreError {
     StoreError::NotFound { kind: "device", id: id.to_string() }
 }
 
@@ -358,7 +362,7 @@ fn not_initial(state: LifecycleState) -> String {
 }
 
 /// Reads a device for a write, checking that it exists and has the expected version.
-async fn current(
+pub(crate) async fn current(
     conn: &mut SqliteConnection,
     id: &DeviceId,
     expected_version: Option<u64>,
@@ -376,8 +380,9 @@ async fn current(
 pub(crate) async fn insert(conn: &mut SqliteConnection, d: &Device) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO devices \
-         (id, name, state, tags_json, attributes_json, created_at, updated_at, version) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+         (id, name, state, tags_json, attributes_json, created_at, updated_at, version, \
+         predecessor_id, successor_id) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(d.id.as_str())
     .bind(d.name.as_str())
@@ -387,6 +392,8 @@ pub(crate) async fn insert(conn: &mut SqliteConnection, d: &Device) -> StoreResu
     .bind(d.created_at.millis())
     .bind(d.updated_at.millis())
     .bind(to_i64("device version", d.version)?)
+    .bind(d.replaces.as_ref().map(DeviceId::as_str))
+    .bind(d.replaced_by.as_ref().map(DeviceId::as_str))
     .execute(&mut *conn)
     .await
     .map_err(unique_or_db("device", &d.id))?;
@@ -394,10 +401,14 @@ pub(crate) async fn insert(conn: &mut SqliteConnection, d: &Device) -> StoreResu
 }
 
 /// Writes a changed device over its row, replacing its tag rows when the tags changed.
-async fn rewrite(conn: &mut SqliteConnection, d: &Device, tags_changed: bool) -> StoreResult<()> {
+pub(crate) async fn rewrite(
+    conn: &mut SqliteConnection,
+    d: &Device,
+    tags_changed: bool,
+) -> StoreResult<()> {
     sqlx::query(
         "UPDATE devices SET name = ?, state = ?, tags_json = ?, attributes_json = ?, \
-         updated_at = ?, version = ? WHERE id = ?",
+         updated_at = ?, version = ?, predecessor_id = ?, successor_id = ? WHERE id = ?",
     )
     .bind(d.name.as_str())
     .bind(d.state.as_str())
@@ -405,6 +416,8 @@ async fn rewrite(conn: &mut SqliteConnection, d: &Device, tags_changed: bool) ->
     .bind(d.attributes.as_json().to_string())
     .bind(d.updated_at.millis())
     .bind(to_i64("device version", d.version)?)
+    .bind(d.replaces.as_ref().map(DeviceId::as_str))
+    .bind(d.replaced_by.as_ref().map(DeviceId::as_str))
     .bind(d.id.as_str())
     .execute(&mut *conn)
     .await

@@ -457,6 +457,8 @@ pub(crate) async fn register(
                 created_at: m.at,
                 updated_at: m.at,
                 version: 1,
+                replaces: None,
+                replaced_by: None,
             };
             devices::insert(&mut tx, &device).await?;
             for g in &group.groups {

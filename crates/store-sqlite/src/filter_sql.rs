@@ -34,8 +34,8 @@ use std::fmt::Write as _;
 use domain::{DeviceId, Field, Filter, GroupName, TagKey};
 
 /// The `devices` columns every device query selects, in [`crate::rows::DeviceRow`] order.
-pub(crate) const DEVICE_COLUMNS: &str =
-    "d.id, d.name, d.state, d.tags_json, d.attributes_json, d.created_at, d.updated_at, d.version";
+pub(crate) const DEVICE_COLUMNS: &str = "d.id, d.name, d.state, d.tags_json, d.attributes_json, d.created_at, d.updated_at, d.version, \
+     d.predecessor_id, d.successor_id";
 
 /// A bind parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]

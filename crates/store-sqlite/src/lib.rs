@@ -19,6 +19,7 @@
 //! devices' agents report about themselves (facts, heartbeat health), both written in batches too.
 //! `enrollment` keeps enrollment groups, their claim codes and which devices they enrolled, and
 //! registers a device in one transaction.
+//! `replacement` replaces a device by another (RMA) in one transaction.
 
 mod agent_reports;
 mod audit_chain;
@@ -31,6 +32,7 @@ mod filter_sql;
 mod groups;
 mod mqtt;
 mod presence;
+mod replacement;
 mod rows;
 mod tokens;
 
@@ -44,7 +46,7 @@ use domain::{
     CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch,
     EnrollmentGroup, EnrollmentGroupName, EnrollmentGroupPatch, Group, GroupName, GroupPatch,
     ImportRow, Mutation, NewDevice, NewDeviceCertificate, NewDeviceCredential, NewEnrollmentGroup,
-    NewGroup, NewToken, Presence, RegistrationRefusal, Timestamp, TokenHash, TokenId,
+    NewGroup, NewToken, Presence, RegistrationRefusal, Replacement, Timestamp, TokenHash, TokenId,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -248,6 +250,15 @@ impl Store for SqliteStore {
         m: &Mutation,
     ) -> StoreResult<Vec<ImportOutcome>> {
         devices::import(self, rows, mode, m).await
+    }
+
+    async fn replace_device(
+        &self,
+        old: &DeviceId,
+        new: &DeviceId,
+        m: &Mutation,
+    ) -> StoreResult<Replacement> {
+        replacement::replace(self, old, new, m).await
     }
 
     async fn create_group(&self, new: &NewGroup, m: &Mutation) -> StoreResult<Group> {

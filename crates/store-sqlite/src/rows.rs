@@ -16,7 +16,8 @@ use store::StoreError;
 use crate::SqliteError;
 
 /// `devices` columns in [`crate::filter_sql::DEVICE_COLUMNS`] order.
-pub(crate) type DeviceRow = (String, String, String, String, String, i64, i64, i64);
+pub(crate) type DeviceRow =
+    (String, String, String, String, String, i64, i64, i64, Option<String>, Option<String>);
 
 /// `groups` columns in [`GROUP_COLUMNS`] order.
 pub(crate) type GroupRow = (String, String, String, Option<String>, i64, i64, i64);
@@ -90,7 +91,18 @@ fn unsigned(table: &'static str, key: &str, what: &str, v: i64) -> Result<u64, S
 /// # Errors
 /// [`StoreError::Backend`] when a column does not hold a valid value.
 pub(crate) fn device_from_row(row: DeviceRow) -> Result<Device, StoreError> {
-    let (id, name, state, tags_json, attributes_json, created_at, updated_at, version) = row;
+    let (
+        id,
+        name,
+        state,
+        tags_json,
+        attributes_json,
+        created_at,
+        updated_at,
+        version,
+        predecessor,
+        successor,
+    ) = row;
     let bad = |reason: String| corrupt("devices", &id, reason);
     let tags_value: serde_json::Value =
         serde_json::from_str(&tags_json).map_err(|e| bad(format!("tags: {e}")))?;
@@ -108,6 +120,8 @@ pub(crate) fn device_from_row(row: DeviceRow) -> Result<Device, StoreError> {
         created_at: Timestamp::from_millis(created_at),
         updated_at: Timestamp::from_millis(updated_at),
         version: unsigned("devices", &id, "version", version)?,
+        replaces: predecessor.map(DeviceId::new).transpose().map_err(|e| bad(e.to_string()))?,
+        replaced_by: successor.map(DeviceId::new).transpose().map_err(|e| bad(e.to_string()))?,
     })
 }
 

@@ -27,7 +27,8 @@
 //!   `device.credential.create|revoke`, `device.certificate.create|revoke`,
 //!   `enrollment_group.create|update|delete|derive_key|claim_codes.create` on
 //!   `enrollment_group/<name>`, `device.register` and `enrollment.register.refused` (an import writes
-//!   `device.create`/`device.update` per device); resources are `device/<id>` (a credential's or
+//!   `device.create`/`device.update` per device; a replacement writes the records of each change it
+//!   makes, then `device.replace`); resources are `device/<id>` (a credential's or
 //!   certificate's is its device's), `group/<name>`, `token/<id>`. Deleting a device deletes its
 //!   credentials and certificates without a record of their own.
 //!   Member changes have no `before` and `after` is
@@ -51,6 +52,7 @@
 mod certificates;
 mod enrollment;
 mod mqtt;
+mod replacement;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -67,6 +69,7 @@ use serde_json::{Value, json};
 pub use crate::conformance::certificates::*;
 pub use crate::conformance::enrollment::*;
 pub use crate::conformance::mqtt::*;
+pub use crate::conformance::replacement::*;
 
 use crate::{
     ConnectivitySummary, DeviceLogin, DeviceQuery, ImportMode, ImportOutcome, MAX_PAGE_SIZE, Page,
@@ -113,6 +116,9 @@ macro_rules! conformance_tests {
             import_best_effort_commits_good_rows,
             import_atomic_commits_nothing_on_rejection,
             import_atomic_commits_a_clean_batch,
+            replace_device_moves_identity_and_retires_old,
+            replace_device_creates_a_missing_successor,
+            replace_device_refusals_change_nothing,
             create_get_and_list_groups,
             update_group,
             static_group_members,
@@ -261,6 +267,8 @@ pub async fn create_and_get_device(store: Arc<dyn Store>) {
         created_at: m.at,
         updated_at: m.at,
         version: 1,
+        replaces: None,
+        replaced_by: None,
     };
     assert_eq!(created, expected);
     assert_eq!(store.device(&new.id).await.unwrap(), Some(expected.clone()));
@@ -782,6 +790,8 @@ pub async fn import_reports_every_outcome(store: Arc<dyn Store>) {
             created_at: m.at,
             updated_at: m.at,
             version: 1,
+            replaces: None,
+            replaced_by: None,
         }
     );
     let new2 = store.device(&id("new-2")).await.unwrap().unwrap();

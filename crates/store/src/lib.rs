@@ -22,7 +22,7 @@ use domain::{
     EnrollmentGroup, EnrollmentGroupName, EnrollmentGroupPatch, Filter, Group, GroupName,
     GroupPatch, IllegalTransition, ImportRow, LifecycleState, Mutation, NewDevice,
     NewDeviceCertificate, NewDeviceCredential, NewEnrollmentGroup, NewGroup, NewToken, Presence,
-    RegistrationRefusal, Timestamp, TokenHash, TokenId,
+    RegistrationRefusal, Replacement, ReplacementError, Timestamp, TokenHash, TokenId,
 };
 
 pub use crate::enrollment::{
@@ -66,6 +66,10 @@ pub enum StoreError {
     /// The lifecycle does not allow the requested state change.
     #[error(transparent)]
     IllegalTransition(#[from] IllegalTransition),
+    /// A device replacement breaks one of its rules (see [`ReplacementError`]; its lifecycle
+    /// failures are reported as [`StoreError::IllegalTransition`] instead).
+    #[error(transparent)]
+    Replacement(ReplacementError),
     /// The request conflicts with the resource's nature (adding members to a dynamic group, a
     /// dynamic group's filter on a static group, a device created in a non-initial state).
     #[error("{0}")]
@@ -79,6 +83,15 @@ impl StoreError {
     /// Wraps any backend error.
     pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Backend(Box::new(e))
+    }
+}
+
+impl From<ReplacementError> for StoreError {
+    fn from(e: ReplacementError) -> Self {
+        match e {
+            ReplacementError::IllegalTransition(t) => Self::IllegalTransition(t),
+            other => Self::Replacement(other),
+        }
     }
 }
 
@@ -252,6 +265,31 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         mode: ImportMode,
         m: &Mutation,
     ) -> StoreResult<Vec<ImportOutcome>>;
+
+    /// Replaces device `old` with device `new` (RMA), in one transaction: `new` is created in
+    /// state `registered` when it does not exist; it takes over `old`'s tags (`old`'s win on key
+    /// conflicts), attributes (shallow merge, `old`'s keys win) and static group memberships
+    /// (`old` leaves them); `new.replaces = old` and `old.replaced_by = new`; every unrevoked
+    /// credential and certificate of `old` is revoked; `old` goes through `decommissioned` (unless
+    /// it is already) to `retired`, each step checked by the lifecycle. The rules are
+    /// [`domain::ReplacementPlan::new`]'s.
+    ///
+    /// Audited as the changes would be one by one (`device.create` or `device.update` of `new`;
+    /// per group of `old`, by name, `group.members.add` of `new` unless it was a member and
+    /// `group.members.remove` of `old`; `device.credential.revoke` and `device.certificate.revoke`
+    /// per revocation, one
+    /// `device.update` per lifecycle step of `old`), then one `device.replace` on `device/<old>`
+    /// with no `before` and [`Replacement::audit_summary`] as `after`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (kind `device`) for an unknown `old`, [`StoreError::Replacement`]
+    /// for a broken rule, [`StoreError::IllegalTransition`]; nothing is changed then.
+    async fn replace_device(
+        &self,
+        old: &DeviceId,
+        new: &DeviceId,
+        m: &Mutation,
+    ) -> StoreResult<Replacement>;
 
     // ---- groups ----
 

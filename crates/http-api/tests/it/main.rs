@@ -13,4 +13,5 @@ mod health;
 mod import;
 mod matrix;
 mod openapi;
+mod replacement;
 mod tokens;

@@ -34,6 +34,7 @@ const ROUTES: &[(&str, &str, &str, Access)] = &[
     ("GET", "/api/v1/devices/{id}", "/api/v1/devices/dev-1", AtLeast(Viewer)),
     ("PATCH", "/api/v1/devices/{id}", "/api/v1/devices/dev-1", AtLeast(Operator)),
     ("DELETE", "/api/v1/devices/{id}", "/api/v1/devices/dev-1", AtLeast(Operator)),
+    ("POST", "/api/v1/devices/{id}/replace", "/api/v1/devices/dev-1/replace", AtLeast(Operator)),
     (
         "POST",
         "/api/v1/devices/{id}/credentials",

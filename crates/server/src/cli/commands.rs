@@ -84,6 +84,28 @@ pub(crate) async fn device(cmd: DeviceCommand) -> anyhow::Result<()> {
             c.send(req).await?;
             done(&client, &format!("deleted device {id}"))
         }
+        DeviceCommand::Replace { id, with, client } => {
+            let c = Client::new(&client)?;
+            let path = format!("/api/v1/devices/{}/replace", encode(&id));
+            let r = c.post(&path, &json!({ "with": with })).await?;
+            if client.output == OutputFormat::Json {
+                return output::write_json(&r);
+            }
+            let count = |section: &str, key: &str| {
+                r.get(section).and_then(|s| s.get(key)).and_then(Value::as_u64).unwrap_or(0)
+            };
+            let created = r.get("created").and_then(Value::as_bool).unwrap_or(false);
+            output::write_raw(&format!(
+                "replaced device {id} with {}{with}: moved {} tags, {} attributes, {} groups; \
+                 revoked {} credentials, {} certificates; {id} is retired",
+                if created { "new device " } else { "" },
+                count("moved", "tags"),
+                count("moved", "attributes"),
+                count("moved", "groups"),
+                count("revoked", "credentials"),
+                count("revoked", "certificates"),
+            ))
+        }
         DeviceCommand::Import { file, format, atomic, client } => {
             import(&file, format, atomic, &client).await
         }
@@ -631,6 +653,11 @@ fn print_device_detail(client: &ClientArgs, d: &Value) -> anyhow::Result<()> {
     }
     t.row(vec!["tags".into(), tags_text(d.get("tags"))]);
     t.row(vec!["attributes".into(), d.get("attributes").map(Value::to_string).unwrap_or_default()]);
+    for k in ["replaces", "replaced_by"] {
+        if let Some(Value::String(other)) = d.get(k) {
+            t.row(vec![k.replace('_', " "), other.clone()]);
+        }
+    }
     if let Some(c) = d.get("connectivity") {
         let connected = c.get("connected").and_then(Value::as_bool).unwrap_or(false);
         let text = if connected {

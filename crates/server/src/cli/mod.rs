@@ -135,6 +135,7 @@ pub enum DeviceCommand {
         client: ClientArgs,
     },
     /// Show one device.
+    #[command(visible_alias = "show")]
     Get {
         /// Device id.
         id: String,
@@ -202,6 +203,19 @@ pub enum DeviceCommand {
         /// Only if the device is still at this version.
         #[arg(long, value_name = "VERSION")]
         if_version: Option<u64>,
+        /// Server, token and output options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Replace a device by another (RMA): the successor takes over its tags, attributes and
+    /// static groups; its credentials and certificates are revoked, its live connections closed,
+    /// and it is retired. A successor that does not exist is created (registered).
+    Replace {
+        /// Id of the device to replace.
+        id: String,
+        /// Id of the successor (an existing device, or a new id to create).
+        #[arg(long = "with", value_name = "NEW")]
+        with: String,
         /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,

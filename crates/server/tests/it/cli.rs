@@ -430,3 +430,45 @@ async fn enrollment_groups_through_the_cli() {
     client.disconnect().await.unwrap();
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn device_replace_through_the_cli() {
+    let server = TestServer::start().await;
+    let cli = Cli { server: &server };
+    cli.ok(&["device", "create", "pump-1", "--state", "active", "--tag", "site=berlin"]);
+    cli.ok(&["group", "create", "pumps"]);
+    cli.ok(&["group", "add", "pumps", "pump-1"]);
+    let out = cli.ok(&["device", "replace", "pump-1", "--with", "pump-2"]);
+    assert_eq!(
+        out.trim_end(),
+        "replaced device pump-1 with new device pump-2: moved 1 tags, 0 attributes, 1 groups; \
+         revoked 0 credentials, 0 certificates; pump-1 is retired"
+    );
+    let shown = cli.ok(&["device", "show", "pump-2"]);
+    assert!(shown.lines().any(|l| l.starts_with("replaces") && l.ends_with("pump-1")), "{shown}");
+    let shown = cli.ok(&["device", "show", "pump-1"]);
+    assert!(
+        shown.lines().any(|l| l.starts_with("replaced by") && l.ends_with("pump-2")),
+        "{shown}"
+    );
+    assert!(shown.lines().any(|l| l.starts_with("state") && l.ends_with("retired")), "{shown}");
+    let new = cli.json(&["device", "get", "pump-2"]);
+    assert_eq!((&new["tags"]["site"], &new["replaces"]), (&"berlin".into(), &"pump-1".into()));
+    let audit = cli.ok(&["audit", "list", "--limit", "100"]);
+    assert!(audit.contains("device.replace"), "{audit}");
+
+    // Refusals exit 1 with the server's message and code.
+    let err =
+        cli.fails(&["device", "replace", "pump-1", "--with", "pump-3"], Some(&server.admin_token));
+    assert!(
+        err.contains("device_retired") && err.contains("409") && err.contains("replaced by pump-2"),
+        "{err}"
+    );
+    let err =
+        cli.fails(&["device", "replace", "pump-2", "--with", "pump-2"], Some(&server.admin_token));
+    assert!(err.contains("replace_same_device") && err.contains("422"), "{err}");
+    let err =
+        cli.fails(&["device", "replace", "ghost", "--with", "pump-3"], Some(&server.admin_token));
+    assert!(err.contains("device_not_found") && err.contains("404"), "{err}");
+    server.stop().await;
+}

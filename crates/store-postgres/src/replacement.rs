@@ -1,0 +1,214 @@
+//! Device replacement (RMA): [`store::Store::replace_device`] in one write transaction.
+//!
+//! The rules and the two devices' new registry entries come from [`ReplacementPlan`]; this module
+//! reads what the plan needs (the old device's row locked), applies it, moves static group
+//! memberships, revokes the old device's credentials and certificates, and appends every audit
+//! record before it commits.
+
+use domain::{
+    DeviceCertificate, DeviceCredential, DeviceId, Mutation, NewAuditRecord, Replacement,
+    ReplacementError, ReplacementPlan,
+};
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+use store::{StoreError, StoreResult};
+
+use crate::audit::{self, begin_write};
+use crate::devices::{self, resource};
+use crate::error::db;
+use crate::{certificates, credentials};
+
+/// Replaces `old` with `new`; see [`store::Store::replace_device`].
+pub(crate) async fn replace(
+    pool: &PgPool,
+    old: &DeviceId,
+    new: &DeviceId,
+    m: &Mutation,
+) -> StoreResult<Replacement> {
+    if old == new {
+        return Err(ReplacementError::SameDevice(old.clone()).into());
+    }
+    let mut tx = begin_write(pool).await?;
+    let old_device =
+        devices::get_for_update(&mut tx, old).await?.ok_or_else(|| devices::not_found(old))?;
+    let existing = devices::get_for_update(&mut tx, new).await?;
+    let plan = ReplacementPlan::new(&old_device, new, existing.as_ref(), m.at)?;
+    let mut entries: Vec<NewAuditRecord> = Vec::new();
+
+    match &plan.successor_before {
+        None => {
+            if !devices::insert(&mut tx, &plan.successor).await? {
+                // The write lock is held and the device was just found missing.
+                return Err(StoreError::AlreadyExists { kind: "device", id: new.to_string() });
+            }
+            entries.push(devices::created_record(&plan.successor, m));
+        }
+        Some(before) => {
+            devices::write_update(&mut tx, before, &plan.successor).await?;
+            entries.push(devices::updated_record(before, &plan.successor, m));
+        }
+    }
+    // Desired configuration (issue 6) will move here as well, in this transaction.
+    let groups = move_group_memberships(&mut tx, old, new).await?;
+    for (group, added) in &groups {
+        if *added {
+            let after = json!({ "added": [new.as_str()] });
+            entries.push(audit::record(
+                m,
+                "group.members.add",
+                format!("group/{group}"),
+                None,
+                Some(after),
+            ));
+        }
+        let after = json!({ "removed": [old.as_str()] });
+        entries.push(audit::record(
+            m,
+            "group.members.remove",
+            format!("group/{group}"),
+            None,
+            Some(after),
+        ));
+    }
+
+    let credentials = revoke_credentials(&mut tx, old, m).await?;
+    for (before, after) in &credentials {
+        entries.push(audit::record(
+            m,
+            "device.credential.revoke",
+            resource(old),
+            Some(before.audit_summary()),
+            Some(after.audit_summary()),
+        ));
+    }
+    let certificates = revoke_certificates(&mut tx, old, m).await?;
+    for (before, after) in &certificates {
+        entries.push(audit::record(
+            m,
+            "device.certificate.revoke",
+            resource(old),
+            Some(before.audit_summary()),
+            Some(after.audit_summary()),
+        ));
+    }
+
+    let mut before = &plan.old;
+    for step in &plan.retirement {
+        devices::write_update(&mut tx, before, step).await?;
+        entries.push(devices::updated_record(before, step, m));
+        before = step;
+    }
+
+    let mut counts = plan.counts;
+    counts.groups = groups.len();
+    counts.credentials_revoked = credentials.len();
+    counts.certificates_revoked = certificates.len();
+    let replacement = Replacement {
+        old: plan.old_after().clone(),
+        successor: plan.successor.clone(),
+        created: plan.successor_before.is_none(),
+        counts,
+    };
+    entries.push(audit::record(
+        m,
+        "device.replace",
+        resource(old),
+        None,
+        Some(replacement.audit_summary()),
+    ));
+    for e in &entries {
+        audit::append(&mut tx, e).await?;
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(replacement)
+}
+
+/// Adds `new` to every static group `old` is in (where it is not already) and takes `old` out of
+/// them; returns those groups by name, each with whether `new` was added to it (it was not when
+/// it was a member already).
+async fn move_group_memberships(
+    conn: &mut PgConnection,
+    old: &DeviceId,
+    new: &DeviceId,
+) -> StoreResult<Vec<(String, bool)>> {
+    let groups: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT g.name, NOT EXISTS (SELECT 1 FROM group_members n
+                                    WHERE n.group_id = m.group_id AND n.device_id = $1)
+         FROM group_members m JOIN device_groups g ON g.id = m.group_id
+         WHERE m.device_id = $2 ORDER BY g.name",
+    )
+    .bind(new.as_str())
+    .bind(old.as_str())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    sqlx::query(
+        "INSERT INTO group_members (group_id, device_id)
+         SELECT group_id, $1 FROM group_members WHERE device_id = $2
+         ON CONFLICT (group_id, device_id) DO NOTHING",
+    )
+    .bind(new.as_str())
+    .bind(old.as_str())
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    sqlx::query("DELETE FROM group_members WHERE device_id = $1")
+        .bind(old.as_str())
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    Ok(groups)
+}
+
+/// Revokes every credential of `device` not revoked yet; returns each as it was and as it is.
+async fn revoke_credentials(
+    conn: &mut PgConnection,
+    device: &DeviceId,
+    m: &Mutation,
+) -> StoreResult<Vec<(DeviceCredential, DeviceCredential)>> {
+    let mut live: Vec<DeviceCredential> = credentials::list(&mut *conn, device).await?;
+    live.retain(|c| c.revoked_at.is_none());
+    live.reverse(); // oldest first, the order they were issued in
+    sqlx::query(
+        "UPDATE device_credentials SET revoked_at = $1 WHERE device_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(m.at.millis())
+    .bind(device.as_str())
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(live
+        .into_iter()
+        .map(|c| {
+            let revoked = DeviceCredential { revoked_at: Some(m.at), ..c.clone() };
+            (c, revoked)
+        })
+        .collect())
+}
+
+/// Revokes every certificate of `device` not revoked yet; returns each as it was and as it is.
+async fn revoke_certificates(
+    conn: &mut PgConnection,
+    device: &DeviceId,
+    m: &Mutation,
+) -> StoreResult<Vec<(DeviceCertificate, DeviceCertificate)>> {
+    let mut live: Vec<DeviceCertificate> = certificates::list(&mut *conn, device).await?;
+    live.retain(|c| c.revoked_at.is_none());
+    live.reverse(); // oldest first, the order they were issued in
+    sqlx::query(
+        "UPDATE device_certificates SET revoked_at = $1 WHERE device_id = $2 \
+         AND revoked_at IS NULL",
+    )
+    .bind(m.at.millis())
+    .bind(device.as_str())
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(live
+        .into_iter()
+        .map(|c| {
+            let revoked = DeviceCertificate { revoked_at: Some(m.at), ..c.clone() };
+            (c, revoked)
+        })
+        .collect())
+}

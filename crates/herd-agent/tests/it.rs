@@ -178,3 +178,161 @@ async fn refusals_and_bad_configurations_exit_with_their_codes() {
     .await;
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Starts the daemon on `config`; its stderr is kept for the end.
+fn spawn_daemon(config: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_herd-agent"))
+        .args(["--config", config.to_str().unwrap()])
+        .env("HERD_AGENT_LOG", "debug")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Stops the daemon with SIGTERM; returns its stderr after checking it exited 0.
+async fn stop_daemon(mut child: std::process::Child) -> String {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = tokio::task::spawn_blocking(move || {
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        (status, stderr)
+    });
+    let (status, stderr) = tokio::time::timeout(WAIT, out).await.unwrap().unwrap();
+    assert!(status.success(), "{stderr}");
+    stderr
+}
+
+/// Polls `GET path` until `condition` holds.
+async fn until(
+    server: &TestServer,
+    path: &str,
+    condition: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, body) = server.get(path).await;
+        if condition(&body) {
+            return body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{path} never satisfied: {body:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the device has sent `more` heartbeats after `after` and is connected.
+async fn heartbeats_after(server: &TestServer, id: &str, after: u64, more: u64) {
+    server
+        .device_until(id, |d| {
+            d["agent"]["heartbeats"].as_u64().unwrap_or(0) >= after + more
+                && d["connectivity"]["connected"] == true
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn the_daemon_renews_its_certificate_before_it_ends() {
+    let certs = test_support::TestCerts::new();
+    let tls = certs.config();
+    let server = TestServer::start_with(|c| {
+        c.mqtt.tls = Some(tls);
+        // One day: within renew_before_days = 1 from the start.
+        c.identity.certificate_lifetime = Duration::from_secs(86_400);
+    })
+    .await;
+    server.active_device("gw-5").await;
+    let first = device_agent::identity::CertificateRequest::generate("gw-5").unwrap();
+    let (status, issued) = server
+        .post("/api/v1/devices/gw-5/certificates", &serde_json::json!({ "csr": first.csr_pem }))
+        .await;
+    assert_eq!(status, 201, "{issued}");
+    let first_pem = issued["certificate"].as_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("device.pem"), dir.path().join("device.key"));
+    std::fs::write(&cert_file, &first_pem).unwrap();
+    std::fs::write(&key_file, &first.key_pem).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = dir.path().join("agent.toml");
+    let port = server.mqtts_addr.unwrap().port();
+    std::fs::write(
+        &config,
+        format!(
+            "server = \"mqtts://localhost:{port}\"\ndevice_id = \"gw-5\"\ndata_dir = {:?}\n\
+             ca_file = {:?}\nclient_cert_file = {:?}\nclient_key_file = {:?}\n\
+             heartbeat_interval_secs = 1\nrenew_before_days = 1\n",
+            dir.path().join("data").display().to_string(),
+            certs.path("ca.pem").display().to_string(),
+            cert_file.display().to_string(),
+            key_file.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let child = spawn_daemon(&config);
+
+    // At its first check the certificate is due: a second one is issued and written.
+    until(&server, "/api/v1/devices/gw-5/certificates", |b| {
+        b["items"].as_array().is_some_and(|i| i.len() == 2)
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while std::fs::read_to_string(&cert_file).unwrap() == first_pem {
+        assert!(tokio::time::Instant::now() < deadline, "the certificate file was not replaced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // The operator retires the first certificate: the agent comes back with the new one.
+    let serial = issued["serial"].as_str().unwrap();
+    let (status, body) =
+        server.delete(&format!("/api/v1/devices/gw-5/certificates/{serial}")).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, device) = server.get("/api/v1/devices/gw-5").await;
+    let beats = device["agent"]["heartbeats"].as_u64().unwrap_or(0);
+    heartbeats_after(&server, "gw-5", beats, 2).await;
+    let stderr = stop_daemon(child).await;
+    assert!(stderr.contains("renewing it"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_daemon_renews_its_credential_when_herd_asks() {
+    let server = TestServer::start().await;
+    let token = server.active_device("gw-6").await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("mqtt://{}", server.mqtt_addr);
+    let config =
+        write_config(dir.path(), &url, "gw-6", &token, 0o600, "heartbeat_interval_secs = 1\n");
+    let child = spawn_daemon(&config);
+    heartbeats_after(&server, "gw-6", 0, 1).await;
+
+    let (status, body) = server
+        .post(
+            "/api/v1/devices/gw-6/rotate-credentials",
+            &serde_json::json!({ "credential": "credential" }),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let list = until(&server, "/api/v1/devices/gw-6/credentials", |b| {
+        b["items"].as_array().is_some_and(|i| i.len() == 2)
+    })
+    .await;
+    let credential_file = dir.path().join("credential");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while std::fs::read_to_string(&credential_file).unwrap().trim() == token {
+        assert!(tokio::time::Instant::now() < deadline, "the credential file was not replaced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mode = std::fs::metadata(&credential_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // Newest first: the old credential is the last; once revoked, the agent uses the new one.
+    let old = list["items"][1]["id"].as_str().unwrap();
+    let (status, body) = server.delete(&format!("/api/v1/devices/gw-6/credentials/{old}")).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, device) = server.get("/api/v1/devices/gw-6").await;
+    let beats = device["agent"]["heartbeats"].as_u64().unwrap_or(0);
+    heartbeats_after(&server, "gw-6", beats, 2).await;
+    let stderr = stop_daemon(child).await;
+    assert!(stderr.contains("renewed on Herd's request"), "{stderr}");
+}

@@ -14,4 +14,5 @@ mod import;
 mod matrix;
 mod openapi;
 mod replacement;
+mod rotation;
 mod tokens;

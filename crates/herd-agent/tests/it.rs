@@ -99,11 +99,7 @@ async fn the_daemon_sends_heartbeats_until_sigterm() {
     let url = format!("mqtt://{}", server.mqtt_addr);
     let config =
         write_config(dir.path(), &url, "gw-2", &token, 0o600, "heartbeat_interval_secs = 1\n");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herd-agent"))
-        .args(["--config", config.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_daemon(&config);
 
     let device = server
         .device_until("gw-2", |d| {
@@ -113,16 +109,7 @@ async fn the_daemon_sends_heartbeats_until_sigterm() {
         .await;
     assert!(device["agent"]["facts"]["hostname"].is_string(), "{device:#}");
 
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    let out = tokio::task::spawn_blocking(move || {
-        let status = child.wait().unwrap();
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-        (status, stderr)
-    });
-    let (status, stderr) = tokio::time::timeout(WAIT, out).await.unwrap().unwrap();
-    assert!(status.success(), "{stderr}");
+    let stderr = stop_daemon(child).await;
     assert!(stderr.contains("shutting down"), "{stderr}");
     let device = server.device_until("gw-2", |d| d["connectivity"]["connected"] == false).await;
     assert_eq!(device["connectivity"]["last_disconnect_reason"], "clean");

@@ -198,6 +198,21 @@ impl Responder {
         }
     }
 
+    /// Refuses a request when the device holds `usable` certificates or credentials (`what`)
+    /// already, the most it may.
+    fn check_room(&self, usable: usize, what: &str) -> Result<(), Refused> {
+        if usable < self.max_per_device {
+            return Ok(());
+        }
+        Err(Refused::new(
+            "too_many_credentials",
+            format!(
+                "the device holds {usable} usable {what} already \
+                 (identity.max_credentials_per_device); an operator must revoke one first"
+            ),
+        ))
+    }
+
     /// The device, which must exist and be active, and the mutation it makes.
     async fn active_device(&self, device_id: &DeviceId) -> Result<Mutation, Refused> {
         let device = self.store.device(device_id).await.map_err(|e| Refused::store(&e))?;
@@ -218,17 +233,12 @@ impl Responder {
         let request: CsrRequest = parse(payload)?;
         check_request_id(&request.request_id)?;
         let m = self.active_device(device_id).await?;
-        let usable = self
-            .store
-            .device_certificates(device_id)
-            .await
-            .map_err(|e| Refused::store(&e))?
-            .iter()
-            .filter(|c| c.is_usable_at(m.at))
-            .count();
-        if usable >= self.max_per_device {
-            return Err(too_many(usable, "certificates"));
-        }
+        let certificates =
+            self.store.device_certificates(device_id).await.map_err(|e| Refused::store(&e))?;
+        self.check_room(
+            certificates.iter().filter(|c| c.is_usable_at(m.at)).count(),
+            "certificates",
+        )?;
         let issued = self.issuer.issue(&request.csr, device_id).map_err(|e| match e {
             IssueError::InvalidCsr(reason) => Refused::new("invalid_csr", reason),
             IssueError::Failed(reason) => {
@@ -278,17 +288,12 @@ impl Responder {
                 ));
             }
         };
-        let usable = self
-            .store
-            .device_credentials(device_id)
-            .await
-            .map_err(|e| Refused::store(&e))?
-            .iter()
-            .filter(|c| c.is_usable_at(m.at))
-            .count();
-        if usable >= self.max_per_device {
-            return Err(too_many(usable, "credentials"));
-        }
+        let credentials =
+            self.store.device_credentials(device_id).await.map_err(|e| Refused::store(&e))?;
+        self.check_room(
+            credentials.iter().filter(|c| c.is_usable_at(m.at)).count(),
+            "credentials",
+        )?;
         let new = NewDeviceCredential {
             id: http_api::auth::generate_credential_id(),
             device_id: device_id.clone(),
@@ -307,16 +312,6 @@ impl Responder {
             "expires_at": stored.expires_at.map(Timestamp::to_rfc3339),
         }))
     }
-}
-
-fn too_many(usable: usize, what: &str) -> Refused {
-    Refused::new(
-        "too_many_credentials",
-        format!(
-            "the device holds {usable} usable {what} already (identity.max_credentials_per_device); \
-             an operator must revoke one first"
-        ),
-    )
 }
 
 /// The `request_id` of a request, echoed in its answer; `null` when there is none to echo.

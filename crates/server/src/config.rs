@@ -94,6 +94,9 @@ pub struct IdentityConfig {
     /// asks for a new one over MQTT (`identity.max_credentials_per_device`, 1 to 16): two lets it
     /// rotate, holding the old one and the new one.
     pub max_credentials_per_device: usize,
+    /// How often the TLS listener re-reads the CA certificates of X.509 enrollment groups it
+    /// trusts besides the device CA (`identity.trust_refresh_secs`, 1 to 3600).
+    pub trust_refresh: Duration,
     /// The master key sealing enrollment secrets (`identity.master_key_file`, default
     /// `<data_dir>/identity/master.key`), created on first start.
     pub master_key_file: PathBuf,
@@ -236,6 +239,7 @@ struct RawIdentity {
     ca_key_file: String,
     certificate_lifetime_days: u64,
     max_credentials_per_device: u64,
+    trust_refresh_secs: u64,
     master_key_file: String,
 }
 
@@ -947,7 +951,19 @@ fn validate_identity(
         "" => data_dir.join("identity").join("master.key"),
         path => PathBuf::from(path),
     };
-    IdentityConfig { ca, certificate_lifetime, max_credentials_per_device, master_key_file }
+    let refresh = raw.trust_refresh_secs;
+    if !(1..=3600).contains(&refresh) {
+        problems
+            .push(format!("identity.trust_refresh_secs must be between 1 and 3600, got {refresh}"));
+    }
+    let trust_refresh = Duration::from_secs(refresh.clamp(1, 3600));
+    IdentityConfig {
+        ca,
+        certificate_lifetime,
+        max_credentials_per_device,
+        trust_refresh,
+        master_key_file,
+    }
 }
 
 /// `v`, already checked to be between 1 and `u32::MAX`.
@@ -1301,6 +1317,7 @@ mod tests {
                 ca: CaSource::Internal { dir: PathBuf::from("./herd-data/ca") },
                 certificate_lifetime: Duration::from_secs(365 * 86_400),
                 max_credentials_per_device: 2,
+                trust_refresh: Duration::from_secs(10),
                 master_key_file: PathBuf::from("./herd-data/identity/master.key"),
             }
         );

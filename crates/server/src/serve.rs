@@ -373,11 +373,17 @@ pub async fn run(
         Some(tls) => {
             let addr =
                 tls.listener.local_addr().context("MQTT TLS listener has no local address")?;
-            // Devices may log in with a certificate of the device CA instead of a credential.
-            let acceptor = tls.acceptor(gateway::client_cert::client_verifier(
-                ca.ca_pem(),
-                gateway::tls_provider(),
-            )?)?;
+            // Devices may log in with a certificate of the device CA instead of a credential, and
+            // onboard with one of an X.509 enrollment group's CA.
+            let trust =
+                gateway::client_cert::ClientTrust::new(ca.ca_pem(), gateway::tls_provider())?;
+            tasks.spawn(gateway::client_cert::refresh_client_trust(
+                Arc::clone(&trust),
+                Arc::clone(&store),
+                config.identity.trust_refresh,
+                broker_stop.clone(),
+            ));
+            let acceptor = tls.acceptor(trust)?;
             tasks.spawn(gateway::accept_loop(
                 tls.listener,
                 gateway::Transport::Tls {

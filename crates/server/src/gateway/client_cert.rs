@@ -2,8 +2,11 @@
 //!
 //! The TLS listener asks every client for a certificate and accepts clients without one (they
 //! log in with a device credential, as an application or anonymously, as over TCP): token and
-//! certificate devices share the port. A certificate that is presented must chain to the device CA
-//! (rustls' `WebPkiClientVerifier`, [`client_verifier`]); otherwise the handshake fails.
+//! certificate devices share the port. A certificate that is presented must chain to a trusted CA
+//! (rustls' `WebPkiClientVerifier`, [`client_verifier`]); otherwise the handshake fails. The
+//! trusted CAs ([`ClientTrust`]) are the device CA and the CA certificates uploaded to X.509
+//! enrollment groups that accept registrations, whose devices onboard with certificates from their
+//! maker ([`refresh_client_trust`] reads those every `identity.trust_refresh_secs`).
 //!
 //! A chain to the CA is not enough to log in: at CONNECT ([`CertificateLogin`]) the certificate is
 //! looked up in the store by its serial and must be the very certificate Herd issued (same SHA-256
@@ -13,15 +16,20 @@
 //! session at once (see [`crate::gateway::enforce_access_changes`]).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use domain::CertificateSerial;
+use domain::{Attestation, CertificateSerial, Timestamp};
 use mqtt_broker::{Authenticator, Identity};
 use mqtt_codec::{Connect, ReasonCode};
-use rustls::pki_types::CertificateDer;
-use rustls::server::danger::ClientCertVerifier;
+use rustls::DistinguishedName;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use sha2::{Digest as _, Sha256};
+use store::Store;
+use tokio_util::sync::CancellationToken;
 use x509_parser::prelude::FromDer as _;
 
 use crate::gateway::GatewayAuthenticator;
@@ -46,6 +54,173 @@ pub fn client_verifier(
         .allow_unauthenticated()
         .build()
         .context("cannot build the client certificate verifier")
+}
+
+/// The client certificate verifier of the TLS listener, whose trusted CAs can change while it
+/// serves: each handshake uses the verifier of the CAs trusted when it starts.
+#[derive(Debug)]
+pub struct ClientTrust {
+    current: RwLock<Arc<dyn ClientCertVerifier>>,
+    /// The device CA, always trusted.
+    device_ca_pem: String,
+    /// The CA certificates trusted besides the device CA, as last set (sorted).
+    extra: RwLock<Vec<String>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ClientTrust {
+    /// Trusts the device CA `device_ca_pem` (PEM) alone.
+    ///
+    /// # Errors
+    /// When the PEM holds no usable CA certificate.
+    pub fn new(
+        device_ca_pem: &str,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let current = client_verifier(device_ca_pem, Arc::clone(&provider))?;
+        Ok(Arc::new(Self {
+            current: RwLock::new(current),
+            device_ca_pem: device_ca_pem.to_owned(),
+            extra: RwLock::new(Vec::new()),
+            provider,
+        }))
+    }
+
+    /// Trusts the device CA and the CA certificates `extra` (PEM each) from the next handshake on.
+    /// A certificate rustls cannot use is skipped (logged): one bad upload never stops the others.
+    /// Returns whether the set changed.
+    pub fn set_extra(&self, mut extra: Vec<String>) -> bool {
+        extra.sort();
+        extra.dedup();
+        if *self.extra.read().unwrap_or_else(PoisonError::into_inner) == extra {
+            return false;
+        }
+        let mut pem = self.device_ca_pem.clone();
+        for ca in &extra {
+            if client_verifier(ca, Arc::clone(&self.provider)).is_ok() {
+                pem.push('\n');
+                pem.push_str(ca);
+            } else {
+                tracing::warn!(
+                    "an enrollment group's CA certificate is not usable as a trust anchor"
+                );
+            }
+        }
+        match client_verifier(&pem, Arc::clone(&self.provider)) {
+            Ok(verifier) => {
+                *self.current.write().unwrap_or_else(PoisonError::into_inner) = verifier;
+                *self.extra.write().unwrap_or_else(PoisonError::into_inner) = extra;
+                true
+            }
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), "cannot trust the enrollment CAs");
+                false
+            }
+        }
+    }
+
+    fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl ClientCertVerifier for ClientTrust {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    /// No hints: they would have to outlive a change of the trusted CAs. Clients then send the
+    /// certificate they have, which is what devices with one certificate do anyway.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.verifier().verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.verifier().supported_verify_schemes()
+    }
+}
+
+/// Keeps `trust` in line with the enrollment groups of `store`: every `every`, the CA
+/// certificates of the X.509 groups that accept registrations now (enabled, not expired, with an
+/// uploaded CA) are trusted besides the device CA. Runs until `stop` is cancelled; a store error is
+/// logged and the trust kept as it was.
+pub async fn refresh_client_trust(
+    trust: Arc<ClientTrust>,
+    store: Arc<dyn Store>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        match enrollment_cas(store.as_ref()).await {
+            Ok(cas) => {
+                let count = cas.len();
+                if trust.set_extra(cas) {
+                    tracing::info!(enrollment_cas = count, "client certificate trust updated");
+                }
+            }
+            Err(error) => tracing::warn!(error = %error, "cannot read the enrollment groups' CAs"),
+        }
+    }
+}
+
+/// The uploaded CA certificates of the X.509 enrollment groups accepting registrations now.
+async fn enrollment_cas(store: &dyn Store) -> Result<Vec<String>, store::StoreError> {
+    let now = Timestamp::now();
+    let limit =
+        std::num::NonZeroU32::new(store::MAX_PAGE_SIZE).unwrap_or(std::num::NonZeroU32::MIN);
+    let mut after = None;
+    let mut cas = Vec::new();
+    loop {
+        let page = store.list_enrollment_groups(after.as_ref(), limit).await?;
+        for group in &page.items {
+            if let Attestation::X509 { ca_pem: Some(pem) } = &group.attestation
+                && group.accepts_at(now)
+            {
+                cas.push(pem.clone());
+            }
+        }
+        match page.items.last() {
+            Some(last) if page.has_more => after = Some(last.name.clone()),
+            _ => return Ok(cas),
+        }
+    }
 }
 
 /// What identifies a certificate a client presented: its serial and the SHA-256 of its DER

@@ -420,3 +420,81 @@ async fn mtls_probe_subscribed(certs: &TestCerts, mqtts: SocketAddr, cert: &Devi
     );
     probe
 }
+
+/// A factory CA and a device certificate it signed, as PEM: (CA, device certificate, device key).
+fn factory_certificate(cn: &str) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Factory CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().expect("device key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    let cert = params.signed_by(&key, &issuer).expect("device certificate");
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// Whether a TLS client presenting `cert` gets through the handshake and a CONNECT answer.
+async fn handshake_passes(certs: &TestCerts, mqtts: SocketAddr, cert: &DeviceCert) -> bool {
+    let Ok(mut tls) = mtls_connect(certs, mqtts, cert).await else { return false };
+    let mut connect = Connect::new(V5, ClientId::new("sn-1").expect("client id"), 0);
+    connect.username = Some(MqttString::new("sn-1").expect("user name"));
+    let mut out = BytesMut::new();
+    mqtt_codec::encode(&Packet::Connect(Box::new(connect)), V5, &mut out).expect("encode");
+    let _ = tls.write_all(&out).await;
+    let _ = tls.flush().await;
+    let mut answer = vec![0u8; 1];
+    matches!(tokio::time::timeout(WAIT, tls.read(&mut answer)).await, Ok(Ok(1)))
+        && answer[0] == 0x20
+}
+
+#[tokio::test]
+async fn the_tls_listener_trusts_the_cas_of_x509_enrollment_groups() {
+    let certs = TestCerts::new();
+    let tls = certs.config();
+    let server = TestServer::start_with(|c| {
+        c.mqtt.tls = Some(tls);
+        c.identity.trust_refresh = Duration::from_millis(50);
+    })
+    .await;
+    let mqtts = server.mqtts_addr.expect("TLS listener");
+    let (ca_pem, cert_pem, key_pem) = factory_certificate("sn-1");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let cert = DeviceCert {
+        serial: String::new(),
+        cert_file: dir.path().join("c.pem"),
+        key_file: dir.path().join("k.pem"),
+        cert_pem,
+        key_pem,
+        _dir: dir,
+    };
+    assert!(!handshake_passes(&certs, mqtts, &cert).await, "an unknown CA is not trusted");
+
+    let (status, body) = server
+        .post(
+            "/api/v1/enrollment-groups",
+            &json!({"name": "factory-x", "attestation": "x509", "ca_certificate": ca_pem}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !handshake_passes(&certs, mqtts, &cert).await {
+        assert!(tokio::time::Instant::now() < deadline, "the group's CA was never trusted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Trusted for the handshake, yet no login: Herd did not issue this certificate.
+    let (_, code) = mtls_probe(&certs, mqtts, &cert, V5, "sn-1").await;
+    assert_eq!(code, CERTIFICATE_REFUSED);
+
+    // A disabled group's CA is trusted no more.
+    let (status, body) =
+        server.patch("/api/v1/enrollment-groups/factory-x", &json!({"enabled": false})).await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while handshake_passes(&certs, mqtts, &cert).await {
+        assert!(tokio::time::Instant::now() < deadline, "the disabled group's CA stayed trusted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -131,6 +131,14 @@ pub enum Proof {
         /// The code.
         code: String,
     },
+    /// The certificate chain (DER, the device's certificate first) the device presented over
+    /// mutual TLS, so it holds the private key. Only a transport that verified the TLS handshake
+    /// may build it; the chain must lead to the group's CA, the device's certificate must be valid
+    /// now and its subject's common name must be the registration id.
+    X509 {
+        /// The chain, end-entity first.
+        chain: Vec<Vec<u8>>,
+    },
 }
 
 impl Proof {
@@ -138,7 +146,54 @@ impl Proof {
         match self {
             Self::SymmetricKey { .. } => "symmetric_key",
             Self::ClaimCode { .. } => "claim_code",
+            Self::X509 { .. } => "x509",
         }
+    }
+}
+
+/// Whether `chain` (DER, end-entity first) leads to the CA certificate `ca_pem` (each
+/// certificate's issuer is the next one's subject and the next one's key signed it, up to the
+/// CA), the end-entity certificate is valid at `now`, and its common name is `registration_id`.
+fn x509_chain_proves(
+    chain: &[Vec<u8>],
+    ca_pem: &str,
+    registration_id: &str,
+    now: Timestamp,
+) -> bool {
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
+    let Ok((_, ca)) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes()) else { return false };
+    let Ok(ca) = ca.parse_x509() else { return false };
+    let mut parsed = Vec::with_capacity(chain.len());
+    for der in chain {
+        match X509Certificate::from_der(der) {
+            Ok((_, cert)) => parsed.push(cert),
+            Err(_) => return false,
+        }
+    }
+    let Some(device) = parsed.first() else { return false };
+    let now_secs = now.millis().div_euclid(1000);
+    let validity = device.validity();
+    if now_secs < validity.not_before.timestamp() || now_secs > validity.not_after.timestamp() {
+        return false;
+    }
+    let cn = device.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok());
+    if cn != Some(registration_id) {
+        return false;
+    }
+    // Walk up: each certificate signed by the next of the chain, or by the CA.
+    let mut current = 0;
+    loop {
+        let Some(cert) = parsed.get(current) else { return false };
+        if cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok() {
+            return true;
+        }
+        let Some(next) = parsed.get(current + 1) else { return false };
+        if cert.issuer() != next.subject()
+            || cert.verify_signature(Some(next.public_key())).is_err()
+        {
+            return false;
+        }
+        current += 1;
     }
 }
 
@@ -493,6 +548,17 @@ impl Provisioner {
             (Attestation::ClaimCode, Proof::ClaimCode { code }) => {
                 Some(enrollment::claim_code_hash(code).ok_or(ProvisionError::InvalidProof)?)
             }
+            (Attestation::X509 { ca_pem }, Proof::X509 { chain }) => {
+                let ca = match (ca_pem, &self.issuer) {
+                    (Some(pem), _) => pem.as_str(),
+                    (None, Some(issuer)) => issuer.ca_certificate_pem(),
+                    (None, None) => return Err(ProvisionError::CaUnavailable),
+                };
+                if !x509_chain_proves(chain, ca, registration_id.as_str(), now) {
+                    return Err(ProvisionError::InvalidProof);
+                }
+                None
+            }
             (attestation, proof) => {
                 tracing::debug!(
                     group = %group.name,
@@ -674,6 +740,50 @@ pub(crate) async fn register(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A CA, an intermediate it signed and a device certificate for `cn` the intermediate
+    /// signed (valid 2026 to 2030): (CA PEM, intermediate DER, device DER).
+    fn x509_chain(cn: &str) -> (String, Vec<u8>, Vec<u8>) {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "Factory CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let ca_issuer = Issuer::new(ca, ca_key);
+        let int_key = KeyPair::generate().unwrap();
+        let mut int = CertificateParams::new(Vec::<String>::new()).unwrap();
+        int.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        int.distinguished_name.push(DnType::CommonName, "Line 3");
+        let int_cert = int.signed_by(&int_key, &ca_issuer).unwrap();
+        let int_issuer = Issuer::new(int, int_key);
+        let key = KeyPair::generate().unwrap();
+        let mut device = CertificateParams::new(Vec::<String>::new()).unwrap();
+        device.distinguished_name.push(DnType::CommonName, cn);
+        device.not_before = rcgen::date_time_ymd(2026, 1, 1);
+        device.not_after = rcgen::date_time_ymd(2030, 1, 1);
+        let device_cert = device.signed_by(&key, &int_issuer).unwrap();
+        (ca_cert.pem(), int_cert.der().to_vec(), device_cert.der().to_vec())
+    }
+
+    #[test]
+    fn an_x509_proof_is_a_chain_to_the_group_ca_naming_the_registration_id() {
+        let now = Timestamp::parse_rfc3339("2027-06-01T00:00:00Z").unwrap();
+        let (ca, intermediate, device) = x509_chain("SN-7");
+        let chain = vec![device.clone(), intermediate.clone()];
+        assert!(x509_chain_proves(&chain, &ca, "SN-7", now));
+        assert!(!x509_chain_proves(&chain, &ca, "SN-8", now), "another registration id");
+        assert!(
+            !x509_chain_proves(&[device.clone()], &ca, "SN-7", now),
+            "the intermediate missing"
+        );
+        let (other_ca, _, _) = x509_chain("SN-7");
+        assert!(!x509_chain_proves(&chain, &other_ca, "SN-7", now), "another CA");
+        let late = Timestamp::parse_rfc3339("2031-01-01T00:00:00Z").unwrap();
+        assert!(!x509_chain_proves(&chain, &ca, "SN-7", late), "expired");
+        assert!(!x509_chain_proves(&[], &ca, "SN-7", now));
+        assert!(!x509_chain_proves(&[b"junk".to_vec()], &ca, "SN-7", now));
+    }
 
     #[test]
     fn limiter_blocks_after_the_limit_and_forgets_after_a_minute() {

@@ -81,6 +81,21 @@ pub struct MqttConfig {
     /// Largest agent report (`devices/{id}/facts`, `devices/{id}/heartbeat` payload) recorded, in
     /// bytes (`mqtt.agent_report_max_bytes`); larger ones are ignored and counted.
     pub agent_report_max_bytes: usize,
+    /// Zero-touch provisioning over MQTT (the `$provision` bootstrap login, from the
+    /// `[provisioning]` section); `None` when `provisioning.mqtt_enabled` is false.
+    pub provisioning: Option<MqttProvisioningConfig>,
+}
+
+/// Zero-touch provisioning over MQTT: who may log in as the bootstrap user `$provision`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttProvisioningConfig {
+    /// SHA-256 of `provisioning.mqtt_bootstrap_password` (or of the content of
+    /// `provisioning.mqtt_bootstrap_password_file`); `None` (both empty) accepts any password or
+    /// none, the registration proof being what authenticates.
+    pub password: Option<TokenHash>,
+    /// Most bootstrap clients whose address is remembered for rate limiting
+    /// (`provisioning.mqtt_max_bootstrap_clients`); the oldest is forgotten when it is full.
+    pub max_tracked_clients: usize,
 }
 
 /// Device certificates (`[identity]`): which CA signs them and for how long.
@@ -227,6 +242,10 @@ struct RawProvisioning {
     max_failures_per_minute: u64,
     max_tracked_clients: u64,
     max_claim_codes_per_request: u64,
+    mqtt_enabled: bool,
+    mqtt_bootstrap_password: String,
+    mqtt_bootstrap_password_file: String,
+    mqtt_max_bootstrap_clients: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -527,7 +546,8 @@ fn validate(
     let postgres_max_connections =
         positive("store.postgres_max_connections", raw.store.postgres_max_connections, 1000);
 
-    let mqtt = validate_mqtt(&raw.mqtt, &mut problems);
+    let mut mqtt = validate_mqtt(&raw.mqtt, &mut problems);
+    mqtt.provisioning = validate_mqtt_provisioning(&raw.provisioning, &mut problems);
     let identity = validate_identity(&raw.identity, &raw.server.data_dir, &mut problems);
 
     let http_listen = match raw.http.listen.parse::<SocketAddr>() {
@@ -763,7 +783,52 @@ fn validate_mqtt(raw: &RawMqtt, problems: &mut Vec<String>) -> MqttConfig {
         applications,
         auth_cache,
         agent_report_max_bytes: agent_report_max_bytes as usize,
+        provisioning: None,
     }
+}
+
+/// Validates the MQTT settings of `[provisioning]`, adding what is wrong to `problems`; `None`
+/// when provisioning over MQTT is off.
+fn validate_mqtt_provisioning(
+    raw: &RawProvisioning,
+    problems: &mut Vec<String>,
+) -> Option<MqttProvisioningConfig> {
+    let max = raw.mqtt_max_bootstrap_clients;
+    if !(1..=10_000_000).contains(&max) {
+        problems.push(format!(
+            "provisioning.mqtt_max_bootstrap_clients must be between 1 and 10000000, got {max}"
+        ));
+    }
+    let password =
+        match (raw.mqtt_bootstrap_password.as_str(), raw.mqtt_bootstrap_password_file.trim()) {
+            ("", "") => None,
+            (password, "") => Some(TokenHash::of_secret(password)),
+            ("", path) => match read_secret_file(Path::new(path)) {
+                Ok(password) if !password.is_empty() => Some(TokenHash::of_secret(&password)),
+                Ok(_) => {
+                    problems.push(format!(
+                        "provisioning.mqtt_bootstrap_password_file: {path} is empty"
+                    ));
+                    None
+                }
+                Err(e) => {
+                    problems.push(format!("provisioning.mqtt_bootstrap_password_file: {e}"));
+                    None
+                }
+            },
+            (_, _) => {
+                problems.push(
+                    "set only one of provisioning.mqtt_bootstrap_password and \
+                 provisioning.mqtt_bootstrap_password_file"
+                        .to_owned(),
+                );
+                None
+            }
+        };
+    raw.mqtt_enabled.then(|| MqttProvisioningConfig {
+        password,
+        max_tracked_clients: usize::try_from(max.clamp(1, 10_000_000)).unwrap_or(1),
+    })
 }
 
 /// Validates `[[mqtt.applications]]`: each entry's keys, name (unique), secret and rules.

@@ -1358,6 +1358,56 @@ mod tests {
     }
 
     #[test]
+    fn provisioning_over_mqtt_is_on_by_default_and_configurable() {
+        let c = load(&Sources::default()).unwrap();
+        assert_eq!(
+            c.mqtt.provisioning,
+            Some(MqttProvisioningConfig { password: None, max_tracked_clients: 10_000 })
+        );
+        let c = load(&Sources {
+            env: env(&[
+                ("HERD_PROVISIONING__MQTT_BOOTSTRAP_PASSWORD", "factory-pass"),
+                ("HERD_PROVISIONING__MQTT_MAX_BOOTSTRAP_CLIENTS", "5"),
+            ]),
+            ..Sources::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.mqtt.provisioning,
+            Some(MqttProvisioningConfig {
+                password: Some(TokenHash::of_secret("factory-pass")),
+                max_tracked_clients: 5,
+            })
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let c = load_file(dir.path(), "[provisioning]\nmqtt_enabled = false\n").unwrap();
+        assert_eq!(c.mqtt.provisioning, None);
+
+        // The password from a private file; not both; a bound in range.
+        let file = dir.path().join("bootstrap.secret");
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        chmod(&file, 0o600);
+        let toml = format!(
+            "[provisioning]\nmqtt_bootstrap_password_file = {:?}\n",
+            file.display().to_string()
+        );
+        let c = load_file(dir.path(), &toml).unwrap();
+        assert_eq!(
+            c.mqtt.provisioning.unwrap().password,
+            Some(TokenHash::of_secret("from-a-file"))
+        );
+        chmod(&file, 0o644);
+        let err = load_file(dir.path(), &toml).unwrap_err().to_string();
+        assert!(err.contains("mqtt_bootstrap_password_file"), "{err}");
+        chmod(&file, 0o600);
+        let both =
+            format!("{toml}mqtt_bootstrap_password = \"x\"\nmqtt_max_bootstrap_clients = 0\n");
+        let err = load_file(dir.path(), &both).unwrap_err().to_string();
+        assert!(err.contains("set only one of provisioning.mqtt_bootstrap_password"), "{err}");
+        assert!(err.contains("mqtt_max_bootstrap_clients must be between 1 and"), "{err}");
+    }
+
+    #[test]
     fn identity_uses_the_internal_ca_unless_both_files_are_given() {
         let c = load(&Sources::default()).unwrap();
         assert_eq!(

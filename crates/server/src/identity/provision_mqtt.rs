@@ -17,6 +17,9 @@
 //! client (its ACL) and Herd can subscribe to its topic: `gateway::TopicRules` opens nothing
 //! under `$herd/` to applications or anonymous clients, and devices reach only their subtree.
 //!
+//! A registration published with RETAIN is answered like any other, and its retained copy is
+//! cleared at once, so that no proof stays in the store.
+//!
 //! The responder handles requests one after another on its own task, like `identity::rotation`;
 //! its feed holds `BrokerConfig::internal_subscription_capacity` requests and further ones are
 //! dropped and counted by the broker while it is full (the client retries after its timeout).
@@ -121,6 +124,19 @@ impl Responder {
         else {
             return;
         };
+        if message.retain {
+            // An empty retained message clears the topic (ours, below, or the client's): nothing
+            // to answer.
+            if message.payload.is_empty() {
+                return;
+            }
+            // A retained registration would keep its proof (a claim code) in the store: clear it.
+            let mut clear = Message::new(message.topic.clone(), bytes::Bytes::new());
+            clear.retain = true;
+            if let Err(error) = self.broker.publish(clear).await {
+                tracing::debug!(error = %error, "broker stopped; retained registration kept");
+            }
+        }
         let request_id = request_id_of(&message.payload);
         let answer = match parse(&message.payload) {
             Err(Invalid(why)) => error_answer("invalid_request", &why, None),

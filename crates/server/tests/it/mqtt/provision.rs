@@ -376,6 +376,48 @@ async fn a_pre_provisioned_device_is_adopted_over_mqtt() {
     connectivity_when(&server, "pre-1", |c| c["connected"] == true).await;
 }
 
+/// A registration published with RETAIN is answered, and its proof does not stay in the store.
+#[tokio::test]
+async fn retained_registrations_are_answered_and_cleared() {
+    let server = TestServer::start().await;
+    create_group(&server, json!({"name": "cc", "attestation": "claim_code"})).await;
+    let code = claim_code(&server, "cc").await;
+    let mut probe = bootstrap(&server, V5, "SN-r").await;
+    let mut publish = Publish::new(
+        TopicName::new("$herd/provision/SN-r/register").unwrap(),
+        Bytes::from(claimed("r", "cc", &code).to_string()),
+    );
+    publish.retain = true;
+    publish.delivery = Delivery::AtLeastOnce { packet_id: PacketId::new(99).unwrap(), dup: false };
+    probe.send(Packet::Publish(publish)).await;
+    let answer = loop {
+        match probe.recv().await {
+            Some(Packet::PubAck(_)) => {}
+            Some(Packet::Publish(p)) => break serde_json::from_slice::<Value>(&p.payload).unwrap(),
+            other => panic!("expected the answer, got {other:?}"),
+        }
+    };
+    assert_eq!((&answer["status"], &answer["request_id"]), (&json!("registered"), &json!("r")));
+    // Only one answer: the clearing is not a request.
+    assert_eq!(probe.publish("$herd/provision/SN-r/register", "{}").await, ReasonCode::Success);
+    let (_, next) = probe.next_message().await;
+    assert!(next.contains("invalid_request"), "{next}");
+    let url = format!("sqlite://{}", server.database_path().display());
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mqtt_retained")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        if stored == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the retained registration stayed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `mosquitto_rr` registers a claim-code device end to end; `mosquitto_pub` then publishes as it.
 #[tokio::test]
 async fn mosquitto_clients_register_a_device() {

@@ -22,7 +22,8 @@
 //! `$herd/provision/{client id}/response`, nothing else. Its client identifier must be a valid
 //! registration id and may name no existing device except one in state `registered` (which never
 //! had a session: it could not connect), so that it never takes over or resumes a device's
-//! session. Its peer address is remembered by client id (bounded, see [`BootstrapLogins`]) so that
+//! session; and its own session may not outlive the connection (Clean Start, no Session Expiry),
+//! since the answers it receives carry a secret. Its peer address is remembered by client id (bounded, see [`BootstrapLogins`]) so that
 //! the responder, which sees only the published message, counts failures per address too; and its
 //! connection is not device presence (see `gateway::record_presence`).
 //!
@@ -273,6 +274,13 @@ impl GatewayAuthenticator {
         }
         let client_id = RegistrationId::new(connect.client_id.as_str())
             .map_err(|_| Refusal::new(ReasonCode::ClientIdentifierNotValid, "client_id"))?;
+        // The answer carries the device's secret: a session that outlived the connection would
+        // keep it queued in the store, where Herd keeps only hashes of secrets. 0x87 Not
+        // authorized (v3.1.1 return code 5): this login may not have a persistent session.
+        if !connect.clean_start || connect.properties.session_expiry_interval.is_some_and(|s| s > 0)
+        {
+            return Err(Refusal::new(ReasonCode::NotAuthorized, "bootstrap_persistent_session"));
+        }
         if let Ok(id) = DeviceId::new(client_id.as_str()) {
             match self.store.device(&id).await {
                 Ok(Some(device)) if device.state != LifecycleState::Registered => {

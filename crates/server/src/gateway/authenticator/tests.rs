@@ -252,6 +252,15 @@ async fn bootstrap_logins() {
         f.connect(&connect("", Some("$provision"), None)).await,
         Err(ReasonCode::ClientIdentifierNotValid)
     );
+    // No session that outlives the connection: the answers carry a secret.
+    let mut persistent = connect("SN-1", Some("$provision"), None);
+    persistent.clean_start = false;
+    assert_eq!(f.connect(&persistent).await, Err(ReasonCode::NotAuthorized));
+    let mut expiring = connect("SN-1", Some("$provision"), None);
+    expiring.properties.session_expiry_interval = Some(60);
+    assert_eq!(f.connect(&expiring).await, Err(ReasonCode::NotAuthorized));
+    expiring.properties.session_expiry_interval = Some(0);
+    assert_eq!(f.connect(&expiring).await, ok("provision:SN-1"));
     // An active device's client id is refused; a registered one (no session ever) is not.
     assert_eq!(
         f.connect(&connect("dev-1", Some("$provision"), None)).await,

@@ -295,7 +295,11 @@ impl ProvisionError {
 
 impl From<StoreError> for ProvisionError {
     fn from(e: StoreError) -> Self {
-        Self::Internal(Box::new(e))
+        match e {
+            // Adopting a device whose own tags and the group's exceed the tag limit together.
+            StoreError::Conflict(message) => Self::InvalidInput(message),
+            e => Self::Internal(Box::new(e)),
+        }
     }
 }
 
@@ -679,6 +683,31 @@ pub(crate) struct RegisterResponse {
     mqtt: MqttLogin,
 }
 
+impl From<Provisioned> for RegisterResponse {
+    fn from(p: Provisioned) -> Self {
+        Self {
+            device_id: p.device_id.to_string(),
+            created: p.created,
+            credential: ProvisionedCredential { r#type: "token", secret: p.secret },
+            certificate_pem: p.certificate_pem,
+            ca_pem: p.ca_pem,
+            mqtt: MqttLogin {
+                client_id: p.device_id.to_string(),
+                username: p.device_id.to_string(),
+            },
+        }
+    }
+}
+
+impl Provisioned {
+    /// The answer of `POST /provision/v1/register` as JSON: what every transport answers a
+    /// successful registration with (the MQTT bootstrap topic adds `request_id` and `status`).
+    pub fn to_json(self) -> serde_json::Value {
+        // Serializing a struct of strings and booleans cannot fail.
+        serde_json::to_value(RegisterResponse::from(self)).unwrap_or_default()
+    }
+}
+
 /// Register a device through an enrollment group (zero-touch provisioning). Takes no operator
 /// token: the device proves itself with its derived key or a claim code.
 #[utoipa::path(
@@ -688,7 +717,7 @@ pub(crate) struct RegisterResponse {
     request_body = RegisterBody,
     responses(
         (status = 201, description = "The device was created", body = RegisterResponse),
-        (status = 200, description = "The device was registered before by this group with this registration id: a new credential", body = RegisterResponse),
+        (status = 200, description = "The device was registered before by this group with this registration id (a new credential), or existed in state `registered` without enrollment and was adopted (now active)", body = RegisterResponse),
         (status = 400, description = "Malformed body or `invalid_csr`", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "`invalid_proof`: unknown group, wrong proof type, wrong or expired proof", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`enrollment_disabled`, `enrollment_expired`, `claim_code_exhausted`, `claim_code_expired`", body = Problem, content_type = "application/problem+json"),
@@ -721,20 +750,7 @@ pub(crate) async fn register(
     };
     let p = state.provisioner().register(request).await?;
     let status = if p.created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((
-        status,
-        Json(RegisterResponse {
-            device_id: p.device_id.to_string(),
-            created: p.created,
-            credential: ProvisionedCredential { r#type: "token", secret: p.secret },
-            certificate_pem: p.certificate_pem,
-            ca_pem: p.ca_pem,
-            mqtt: MqttLogin {
-                client_id: p.device_id.to_string(),
-                username: p.device_id.to_string(),
-            },
-        }),
-    ))
+    Ok((status, Json(RegisterResponse::from(p))))
 }
 
 #[cfg(test)]

@@ -81,6 +81,21 @@ pub struct MqttConfig {
     /// Largest agent report (`devices/{id}/facts`, `devices/{id}/heartbeat` payload) recorded, in
     /// bytes (`mqtt.agent_report_max_bytes`); larger ones are ignored and counted.
     pub agent_report_max_bytes: usize,
+    /// Zero-touch provisioning over MQTT (the `$provision` bootstrap login, from the
+    /// `[provisioning]` section); `None` when `provisioning.mqtt_enabled` is false.
+    pub provisioning: Option<MqttProvisioningConfig>,
+}
+
+/// Zero-touch provisioning over MQTT: who may log in as the bootstrap user `$provision`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttProvisioningConfig {
+    /// SHA-256 of `provisioning.mqtt_bootstrap_password` (or of the content of
+    /// `provisioning.mqtt_bootstrap_password_file`); `None` (both empty) accepts any password or
+    /// none, the registration proof being what authenticates.
+    pub password: Option<TokenHash>,
+    /// Most bootstrap clients whose address is remembered for rate limiting
+    /// (`provisioning.mqtt_max_bootstrap_clients`); the oldest is forgotten when it is full.
+    pub max_tracked_clients: usize,
 }
 
 /// Device certificates (`[identity]`): which CA signs them and for how long.
@@ -230,6 +245,10 @@ struct RawProvisioning {
     max_failures_per_minute: u64,
     max_tracked_clients: u64,
     max_claim_codes_per_request: u64,
+    mqtt_enabled: bool,
+    mqtt_bootstrap_password: String,
+    mqtt_bootstrap_password_file: String,
+    mqtt_max_bootstrap_clients: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -531,7 +550,8 @@ fn validate(
     let postgres_max_connections =
         positive("store.postgres_max_connections", raw.store.postgres_max_connections, 1000);
 
-    let mqtt = validate_mqtt(&raw.mqtt, &mut problems);
+    let mut mqtt = validate_mqtt(&raw.mqtt, &mut problems);
+    mqtt.provisioning = validate_mqtt_provisioning(&raw.provisioning, &mut problems);
     let identity = validate_identity(&raw.identity, &raw.server.data_dir, &mut problems);
 
     let http_listen = match raw.http.listen.parse::<SocketAddr>() {
@@ -767,7 +787,52 @@ fn validate_mqtt(raw: &RawMqtt, problems: &mut Vec<String>) -> MqttConfig {
         applications,
         auth_cache,
         agent_report_max_bytes: agent_report_max_bytes as usize,
+        provisioning: None,
     }
+}
+
+/// Validates the MQTT settings of `[provisioning]`, adding what is wrong to `problems`; `None`
+/// when provisioning over MQTT is off.
+fn validate_mqtt_provisioning(
+    raw: &RawProvisioning,
+    problems: &mut Vec<String>,
+) -> Option<MqttProvisioningConfig> {
+    let max = raw.mqtt_max_bootstrap_clients;
+    if !(1..=10_000_000).contains(&max) {
+        problems.push(format!(
+            "provisioning.mqtt_max_bootstrap_clients must be between 1 and 10000000, got {max}"
+        ));
+    }
+    let password =
+        match (raw.mqtt_bootstrap_password.as_str(), raw.mqtt_bootstrap_password_file.trim()) {
+            ("", "") => None,
+            (password, "") => Some(TokenHash::of_secret(password)),
+            ("", path) => match read_secret_file(Path::new(path)) {
+                Ok(password) if !password.is_empty() => Some(TokenHash::of_secret(&password)),
+                Ok(_) => {
+                    problems.push(format!(
+                        "provisioning.mqtt_bootstrap_password_file: {path} is empty"
+                    ));
+                    None
+                }
+                Err(e) => {
+                    problems.push(format!("provisioning.mqtt_bootstrap_password_file: {e}"));
+                    None
+                }
+            },
+            (_, _) => {
+                problems.push(
+                    "set only one of provisioning.mqtt_bootstrap_password and \
+                 provisioning.mqtt_bootstrap_password_file"
+                        .to_owned(),
+                );
+                None
+            }
+        };
+    raw.mqtt_enabled.then(|| MqttProvisioningConfig {
+        password,
+        max_tracked_clients: usize::try_from(max.clamp(1, 10_000_000)).unwrap_or(1),
+    })
 }
 
 /// Validates `[[mqtt.applications]]`: each entry's keys, name (unique), secret and rules.
@@ -1306,6 +1371,56 @@ mod tests {
         assert!(!err.contains("short"), "the secret never appears in messages: {err}");
         std::fs::write(&secret, "long-enough-secret-0123\n").unwrap();
         assert_eq!(load_file(dir.path(), &toml).unwrap().mqtt.applications.len(), 1);
+    }
+
+    #[test]
+    fn provisioning_over_mqtt_is_on_by_default_and_configurable() {
+        let c = load(&Sources::default()).unwrap();
+        assert_eq!(
+            c.mqtt.provisioning,
+            Some(MqttProvisioningConfig { password: None, max_tracked_clients: 10_000 })
+        );
+        let c = load(&Sources {
+            env: env(&[
+                ("HERD_PROVISIONING__MQTT_BOOTSTRAP_PASSWORD", "factory-pass"),
+                ("HERD_PROVISIONING__MQTT_MAX_BOOTSTRAP_CLIENTS", "5"),
+            ]),
+            ..Sources::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.mqtt.provisioning,
+            Some(MqttProvisioningConfig {
+                password: Some(TokenHash::of_secret("factory-pass")),
+                max_tracked_clients: 5,
+            })
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let c = load_file(dir.path(), "[provisioning]\nmqtt_enabled = false\n").unwrap();
+        assert_eq!(c.mqtt.provisioning, None);
+
+        // The password from a private file; not both; a bound in range.
+        let file = dir.path().join("bootstrap.secret");
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        chmod(&file, 0o600);
+        let toml = format!(
+            "[provisioning]\nmqtt_bootstrap_password_file = {:?}\n",
+            file.display().to_string()
+        );
+        let c = load_file(dir.path(), &toml).unwrap();
+        assert_eq!(
+            c.mqtt.provisioning.unwrap().password,
+            Some(TokenHash::of_secret("from-a-file"))
+        );
+        chmod(&file, 0o644);
+        let err = load_file(dir.path(), &toml).unwrap_err().to_string();
+        assert!(err.contains("mqtt_bootstrap_password_file"), "{err}");
+        chmod(&file, 0o600);
+        let both =
+            format!("{toml}mqtt_bootstrap_password = \"x\"\nmqtt_max_bootstrap_clients = 0\n");
+        let err = load_file(dir.path(), &both).unwrap_err().to_string();
+        assert!(err.contains("set only one of provisioning.mqtt_bootstrap_password"), "{err}");
+        assert!(err.contains("mqtt_max_bootstrap_clients must be between 1 and"), "{err}");
     }
 
     #[test]

@@ -51,7 +51,10 @@ pub use crate::gateway::agent_reports::{
     AgentReportFeeds, FACTS_FILTER, HEARTBEAT_FILTER, record_agent_reports,
 };
 use crate::gateway::authenticator::LoginCheck;
-pub use crate::gateway::authenticator::{Application, DeviceAcl, GatewayAuthenticator};
+pub use crate::gateway::authenticator::{
+    Application, BOOTSTRAP_USERNAME, BootstrapAcl, DeviceAcl, GatewayAuthenticator,
+    bootstrap_register_topic, bootstrap_response_topic,
+};
 pub use crate::gateway::topic_rules::{TopicRules, filter_covers, filters_overlap};
 
 /// Capacity of the channel of access-change events from the REST API to the gateway. When it is full
@@ -464,7 +467,12 @@ pub async fn enforce_access_changes(
 /// Each device connection is also checked once more when the broker reports it registered (see
 /// `confirm_connection` for why): as each `Connected` event is taken from the queue, before its
 /// batch is written. Client identifiers that are not device ids are ignored (no device can own
-/// them). A store error is logged and the batch is lost (each event counted in
+/// them), and so are the connections of bootstrap clients (provisioning over MQTT), whose client
+/// id may be a device's id: a `Connected` event whose client id and peer are those of the last
+/// bootstrap login of that client id is one, and the next `Disconnected` of that client id (the
+/// events of one client id come in order) ends it and forgets the login's address. Should the
+/// broker drop a bootstrap client's `Connected` event under overload, its `Disconnected` may be
+/// recorded for a device of the same id (a disconnect of a device that was not connected). A store error is logged and the batch is lost (each event counted in
 /// `mqtt_presence_events_dropped_total{reason="store_error"}`); the next event of a device corrects
 /// its presence.
 pub async fn record_presence(
@@ -475,6 +483,7 @@ pub async fn record_presence(
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(MAX_PRESENCE_BATCH);
+    let mut bootstrap = BootstrapConnections::default();
     loop {
         let first = tokio::select! {
             () = stop.cancelled() => break,
@@ -485,10 +494,12 @@ pub async fn record_presence(
         };
         let mut next = Some(first);
         while let Some(event) = next {
-            if let ConnectionEvent::Connected { client_id, peer, .. } = &event {
-                confirm_connection(&authenticator, &broker, client_id, *peer).await;
+            if !bootstrap.takes(&authenticator, &event) {
+                if let ConnectionEvent::Connected { client_id, peer, .. } = &event {
+                    confirm_connection(&authenticator, &broker, client_id, *peer).await;
+                }
+                batch.extend(presence_event(event, Timestamp::now()));
             }
-            batch.extend(presence_event(event, Timestamp::now()));
             next = if batch.len() < MAX_PRESENCE_BATCH { events.try_recv().ok() } else { None };
         }
         write_presence(store.as_ref(), &mut batch).await;
@@ -497,7 +508,9 @@ pub async fn record_presence(
     loop {
         while batch.len() < MAX_PRESENCE_BATCH {
             let Ok(event) = events.try_recv() else { break };
-            batch.extend(presence_event(event, Timestamp::now()));
+            if !bootstrap.takes(&authenticator, &event) {
+                batch.extend(presence_event(event, Timestamp::now()));
+            }
         }
         if batch.is_empty() {
             break;
@@ -505,6 +518,45 @@ pub async fn record_presence(
         write_presence(store.as_ref(), &mut batch).await;
     }
     tracing::debug!("presence recorder stopped");
+}
+
+/// The bootstrap clients connected now, as [`record_presence`] follows them: client id → peer.
+/// An entry lives from its `Connected` to its `Disconnected`; one left behind by a dropped
+/// `Disconnected` goes at the next connection of its client id, and the map never holds more
+/// entries than the authenticator remembers bootstrap logins (older ones are dropped first).
+#[derive(Debug, Default)]
+struct BootstrapConnections {
+    live: std::collections::HashMap<mqtt_codec::ClientId, Option<SocketAddr>>,
+}
+
+impl BootstrapConnections {
+    /// Whether `event` belongs to a bootstrap client's connection (and so is not presence).
+    fn takes(&mut self, authenticator: &GatewayAuthenticator, event: &ConnectionEvent) -> bool {
+        match event {
+            ConnectionEvent::Connected { client_id, peer, .. } => {
+                if authenticator.is_bootstrap_login(client_id.as_str(), *peer) {
+                    if self.live.len() >= authenticator.max_bootstrap_logins() {
+                        // Only connections whose login is still remembered are kept.
+                        self.live.retain(|id, peer| {
+                            authenticator.is_bootstrap_login(id.as_str(), *peer)
+                        });
+                    }
+                    self.live.insert(client_id.clone(), *peer);
+                    true
+                } else {
+                    self.live.remove(client_id);
+                    false
+                }
+            }
+            ConnectionEvent::Disconnected { client_id, .. } => match self.live.remove(client_id) {
+                Some(peer) => {
+                    authenticator.forget_bootstrap_login(client_id.as_str(), peer);
+                    true
+                }
+                None => false,
+            },
+        }
+    }
 }
 
 /// Closes the connection of `client_id` from `peer`, just registered by the broker, when it is a

@@ -44,6 +44,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{CaSource, Config, IdentityConfig, StoreConfig, redact_url};
 use crate::identity::ca::{CaOptions, CertificateAuthority};
 use crate::identity::issuer::CaIssuer;
+use crate::identity::provision_mqtt;
 use crate::identity::rotation::{self, RotationFeeds};
 use crate::{gateway, websocket};
 
@@ -351,6 +352,22 @@ pub async fn run(
         },
         presence_stop.clone(),
     ));
+    // Devices provisioning themselves over MQTT (the `$provision` login); subscribed before any
+    // client can connect, stopped like the recorders.
+    if config.mqtt.provisioning.is_some() {
+        let feed = provision_mqtt::ProvisioningFeed::subscribe(&broker_handle)
+            .await
+            .context("failed to subscribe to MQTT registrations")?;
+        presence.spawn(provision_mqtt::serve_provisioning(
+            feed,
+            provision_mqtt::Responder {
+                provisioner: state.provisioner(),
+                broker: broker_handle.clone(),
+                authenticator: Arc::clone(&authenticator),
+            },
+            presence_stop.clone(),
+        ));
+    }
     // One budget of connections for TCP, TLS and WebSocket together.
     let permits = Arc::new(Semaphore::new(config.mqtt.max_connections));
     let mqtt_local = match mqtt.tcp {

@@ -6,8 +6,8 @@ use std::num::NonZeroU32;
 
 use domain::{
     Attestation, Attributes, ClaimCode, ClaimCodeId, CredentialId, Device, DeviceCredential,
-    DeviceIdTemplate, DisplayName, EnrollmentGroup, EnrollmentGroupName, EnrollmentGroupPatch,
-    GroupName, LifecycleState, Mutation, NewEnrollmentGroup, RegistrationRefusal, Tags, Timestamp,
+    DeviceIdTemplate, EnrollmentGroup, EnrollmentGroupName, EnrollmentGroupPatch, GroupName,
+    LifecycleState, Mutation, NewEnrollmentGroup, RegistrationRefusal, Tags, Timestamp,
 };
 use sqlx::SqliteConnection;
 use store::{
@@ -430,73 +430,7 @@ pub(crate) async fn register(
     .await
     .map_err(db)?;
     let existing = devices::get(&mut tx, &r.device_id).await?;
-    let (device, created, issued) = match (existing, enrollment) {
-        (None, _) => {
-            if let Some((id, expires_at)) = &code {
-                if expires_at.is_some_and(|e| m.at.millis() >= e) {
-                    return Ok(Err(RegistrationRefusal::ClaimCodeExpired));
-                }
-                let used = sqlx::query(
-                    "UPDATE enrollment_claim_codes SET uses = uses + 1 \
-                     WHERE id = ? AND uses < max_uses",
-                )
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-                if used.rows_affected() != 1 {
-                    return Ok(Err(RegistrationRefusal::ClaimCodeExhausted));
-                }
-            }
-            let device = Device {
-                id: r.device_id.clone(),
-                name: DisplayName::default(),
-                tags: group.tags.clone(),
-                attributes: group.attributes.clone(),
-                state: LifecycleState::Active,
-                created_at: m.at,
-                updated_at: m.at,
-                version: 1,
-                replaces: None,
-                replaced_by: None,
-            };
-            devices::insert(&mut tx, &device).await?;
-            for g in &group.groups {
-                // A static group deleted since the enrollment group named it is skipped.
-                sqlx::query(
-                    "INSERT INTO group_members (group_name, device_id) \
-                     SELECT name, ? FROM groups WHERE name = ? AND kind = 'static' \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(device.id.as_str())
-                .bind(g.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-            }
-            sqlx::query(
-                "INSERT INTO device_enrollments \
-                 (device_id, group_name, registration_id, claim_code_id, first_at, last_at, count) \
-                 VALUES (?, ?, ?, ?, ?, ?, 1)",
-            )
-            .bind(device.id.as_str())
-            .bind(r.group.as_str())
-            .bind(r.registration_id.as_str())
-            .bind(code.as_ref().map(|c| c.0.as_str()))
-            .bind(m.at.millis())
-            .bind(m.at.millis())
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-            sqlx::query(
-                "UPDATE enrollment_groups SET registrations = registrations + 1 WHERE name = ?",
-            )
-            .bind(r.group.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-            (device, true, 1)
-        }
+    let (device, created, adopted, issued) = match (existing, enrollment) {
         (Some(device), Some((group_name, registration_id, claim_code_id, count)))
             if group_name == r.group.as_str()
                 && registration_id == r.registration_id.as_str()
@@ -510,9 +444,25 @@ pub(crate) async fn register(
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-            (device, false, count + 1)
+            (device, false, false, count + 1)
+        }
+        // A device made beforehand (imported, or a replacement's successor) that no group
+        // enrolled yet is adopted; any other existing device is a conflict.
+        (Some(device), None) if device.state == LifecycleState::Registered => {
+            let adopted = store::adopted_device(&device, &group, m.at)?;
+            match enroll(&mut tx, r, &group, code.as_ref(), &adopted, Some(&device), m).await? {
+                Ok(()) => (adopted, false, true, 1),
+                Err(refusal) => return Ok(Err(refusal)),
+            }
         }
         (Some(_), _) => return Ok(Err(RegistrationRefusal::DeviceConflict)),
+        (None, _) => {
+            let device = store::enrolled_device(&r.device_id, &group, m.at);
+            match enroll(&mut tx, r, &group, code.as_ref(), &device, None, m).await? {
+                Ok(()) => (device, true, false, 1),
+                Err(refusal) => return Ok(Err(refusal)),
+            }
+        }
     };
 
     let credential = DeviceCredential {
@@ -568,7 +518,7 @@ pub(crate) async fn register(
                 .map_err(|e| corrupt("provisioning_credentials", &id, e.to_string()))?,
         );
     }
-    let registered = Registered { device, created, credential, revoked_credentials };
+    let registered = Registered { device, created, adopted, credential, revoked_credentials };
     let record = entry(
         m,
         "device.register",
@@ -578,6 +528,72 @@ pub(crate) async fn register(
     );
     append_and_commit(tx, &record).await?;
     Ok(Ok(registered))
+}
+
+/// The first enrollment of `device` through `group`: one claim code use (refused when the code
+/// is expired or used up), the device inserted (`before` is `None`) or rewritten over `before`,
+/// its static groups, the enrollment record and the group's count.
+async fn enroll(
+    tx: &mut SqliteConnection,
+    r: &Registration,
+    group: &EnrollmentGroup,
+    code: Option<&(String, Option<i64>)>,
+    device: &Device,
+    before: Option<&Device>,
+    m: &Mutation,
+) -> StoreResult<Result<(), RegistrationRefusal>> {
+    if let Some((id, expires_at)) = code {
+        if expires_at.is_some_and(|e| m.at.millis() >= e) {
+            return Ok(Err(RegistrationRefusal::ClaimCodeExpired));
+        }
+        let used = sqlx::query(
+            "UPDATE enrollment_claim_codes SET uses = uses + 1 WHERE id = ? AND uses < max_uses",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        if used.rows_affected() != 1 {
+            return Ok(Err(RegistrationRefusal::ClaimCodeExhausted));
+        }
+    }
+    match before {
+        None => devices::insert(&mut *tx, device).await?,
+        Some(before) => devices::rewrite(&mut *tx, device, before.tags != device.tags).await?,
+    }
+    for g in &group.groups {
+        // A static group deleted since the enrollment group named it is skipped.
+        sqlx::query(
+            "INSERT INTO group_members (group_name, device_id) \
+             SELECT name, ? FROM groups WHERE name = ? AND kind = 'static' \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(device.id.as_str())
+        .bind(g.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    }
+    sqlx::query(
+        "INSERT INTO device_enrollments \
+         (device_id, group_name, registration_id, claim_code_id, first_at, last_at, count) \
+         VALUES (?, ?, ?, ?, ?, ?, 1)",
+    )
+    .bind(device.id.as_str())
+    .bind(r.group.as_str())
+    .bind(r.registration_id.as_str())
+    .bind(code.map(|c| c.0.as_str()))
+    .bind(m.at.millis())
+    .bind(m.at.millis())
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    sqlx::query("UPDATE enrollment_groups SET registrations = registrations + 1 WHERE name = ?")
+        .bind(r.group.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    Ok(Ok(()))
 }
 
 /// Audits a refused registration attempt.

@@ -143,6 +143,7 @@ macro_rules! conformance_tests {
             register_creates_then_retries_idempotently,
             register_refusals_and_conflicts,
             register_keeps_two_provisioning_credentials,
+            register_adopts_registered_devices,
             presence_records_connects_and_disconnects,
             presence_batch_applies_events_in_order,
             presence_batch_equals_sequential_calls,

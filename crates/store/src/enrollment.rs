@@ -1,10 +1,15 @@
 //! The inputs and outputs of the enrollment calls of [`crate::Store`]: claim codes to store, a
 //! registration to commit and what it did, a refusal to put on record.
 
+use std::collections::BTreeMap;
+
 use domain::{
-    ClaimCode, ClaimCodeId, CredentialId, Device, DeviceCredential, DeviceId, EnrollmentGroupName,
-    NewDeviceCredential, RegistrationId, Timestamp, TokenHash,
+    ClaimCode, ClaimCodeId, CredentialId, Device, DeviceCredential, DeviceId, EnrollmentGroup,
+    EnrollmentGroupName, LifecycleState, NewDeviceCredential, RegistrationId, Tags, Timestamp,
+    TokenHash,
 };
+
+use crate::StoreError;
 
 /// How many credentials issued by provisioning stay valid per device: the newest two, so a device
 /// that rotates its credential keeps working with the old one until it switches.
@@ -31,6 +36,12 @@ pub struct NewClaimCode {
 /// - When it exists and was enrolled by this group with this registration id (and the same claim
 ///   code, for claim code groups): an idempotent retry; nothing is created or consumed, the
 ///   enrollment's count and last time move on.
+/// - When it exists in state `registered` and no group enrolled it yet (a device imported or
+///   created beforehand, or the successor `replace_device` made): it is **adopted**. It becomes
+///   `active`, the group's tags and attributes are merged into its own (its own win on a
+///   conflicting key; attributes are merged at the top level), it joins the group's static
+///   groups, the enrollment is recorded and a claim code use is consumed as for a new device.
+///   More than `MAX_TAGS` tags after the merge is a [`StoreError::Conflict`].
 /// - When it exists otherwise: refused with `DeviceConflict`.
 ///
 /// Then `credential` is stored for the device and the device's provisioning credentials beyond
@@ -56,6 +67,9 @@ pub struct Registered {
     pub device: Device,
     /// Whether the registration created it.
     pub created: bool,
+    /// Whether the registration adopted a device that existed in state `registered` (then
+    /// `created` is false).
+    pub adopted: bool,
     /// The new credential.
     pub credential: DeviceCredential,
     /// Older provisioning credentials revoked to keep at most [`MAX_PROVISIONING_CREDENTIALS`].
@@ -98,6 +112,7 @@ impl Registered {
         serde_json::json!({
             "device": self.device.audit_summary(),
             "created": self.created,
+            "adopted": self.adopted,
             "enrollment_group": registration.group.as_str(),
             "registration_id": registration.registration_id.as_str(),
             "credential": self.credential.audit_summary(),
@@ -105,6 +120,67 @@ impl Registered {
                 self.revoked_credentials.iter().map(CredentialId::as_str).collect::<Vec<_>>(),
         })
     }
+}
+
+/// The device `group` makes of a new device `id` enrolling at `at`: active, with the group's tags
+/// and attributes.
+pub fn enrolled_device(id: &DeviceId, group: &EnrollmentGroup, at: Timestamp) -> Device {
+    Device {
+        id: id.clone(),
+        name: domain::DisplayName::default(),
+        tags: group.tags.clone(),
+        attributes: group.attributes.clone(),
+        state: LifecycleState::Active,
+        created_at: at,
+        updated_at: at,
+        version: 1,
+        replaces: None,
+        replaced_by: None,
+    }
+}
+
+/// The device `group` makes of `device`, which exists in state `registered` and enrolls at `at`
+/// (see [`Registration`]): active, the group's tags and attributes merged under its own, its next
+/// version.
+///
+/// # Errors
+/// [`StoreError::Conflict`] when the device is not `registered`, or the merged tags break a tag
+/// rule (more than `MAX_TAGS`).
+pub fn adopted_device(
+    device: &Device,
+    group: &EnrollmentGroup,
+    at: Timestamp,
+) -> Result<Device, StoreError> {
+    if device.state != LifecycleState::Registered {
+        return Err(StoreError::Conflict(format!(
+            "device {} is {}, not registered: it cannot be adopted",
+            device.id, device.state
+        )));
+    }
+    let mut tags: BTreeMap<String, String> =
+        group.tags.iter().map(|(k, v)| (k.as_str().to_owned(), v.to_owned())).collect();
+    tags.extend(device.tags.iter().map(|(k, v)| (k.as_str().to_owned(), v.to_owned())));
+    let tags = Tags::new(tags).map_err(|e| {
+        StoreError::Conflict(format!(
+            "adopting device {} through enrollment group {}: its tags and the group's: {e}",
+            device.id, group.name
+        ))
+    })?;
+    let mut attributes = match group.attributes.as_json() {
+        serde_json::Value::Object(map) => map.clone(),
+        _ => serde_json::Map::new(),
+    };
+    if let serde_json::Value::Object(own) = device.attributes.as_json() {
+        attributes.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    Ok(Device {
+        tags,
+        attributes: domain::Attributes::from_stored(serde_json::Value::Object(attributes)),
+        state: LifecycleState::Active,
+        updated_at: at,
+        version: device.version.saturating_add(1),
+        ..device.clone()
+    })
 }
 
 /// The audit `after` summary of a batch of claim codes (`enrollment_group.claim_codes.create`):

@@ -27,7 +27,7 @@ use domain::{
 
 pub use crate::enrollment::{
     MAX_PROVISIONING_CREDENTIALS, NewClaimCode, Registered, Registration,
-    RegistrationRefusalRecord, claim_codes_audit_summary,
+    RegistrationRefusalRecord, adopted_device, claim_codes_audit_summary, enrolled_device,
 };
 pub use crate::mqtt::{
     MqttMessage, MqttOp, MqttQueued, MqttSession, MqttSnapshot, MqttSubscription,

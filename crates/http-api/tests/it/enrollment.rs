@@ -447,10 +447,55 @@ async fn disabled_and_expired_groups_refuse() {
     body["proof"]["expires_at"] = json!(NOW_SECS + 601);
     body["proof"]["signature"] = json!(BASE64.encode(proof_signature(&key, "d1", NOW_SECS + 601)));
     register(&api, &body).await.assert_status(201);
-    // A device that exists without having enrolled is a conflict.
-    api.create_device(json!({"id": "manual"})).await;
+    // A device that exists, active, without having enrolled is a conflict.
+    api.create_device(json!({"id": "manual", "state": "active"})).await;
     let key = derived_key(&api, "sk", "manual").await;
     register(&api, &signed("sk", "manual", &key)).await.assert_problem(409, "device_conflict");
+}
+
+/// Devices imported beforehand in state `registered` onboard through the normal flow: the first
+/// registration adopts them (200, `created: false`), merging the group's tags under their own.
+#[tokio::test]
+async fn imported_registered_devices_are_adopted() {
+    let api = api().await;
+    create_group(
+        &api,
+        json!({"name": "sk", "attestation": "symmetric_key", "tags": {"site": "berlin", "owner": "ops"},
+               "attributes": {"fw": "1.0"}}),
+    )
+    .await;
+    let csv = "id,state,attributes,tag.site\nimp-1,registered,\"{\"\"fw\"\": \"\"0.9\"\"}\",paris\nimp-2,active,,\n";
+    let report = api
+        .post("/api/v1/devices:import")
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .assert_status(200)
+        .json();
+    assert_eq!(report["created"], 2, "{report}");
+    let key = derived_key(&api, "sk", "imp-1").await;
+    let r = register(&api, &signed("sk", "imp-1", &key)).await.assert_status(200).json();
+    assert_eq!((&r["device_id"], &r["created"]), (&json!("imp-1"), &json!(false)));
+    let d = api.get("/api/v1/devices/imp-1").send().await.assert_status(200).json();
+    assert_eq!(d["state"], "active");
+    assert_eq!(d["tags"], json!({"owner": "ops", "site": "paris"}));
+    assert_eq!(d["attributes"], json!({"fw": "0.9"}));
+    let record = api
+        .store
+        .audit_records(0, 1000.try_into().unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .rfind(|r| r.action == "device.register")
+        .unwrap();
+    let after: Value = serde_json::from_str(record.after.as_deref().unwrap()).unwrap();
+    assert_eq!(after["adopted"], json!(true));
+    // Once adopted it retries like any enrolled device; an active device never enrolled is a
+    // conflict.
+    register(&api, &signed("sk", "imp-1", &key)).await.assert_status(200);
+    let key = derived_key(&api, "sk", "imp-2").await;
+    register(&api, &signed("sk", "imp-2", &key)).await.assert_problem(409, "device_conflict");
 }
 
 #[tokio::test]

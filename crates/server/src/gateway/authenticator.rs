@@ -4,6 +4,7 @@
 //!
 //! | CONNECT | the client is | checked against |
 //! | --- | --- | --- |
+//! | user name = `$provision` ([`BOOTSTRAP_USERNAME`]) | a device provisioning itself | `provisioning.mqtt_bootstrap_password` when set (SHA-256, constant time) |
 //! | user name = the name of a configured application | that application | its secret (SHA-256, constant time) |
 //! | neither user name nor password | anonymous | `mqtt.allow_anonymous` |
 //! | anything else | a device: client id = device id | a device credential in the store (through the cache) |
@@ -16,6 +17,16 @@
 //! Devices get a [`DeviceAcl`] (their own subtree); applications and anonymous clients get their
 //! [`TopicRules`].
 //!
+//! A bootstrap client (provisioning over MQTT, see `identity::provision_mqtt`) gets a
+//! [`BootstrapAcl`]: publish to `$herd/provision/{client id}/register` and subscribe to
+//! `$herd/provision/{client id}/response`, nothing else. Its client identifier must be a valid
+//! registration id and may name no existing device except one in state `registered` (which never
+//! had a session: it could not connect), so that it never takes over or resumes a device's
+//! session; and its own session may not outlive the connection (Clean Start, no Session Expiry),
+//! since the answers it receives carry a secret. Its peer address is remembered by client id (bounded, see [`BootstrapLogins`]) so that
+//! the responder, which sees only the published message, counts failures per address too; and its
+//! connection is not device presence (see `gateway::record_presence`).
+//!
 //! Failed logins are cheap on purpose: one SHA-256 and at most one indexed store read (none when
 //! the password is not shaped like a device credential), no deliberate delay, nothing cached.
 
@@ -24,7 +35,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use domain::{DeviceAccessChange, DeviceId, LifecycleState, Timestamp, TokenHash};
+use std::collections::VecDeque;
+use std::net::IpAddr;
+
+use domain::{DeviceAccessChange, DeviceId, LifecycleState, RegistrationId, Timestamp, TokenHash};
 use mqtt_broker::{Acl, Authenticator, Identity};
 use mqtt_codec::{ClientId, Connect, ReasonCode, TopicFilter, TopicName};
 use store::Store;
@@ -32,13 +46,27 @@ use subtle::ConstantTimeEq as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::MqttConfig;
+use crate::config::{MqttConfig, MqttProvisioningConfig};
 use crate::gateway::client_cert::PresentedCertificate;
 use crate::gateway::credential_cache::{CachedCredential, CredentialCache, Lookup};
 use crate::gateway::topic_rules::TopicRules;
 
 /// The identity name of anonymous clients.
 const ANONYMOUS: &str = "anonymous";
+
+/// The user name of the bootstrap login of provisioning over MQTT (`$` cannot start an application
+/// name or a device id, so it names neither).
+pub const BOOTSTRAP_USERNAME: &str = "$provision";
+
+/// The topic a bootstrap client publishes its registration to, for client id `id`.
+pub fn bootstrap_register_topic(id: &str) -> String {
+    format!("$herd/provision/{id}/register")
+}
+
+/// The topic a bootstrap client reads its answer on, for client id `id`.
+pub fn bootstrap_response_topic(id: &str) -> String {
+    format!("$herd/provision/{id}/response")
+}
 
 /// How long a successful device login may wait for its `Connected` event before it is forgotten
 /// (see [`GatewayAuthenticator::confirm_device_login`]). Far longer than a connection takes to
@@ -98,6 +126,10 @@ pub struct GatewayAuthenticator {
     /// The rules of anonymous clients; `None` refuses them (`mqtt.allow_anonymous = false`).
     anonymous: Option<Arc<TopicRules>>,
     logins: Mutex<UnconfirmedLogins>,
+    /// Provisioning over MQTT; `None` refuses the bootstrap login.
+    provisioning: Option<MqttProvisioningConfig>,
+    /// Where bootstrap clients connected from, by client id.
+    bootstrap: Mutex<BootstrapLogins>,
 }
 
 /// What [`GatewayAuthenticator::confirm_device_login`] found.
@@ -131,7 +163,38 @@ impl GatewayAuthenticator {
             applications,
             anonymous: config.anonymous.clone(),
             logins: Mutex::new(UnconfirmedLogins::default()),
+            bootstrap: Mutex::new(BootstrapLogins::new(
+                config.provisioning.as_ref().map_or(1, |p| p.max_tracked_clients),
+            )),
+            provisioning: config.provisioning.clone(),
         }
+    }
+
+    /// The address the bootstrap client `client_id` last logged in from, when it is remembered.
+    pub fn bootstrap_address(&self, client_id: &str) -> Option<IpAddr> {
+        self.bootstrap_logins().get(client_id).flatten().map(|peer| peer.ip())
+    }
+
+    /// Most bootstrap logins remembered (`provisioning.mqtt_max_bootstrap_clients`).
+    pub(crate) fn max_bootstrap_logins(&self) -> usize {
+        self.bootstrap_logins().max
+    }
+
+    /// Whether the connection of `client_id` from `peer` is the last bootstrap login of that
+    /// client id (so not a device's connection).
+    pub(crate) fn is_bootstrap_login(&self, client_id: &str, peer: Option<SocketAddr>) -> bool {
+        self.bootstrap_logins().get(client_id) == Some(peer)
+    }
+
+    /// Forgets the bootstrap login of `client_id` from `peer`, whose connection ended (a newer
+    /// login of the same client id from elsewhere is kept).
+    pub(crate) fn forget_bootstrap_login(&self, client_id: &str, peer: Option<SocketAddr>) {
+        self.bootstrap_logins().remove(client_id, peer);
+    }
+
+    fn bootstrap_logins(&self) -> std::sync::MutexGuard<'_, BootstrapLogins> {
+        // A panic while holding the lock leaves entries that are still usable.
+        self.bootstrap.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The next access change of the REST API, whose device's cached credentials are already
@@ -176,6 +239,9 @@ impl GatewayAuthenticator {
         connect: &Connect,
         peer: Option<SocketAddr>,
     ) -> Result<Identity, Refusal> {
+        if connect.username.as_ref().is_some_and(|u| u.as_str() == BOOTSTRAP_USERNAME) {
+            return self.check_bootstrap(connect, peer).await;
+        }
         if let Some(app) = connect.username.as_ref().and_then(|u| self.applications.get(u.as_str()))
         {
             return self.check_application(app, connect).await;
@@ -184,6 +250,54 @@ impl GatewayAuthenticator {
             return self.check_anonymous(connect).await;
         }
         self.check_device(connect, peer).await
+    }
+
+    /// A device provisioning itself over MQTT (see the module documentation).
+    async fn check_bootstrap(
+        &self,
+        connect: &Connect,
+        peer: Option<SocketAddr>,
+    ) -> Result<Identity, Refusal> {
+        // 0x87 Not authorized: the login exists but this server does not offer it.
+        let Some(provisioning) = &self.provisioning else {
+            return Err(Refusal::new(ReasonCode::NotAuthorized, "provisioning_disabled"));
+        };
+        if let Some(expected) = &provisioning.password {
+            let wrong = Refusal::new(ReasonCode::BadUserNameOrPassword, "bootstrap_password");
+            let password = connect.password.as_ref().ok_or(wrong)?;
+            let password = std::str::from_utf8(password).map_err(|_| wrong)?;
+            let presented = TokenHash::of_secret(password);
+            let same: bool = presented.as_bytes().ct_eq(expected.as_bytes()).into();
+            if !same {
+                return Err(wrong);
+            }
+        }
+        let client_id = RegistrationId::new(connect.client_id.as_str())
+            .map_err(|_| Refusal::new(ReasonCode::ClientIdentifierNotValid, "client_id"))?;
+        // The answer carries the device's secret: a session that outlived the connection would
+        // keep it queued in the store, where Herd keeps only hashes of secrets. 0x87 Not
+        // authorized (v3.1.1 return code 5): this login may not have a persistent session.
+        if !connect.clean_start || connect.properties.session_expiry_interval.is_some_and(|s| s > 0)
+        {
+            return Err(Refusal::new(ReasonCode::NotAuthorized, "bootstrap_persistent_session"));
+        }
+        if let Ok(id) = DeviceId::new(client_id.as_str()) {
+            match self.store.device(&id).await {
+                Ok(Some(device)) if device.state != LifecycleState::Registered => {
+                    return Err(Refusal::new(
+                        ReasonCode::ClientIdentifierNotValid,
+                        "client_id_names_a_device",
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(Refusal::unavailable(&e)),
+            }
+        }
+        self.bootstrap_logins().insert(client_id.as_str(), peer);
+        Ok(Identity::new(
+            format!("provision:{}", client_id.as_str()),
+            Arc::new(BootstrapAcl::new(client_id.as_str())),
+        ))
     }
 
     async fn check_anonymous(&self, connect: &Connect) -> Result<Identity, Refusal> {
@@ -469,6 +583,90 @@ impl UnconfirmedLogins {
     fn take(&mut self, device: &DeviceId, peer: Option<SocketAddr>) -> Option<LoginProof> {
         // The key is owned; build it once per confirmation.
         self.logins.remove(&(device.clone(), peer)).map(|(proof, _)| proof)
+    }
+}
+
+/// Where bootstrap clients logged in from, by client id: at most `max` entries, the oldest login
+/// forgotten when a new one needs room (its registrations are then rate-limited by registration id
+/// only). An entry goes when its connection ends (`gateway::record_presence`).
+#[derive(Debug)]
+pub(crate) struct BootstrapLogins {
+    /// Client id → (peer, the login's sequence number).
+    entries: HashMap<String, (Option<SocketAddr>, u64)>,
+    /// Client ids in login order with the sequence number of that login; stale pairs (the client
+    /// id logged in again, or was forgotten) are skipped when met.
+    order: VecDeque<(String, u64)>,
+    next: u64,
+    max: usize,
+}
+
+impl BootstrapLogins {
+    fn new(max: usize) -> Self {
+        Self { entries: HashMap::new(), order: VecDeque::new(), next: 0, max: max.max(1) }
+    }
+
+    fn insert(&mut self, client_id: &str, peer: Option<SocketAddr>) {
+        if !self.entries.contains_key(client_id) {
+            while self.entries.len() >= self.max {
+                let Some((oldest, seq)) = self.order.pop_front() else { break };
+                if self.entries.get(&oldest).is_some_and(|(_, s)| *s == seq) {
+                    self.entries.remove(&oldest);
+                }
+            }
+        }
+        self.next += 1;
+        self.entries.insert(client_id.to_owned(), (peer, self.next));
+        self.order.push_back((client_id.to_owned(), self.next));
+        // Re-logins and forgotten entries leave stale pairs behind: drop them once they
+        // outnumber the live ones, so the queue stays within twice the bound (amortized O(1)).
+        if self.order.len() > 2 * self.max {
+            let entries = &self.entries;
+            self.order.retain(|(id, seq)| entries.get(id).is_some_and(|(_, s)| s == seq));
+        }
+    }
+
+    fn get(&self, client_id: &str) -> Option<Option<SocketAddr>> {
+        self.entries.get(client_id).map(|(peer, _)| *peer)
+    }
+
+    fn remove(&mut self, client_id: &str, peer: Option<SocketAddr>) {
+        if self.get(client_id) == Some(peer) {
+            self.entries.remove(client_id);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// A bootstrap client's ACL: publish its registration to `$herd/provision/{client id}/register`
+/// and subscribe to `$herd/provision/{client id}/response`, exactly (no wildcard, no shared
+/// subscription); nothing else.
+#[derive(Debug, Clone)]
+pub struct BootstrapAcl {
+    register: String,
+    response: String,
+}
+
+impl BootstrapAcl {
+    /// The ACL of the bootstrap client `client_id` (a registration id: no wildcard, no `/`).
+    pub fn new(client_id: &str) -> Self {
+        Self {
+            register: bootstrap_register_topic(client_id),
+            response: bootstrap_response_topic(client_id),
+        }
+    }
+}
+
+impl Acl for BootstrapAcl {
+    fn may_publish(&self, topic: &TopicName) -> bool {
+        topic.as_str() == self.register
+    }
+
+    fn may_subscribe(&self, filter: &TopicFilter) -> bool {
+        filter.share_name().is_none() && filter.filter() == self.response
     }
 }
 

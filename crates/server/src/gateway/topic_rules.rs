@@ -17,6 +17,9 @@
 //! - **identity requests** (`devices/{id}/identity/…`, a device asking for a new certificate or
 //!   credential) are published by the device itself only: no rule lets another client publish
 //!   there, so nobody obtains a credential for a device by speaking for it.
+//! - **Herd's own topics** (`$herd/…`, the bootstrap topics of provisioning over MQTT, whose
+//!   answers carry a device's new secret) are out of reach of every rule: no rule lets a client
+//!   publish there or subscribe to a filter that could match a topic there, whatever it names.
 //! - **`$` topics**: a filter whose first level is a wildcard never matches a topic that starts
 //!   with `$` ([MQTT-4.7.2-1]), so `#` neither covers nor overlaps `$SYS/…`.
 
@@ -31,6 +34,9 @@ const DEVICE_SUBTREE: &str = "devices/#";
 
 /// The topics of devices' identity requests, which only the device itself may publish to.
 const IDENTITY_REQUESTS: &str = "devices/+/identity/#";
+
+/// Herd's own topics (provisioning over MQTT), which no rule opens.
+const HERD_TOPICS: &str = "$herd/#";
 
 /// Whether every topic that `requested` matches is also matched by `allowed`.
 ///
@@ -159,6 +165,7 @@ impl Acl for TopicRules {
     fn may_publish(&self, topic: &TopicName) -> bool {
         let topic = topic.as_str();
         if filter_covers(IDENTITY_REQUESTS, topic)
+            || filter_covers(HERD_TOPICS, topic)
             || self.deny.iter().any(|d| filter_covers(d, topic))
         {
             return false;
@@ -169,7 +176,9 @@ impl Acl for TopicRules {
 
     fn may_subscribe(&self, filter: &TopicFilter) -> bool {
         let filter = filter.filter();
-        if self.deny.iter().any(|d| filters_overlap(d, filter)) {
+        if filters_overlap(HERD_TOPICS, filter)
+            || self.deny.iter().any(|d| filters_overlap(d, filter))
+        {
             return false;
         }
         let devices = filters_overlap(filter, DEVICE_SUBTREE);
@@ -336,6 +345,35 @@ mod tests {
         check_publish(&r, "devices/d1/identity", false);
         // Herd's answers may be read: they hold no secret.
         check_subscribe(&r, "devices/+/identity/response", true);
+    }
+
+    #[test]
+    fn no_rule_reaches_herd_topics() {
+        // Even rules that name `$herd/…` outright open nothing there: the bootstrap answers carry
+        // a device's new secret.
+        let r = rules(
+            &["#", "$herd/#", "$herd/provision/+/register", "$herdsman/#"],
+            &["#", "devices/#", "$herd/#", "$herd/provision/+/response", "+/#"],
+            &[],
+        );
+        for filter in [
+            "$herd/#",
+            "$herd/provision/+/response",
+            "$herd/provision/SN-1/response",
+            "$herd/+/SN-1/register",
+            "$share/g/$herd/provision/#",
+        ] {
+            let parsed = TopicFilter::new(filter).unwrap();
+            assert!(!r.may_subscribe(&parsed), "{filter}");
+        }
+        check_publish(&r, "$herd/provision/SN-1/register", false);
+        check_publish(&r, "$herd/provision/SN-1/response", false);
+        check_publish(&r, "$herd", false);
+        // Everything else follows the rules as before (`#` never matched `$` topics).
+        check_subscribe(&r, "sensors/#", true);
+        check_subscribe(&r, "devices/+/telemetry", true);
+        check_publish(&r, "sensors/x", true);
+        check_publish(&r, "$herdsman/x", true);
     }
 
     #[test]

@@ -28,6 +28,7 @@ use ProtocolVersion::{V5, V311};
 mod access;
 mod agent_reports;
 mod mtls;
+mod provision;
 mod replacement;
 
 /// How long a test waits for something that should happen.

@@ -479,6 +479,99 @@ pub async fn register_refusals_and_conflicts(store: Arc<dyn Store>) {
     check_chain(&*store).await;
 }
 
+/// A device that exists in state `registered` with no enrollment (imported beforehand) is adopted:
+/// it becomes active, the group's tags and attributes are merged under its own, it joins the
+/// group's static groups, a claim code use is consumed, audited as `device.register` with
+/// `"adopted": true`; retrying is then idempotent. Devices in other states stay conflicts, and
+/// too many tags after the merge is an error that writes nothing.
+pub async fn register_adopts_registered_devices(store: Arc<dyn Store>) {
+    store.create_group(&static_group("line-1"), &at(1)).await.unwrap();
+    let mut pre = new_device("imp-1", LifecycleState::Registered);
+    pre.tags = tags(&[("site", "paris"), ("batch", "b7")]);
+    pre.attributes = attributes(json!({"fw": "0.9", "sn": "X1"}));
+    store.create_device(&pre, &at(1)).await.unwrap();
+    let mut new = claim("cc");
+    new.tags = tags(&[("site", "berlin"), ("owner", "ops")]);
+    new.attributes = attributes(json!({"fw": "1.0", "line": 1}));
+    new.groups = vec![group_name("line-1")];
+    store.create_enrollment_group(&new, &at(2)).await.unwrap();
+    store.create_claim_codes(&ename("cc"), &[new_code(1)], 2, None, &at(2)).await.unwrap();
+    let seq = last_seq(&*store).await;
+
+    let r = with_code(registration("cc", "imp-1", "imp-1", 1), 1);
+    let adopted = register(&*store, &r, 1_000).await;
+    assert!(!adopted.created);
+    assert!(adopted.adopted);
+    let d = &adopted.device;
+    assert_eq!(d.state, LifecycleState::Active);
+    assert_eq!(d.tags, tags(&[("batch", "b7"), ("owner", "ops"), ("site", "paris")]));
+    assert_eq!(d.attributes.as_json(), &json!({"fw": "0.9", "line": 1, "sn": "X1"}));
+    assert_eq!((d.version, d.updated_at, d.created_at), (2, at(1_000).at, at(1).at));
+    assert_eq!(store.device(&id("imp-1")).await.unwrap().as_ref(), Some(d));
+    let q = crate::DeviceQuery { filter: None, after: None, limit: nz(10) };
+    let members = store.group_devices(&group_name("line-1"), &q).await.unwrap();
+    assert_eq!(members.items, vec![d.clone()]);
+    // The merged tags are searchable.
+    let by_tag = crate::DeviceQuery { filter: Some(parse("tags.owner = 'ops'")), ..q.clone() };
+    assert_eq!(store.list_devices(&by_tag).await.unwrap().items.len(), 1);
+    assert_eq!(store.claim_codes(&ename("cc")).await.unwrap()[0].uses, 1);
+    assert_eq!(store.enrollment_group(&ename("cc")).await.unwrap().unwrap().registrations, 1);
+    let records = audit_since(&*store, seq).await;
+    assert_eq!(records.len(), 1);
+    check_record(
+        &records[0],
+        &by_group("cc", 1_000),
+        "device.register",
+        "device/imp-1",
+        None,
+        Some(adopted.audit_summary(&r)),
+    );
+    let after: serde_json::Value =
+        serde_json::from_str(records[0].after.as_deref().unwrap()).unwrap();
+    assert_eq!(after["adopted"], json!(true));
+
+    // Now it was enrolled by this group: a retry is idempotent.
+    let retry = with_code(registration("cc", "imp-1", "imp-1", 2), 1);
+    let again = register(&*store, &retry, 2_000).await;
+    assert!(!again.created && !again.adopted);
+    assert_eq!(&again.device, d);
+    assert_eq!(store.claim_codes(&ename("cc")).await.unwrap()[0].uses, 1);
+
+    // Devices in any other state are not adopted.
+    for (n, state) in [
+        (3u8, LifecycleState::Active),
+        (4, LifecycleState::Suspended),
+        (5, LifecycleState::Decommissioned),
+    ] {
+        let dev = format!("other-{n}");
+        store.create_device(&new_device(&dev, LifecycleState::Active), &at(3_000)).await.unwrap();
+        if state != LifecycleState::Active {
+            let patch = domain::DevicePatch { state: Some(state), ..Default::default() };
+            store.update_device(&id(&dev), &patch, None, &at(3_000)).await.unwrap();
+        }
+        let r = with_code(registration("cc", &dev, &dev, n), 1);
+        assert_eq!(
+            refused(&*store, &r, 4_000).await,
+            RegistrationRefusal::DeviceConflict,
+            "{state}"
+        );
+    }
+
+    // Too many tags once merged: an error, nothing written.
+    let mut crowded = new_device("imp-2", LifecycleState::Registered);
+    crowded.tags = Tags::new((0..64).map(|i| (format!("k{i}"), "v".to_owned()))).unwrap();
+    store.create_device(&crowded, &at(5_000)).await.unwrap();
+    let seq = last_seq(&*store).await;
+    let r = with_code(registration("cc", "imp-2", "imp-2", 9), 1);
+    let err = store.register_device(&r, &by_group("cc", 6_000)).await;
+    assert!(matches!(&err, Err(StoreError::Conflict(_))), "{err:?}");
+    assert_eq!(last_seq(&*store).await, seq);
+    let still = store.device(&id("imp-2")).await.unwrap().unwrap();
+    assert_eq!(still.state, LifecycleState::Registered);
+    assert_eq!(store.claim_codes(&ename("cc")).await.unwrap()[0].uses, 1);
+    check_chain(&*store).await;
+}
+
 /// Each registration issues a credential; only the newest two provisioning credentials stay
 /// valid (older ones are revoked and reported), and credentials an operator issued are untouched.
 pub async fn register_keeps_two_provisioning_credentials(store: Arc<dyn Store>) {

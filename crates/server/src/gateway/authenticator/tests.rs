@@ -233,6 +233,126 @@ async fn applications_and_anonymous_clients() {
     );
 }
 
+#[tokio::test]
+async fn bootstrap_logins() {
+    let f = Fixture::new(|_| {}).await;
+    let ok = |name: &str| Ok(name.to_owned());
+    // No password configured: any password or none; the client id must be a registration id.
+    for password in [None, Some("whatever"), Some("")] {
+        assert_eq!(
+            f.connect(&connect("SN-1", Some("$provision"), password)).await,
+            ok("provision:SN-1")
+        );
+    }
+    assert_eq!(
+        f.connect(&connect("bad/id", Some("$provision"), None)).await,
+        Err(ReasonCode::ClientIdentifierNotValid)
+    );
+    assert_eq!(
+        f.connect(&connect("", Some("$provision"), None)).await,
+        Err(ReasonCode::ClientIdentifierNotValid)
+    );
+    // No session that outlives the connection: the answers carry a secret.
+    let mut persistent = connect("SN-1", Some("$provision"), None);
+    persistent.clean_start = false;
+    assert_eq!(f.connect(&persistent).await, Err(ReasonCode::NotAuthorized));
+    let mut expiring = connect("SN-1", Some("$provision"), None);
+    expiring.properties.session_expiry_interval = Some(60);
+    assert_eq!(f.connect(&expiring).await, Err(ReasonCode::NotAuthorized));
+    expiring.properties.session_expiry_interval = Some(0);
+    assert_eq!(f.connect(&expiring).await, ok("provision:SN-1"));
+    // An active device's client id is refused; a registered one (no session ever) is not.
+    assert_eq!(
+        f.connect(&connect("dev-1", Some("$provision"), None)).await,
+        Err(ReasonCode::ClientIdentifierNotValid)
+    );
+    let pre = NewDevice {
+        id: DeviceId::new("pre-1").unwrap(),
+        name: DisplayName::default(),
+        tags: Tags::default(),
+        attributes: Attributes::default(),
+        state: LifecycleState::Registered,
+    };
+    f.store.create_device(&pre, &mutation()).await.unwrap();
+    assert_eq!(f.connect(&connect("pre-1", Some("$provision"), None)).await, ok("provision:pre-1"));
+    // The address is remembered for the responder, and the connection is not a device login.
+    assert_eq!(f.auth.bootstrap_address("pre-1"), Some(peer().ip()));
+    assert!(f.auth.is_bootstrap_login("pre-1", Some(peer())));
+    assert!(!f.auth.is_bootstrap_login("pre-1", None));
+    let client = ClientId::new("pre-1").unwrap();
+    assert_eq!(
+        f.auth.confirm_device_login(&client, Some(peer())).await,
+        LoginCheck::NotADeviceLogin
+    );
+    f.auth.forget_bootstrap_login("pre-1", None);
+    assert!(f.auth.is_bootstrap_login("pre-1", Some(peer())), "another peer's end forgets nothing");
+    f.auth.forget_bootstrap_login("pre-1", Some(peer()));
+    assert_eq!(f.auth.bootstrap_address("pre-1"), None);
+
+    // A configured password is required, compared on its SHA-256.
+    let f = Fixture::new(|c| {
+        c.provisioning = Some(MqttProvisioningConfig {
+            password: Some(TokenHash::of_secret("factory-pass")),
+            max_tracked_clients: 2,
+        });
+    })
+    .await;
+    assert_eq!(
+        f.connect(&connect("SN-1", Some("$provision"), Some("factory-pass"))).await,
+        ok("provision:SN-1")
+    );
+    for wrong in [Some("factory-pas"), Some(""), None] {
+        assert_eq!(
+            f.connect(&connect("SN-1", Some("$provision"), wrong)).await,
+            Err(ReasonCode::BadUserNameOrPassword)
+        );
+    }
+    // The remembered addresses are bounded: the oldest login is forgotten.
+    for id in ["SN-2", "SN-3"] {
+        f.connect(&connect(id, Some("$provision"), Some("factory-pass"))).await.unwrap();
+    }
+    assert_eq!(f.auth.bootstrap_logins().len(), 2);
+    assert_eq!(f.auth.bootstrap_address("SN-1"), None);
+    assert_eq!(f.auth.bootstrap_address("SN-3"), Some(peer().ip()));
+
+    // Turned off: 0x87.
+    let f = Fixture::new(|c| c.provisioning = None).await;
+    assert_eq!(
+        f.connect(&connect("SN-1", Some("$provision"), None)).await,
+        Err(ReasonCode::NotAuthorized)
+    );
+}
+
+#[test]
+fn bootstrap_clients_reach_only_their_own_topics() {
+    let acl = BootstrapAcl::new("SN-1");
+    let publish = |t: &str| acl.may_publish(&TopicName::new(t).unwrap());
+    let subscribe = |f: &str| acl.may_subscribe(&TopicFilter::new(f).unwrap());
+    assert!(publish("$herd/provision/SN-1/register"));
+    for t in [
+        "$herd/provision/SN-1/response",
+        "$herd/provision/SN-2/register",
+        "$herd/provision/SN-1/register/x",
+        "devices/SN-1/telemetry",
+        "SN-1",
+    ] {
+        assert!(!publish(t), "{t}");
+    }
+    assert!(subscribe("$herd/provision/SN-1/response"));
+    for f in [
+        "$herd/provision/SN-1/register",
+        "$herd/provision/SN-2/response",
+        "$herd/provision/+/response",
+        "$herd/provision/SN-1/#",
+        "$herd/#",
+        "#",
+        "devices/#",
+        "$share/g/$herd/provision/SN-1/response",
+    ] {
+        assert!(!subscribe(f), "{f}");
+    }
+}
+
 /// Passes `inner`'s decision on only when told to, so a test can act between the check of a
 /// CONNECT and the registration of its connection.
 struct PauseAfterCheck {

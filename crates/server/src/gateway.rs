@@ -352,9 +352,12 @@ pub async fn accept_loop(
                                         broker.serve(tls, Some(peer), authenticator.as_ref());
                                     let _ = Box::pin(serve).await;
                                 }
-                                Some(Some(certificate)) => {
-                                    let login =
-                                        client_cert::CertificateLogin::new(authenticator, certificate);
+                                Some(Some((certificate, chain))) => {
+                                    let login = client_cert::CertificateLogin::new(
+                                        authenticator,
+                                        certificate,
+                                        chain,
+                                    );
                                     let _ = Box::pin(broker.serve(tls, Some(peer), &login)).await;
                                 }
                                 None => {

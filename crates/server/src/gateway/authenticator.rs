@@ -47,7 +47,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{MqttConfig, MqttProvisioningConfig};
-use crate::gateway::client_cert::PresentedCertificate;
+use crate::gateway::client_cert::{CertificateChain, PresentedCertificate};
 use crate::gateway::credential_cache::{CachedCredential, CredentialCache, Lookup};
 use crate::gateway::topic_rules::TopicRules;
 
@@ -180,6 +180,12 @@ impl GatewayAuthenticator {
         self.bootstrap_logins().max
     }
 
+    /// The certificate chain the bootstrap client `client_id` presented over mutual TLS at its
+    /// last login, if it did (its X.509 registration proof).
+    pub fn bootstrap_certificate_chain(&self, client_id: &str) -> Option<CertificateChain> {
+        self.bootstrap_logins().chain(client_id)
+    }
+
     /// Whether the connection of `client_id` from `peer` is the last bootstrap login of that
     /// client id (so not a device's connection).
     pub(crate) fn is_bootstrap_login(&self, client_id: &str, peer: Option<SocketAddr>) -> bool {
@@ -240,7 +246,7 @@ impl GatewayAuthenticator {
         peer: Option<SocketAddr>,
     ) -> Result<Identity, Refusal> {
         if connect.username.as_ref().is_some_and(|u| u.as_str() == BOOTSTRAP_USERNAME) {
-            return self.check_bootstrap(connect, peer).await;
+            return self.check_bootstrap(connect, peer, None).await;
         }
         if let Some(app) = connect.username.as_ref().and_then(|u| self.applications.get(u.as_str()))
         {
@@ -257,6 +263,7 @@ impl GatewayAuthenticator {
         &self,
         connect: &Connect,
         peer: Option<SocketAddr>,
+        chain: Option<CertificateChain>,
     ) -> Result<Identity, Refusal> {
         // 0x87 Not authorized: the login exists but this server does not offer it.
         let Some(provisioning) = &self.provisioning else {
@@ -293,7 +300,7 @@ impl GatewayAuthenticator {
                 Err(e) => return Err(Refusal::unavailable(&e)),
             }
         }
-        self.bootstrap_logins().insert(client_id.as_str(), peer);
+        self.bootstrap_logins().insert(client_id.as_str(), peer, chain);
         Ok(Identity::new(
             format!("provision:{}", client_id.as_str()),
             Arc::new(BootstrapAcl::new(client_id.as_str())),
@@ -383,7 +390,13 @@ impl GatewayAuthenticator {
         connect: &Connect,
         peer: Option<SocketAddr>,
         certificate: &PresentedCertificate,
+        chain: Option<CertificateChain>,
     ) -> Result<Identity, ReasonCode> {
+        if connect.username.as_ref().is_some_and(|u| u.as_str() == BOOTSTRAP_USERNAME) {
+            // A device onboarding with its maker's certificate: the certificate is its proof,
+            // checked by the provisioner against the enrollment group's CA.
+            return self.check_bootstrap(connect, peer, chain).await.map_err(refused);
+        }
         let checked = async {
             let device_id = DeviceId::new(connect.client_id.as_str())
                 .map_err(|_| Refusal::new(ReasonCode::ClientIdentifierNotValid, "client_id"))?;
@@ -591,8 +604,9 @@ impl UnconfirmedLogins {
 /// only). An entry goes when its connection ends (`gateway::record_presence`).
 #[derive(Debug)]
 pub(crate) struct BootstrapLogins {
-    /// Client id → (peer, the login's sequence number).
-    entries: HashMap<String, (Option<SocketAddr>, u64)>,
+    /// Client id → (peer, the login's sequence number, the certificate chain it presented over
+    /// mutual TLS).
+    entries: HashMap<String, (Option<SocketAddr>, u64, Option<CertificateChain>)>,
     /// Client ids in login order with the sequence number of that login; stale pairs (the client
     /// id logged in again, or was forgotten) are skipped when met.
     order: VecDeque<(String, u64)>,
@@ -605,28 +619,37 @@ impl BootstrapLogins {
         Self { entries: HashMap::new(), order: VecDeque::new(), next: 0, max: max.max(1) }
     }
 
-    fn insert(&mut self, client_id: &str, peer: Option<SocketAddr>) {
+    fn insert(
+        &mut self,
+        client_id: &str,
+        peer: Option<SocketAddr>,
+        chain: Option<CertificateChain>,
+    ) {
         if !self.entries.contains_key(client_id) {
             while self.entries.len() >= self.max {
                 let Some((oldest, seq)) = self.order.pop_front() else { break };
-                if self.entries.get(&oldest).is_some_and(|(_, s)| *s == seq) {
+                if self.entries.get(&oldest).is_some_and(|(_, s, _)| *s == seq) {
                     self.entries.remove(&oldest);
                 }
             }
         }
         self.next += 1;
-        self.entries.insert(client_id.to_owned(), (peer, self.next));
+        self.entries.insert(client_id.to_owned(), (peer, self.next, chain));
         self.order.push_back((client_id.to_owned(), self.next));
         // Re-logins and forgotten entries leave stale pairs behind: drop them once they
         // outnumber the live ones, so the queue stays within twice the bound (amortized O(1)).
         if self.order.len() > 2 * self.max {
             let entries = &self.entries;
-            self.order.retain(|(id, seq)| entries.get(id).is_some_and(|(_, s)| s == seq));
+            self.order.retain(|(id, seq)| entries.get(id).is_some_and(|(_, s, _)| s == seq));
         }
     }
 
     fn get(&self, client_id: &str) -> Option<Option<SocketAddr>> {
-        self.entries.get(client_id).map(|(peer, _)| *peer)
+        self.entries.get(client_id).map(|(peer, _, _)| *peer)
+    }
+
+    fn chain(&self, client_id: &str) -> Option<CertificateChain> {
+        self.entries.get(client_id).and_then(|(_, _, chain)| chain.clone())
     }
 
     fn remove(&mut self, client_id: &str, peer: Option<SocketAddr>) {

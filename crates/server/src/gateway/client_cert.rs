@@ -242,27 +242,41 @@ impl PresentedCertificate {
         Some(Self { serial, fingerprint_sha256: hex::encode(Sha256::digest(der)) })
     }
 
-    /// The certificate the client of `connection` presented, if any (the first of its chain).
-    pub fn of_connection(connection: &rustls::ServerConnection) -> Option<Option<Self>> {
-        match connection.peer_certificates().and_then(|chain| chain.first()) {
-            None => Some(None),
-            Some(der) => Self::from_der(der.as_ref()).map(Some),
-        }
+    /// The certificate the client of `connection` presented, if any (the first of its chain), with
+    /// the whole chain (DER).
+    pub fn of_connection(
+        connection: &rustls::ServerConnection,
+    ) -> Option<Option<(Self, Vec<Vec<u8>>)>> {
+        let Some(chain) = connection.peer_certificates() else { return Some(None) };
+        let first = chain.first()?;
+        let certificate = Self::from_der(first.as_ref())?;
+        Some(Some((certificate, chain.iter().map(|c| c.as_ref().to_vec()).collect())))
     }
 }
 
+/// A certificate chain a client presented (DER, its own certificate first).
+pub type CertificateChain = Arc<Vec<Vec<u8>>>;
+
 /// The authenticator of one TLS connection whose client presented a certificate: the CONNECT is a
-/// device logging in with that certificate (see the module documentation).
+/// device logging in with that certificate (see the module documentation), or a device
+/// onboarding with its maker's certificate (the bootstrap login of provisioning over MQTT, whose
+/// proof is the chain).
 #[derive(Debug)]
 pub struct CertificateLogin {
     gateway: Arc<GatewayAuthenticator>,
     certificate: PresentedCertificate,
+    /// The presented chain, until the CONNECT takes it: a connection does not keep it.
+    chain: std::sync::Mutex<Option<CertificateChain>>,
 }
 
 impl CertificateLogin {
-    /// The login of a client that presented `certificate`, checked by `gateway`.
-    pub fn new(gateway: Arc<GatewayAuthenticator>, certificate: PresentedCertificate) -> Self {
-        Self { gateway, certificate }
+    /// The login of a client that presented `certificate` (with `chain`), checked by `gateway`.
+    pub fn new(
+        gateway: Arc<GatewayAuthenticator>,
+        certificate: PresentedCertificate,
+        chain: Vec<Vec<u8>>,
+    ) -> Self {
+        Self { gateway, certificate, chain: std::sync::Mutex::new(Some(Arc::new(chain))) }
     }
 }
 
@@ -272,7 +286,8 @@ impl Authenticator for CertificateLogin {
         connect: &Connect,
         peer: Option<SocketAddr>,
     ) -> Result<Identity, ReasonCode> {
-        self.gateway.authenticate_certificate(connect, peer, &self.certificate).await
+        let chain = self.chain.lock().unwrap_or_else(PoisonError::into_inner).take();
+        self.gateway.authenticate_certificate(connect, peer, &self.certificate, chain).await
     }
 }
 

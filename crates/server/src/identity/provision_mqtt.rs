@@ -108,8 +108,15 @@ struct RegisterMessage {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 enum ProofMessage {
-    SymmetricKey { expires_at: i64, signature: String },
-    ClaimCode { code: String },
+    SymmetricKey {
+        expires_at: i64,
+        signature: String,
+    },
+    ClaimCode {
+        code: String,
+    },
+    /// The certificate the client presented over mutual TLS when it logged in.
+    X509,
 }
 
 /// A request refused before it reached the provisioner: a stable code and a message.
@@ -149,6 +156,15 @@ impl Responder {
                         signature: BASE64.decode(signature.trim()).unwrap_or_default(),
                     },
                     ProofMessage::ClaimCode { code } => Proof::ClaimCode { code },
+                    // Without a certificate at login the chain is empty: a wrong proof, counted
+                    // and audited like any other.
+                    ProofMessage::X509 => Proof::X509 {
+                        chain: self
+                            .authenticator
+                            .bootstrap_certificate_chain(client_id.as_str())
+                            .map(|chain| chain.as_ref().clone())
+                            .unwrap_or_default(),
+                    },
                 };
                 let register = RegisterRequest {
                     registration_id: client_id.as_str().to_owned(),
@@ -244,7 +260,7 @@ mod tests {
             b"not json",
             br#"{"request_id":"","enrollment_group":"g","proof":{"type":"claim_code","code":"X"}}"#,
             br#"{"request_id":"r","enrollment_group":"g","proof":{"type":"claim_code","code":"X"},"extra":1}"#,
-            br#"{"request_id":"r","enrollment_group":"g","proof":{"type":"x509"}}"#,
+            br#"{"request_id":"r","enrollment_group":"g","proof":{"type":"password"}}"#,
             br#"{"request_id":"r","enrollment_group":"g","proof":{"type":"claim_code","code":"X","k":1}}"#,
             br#"{"request_id":"r","proof":{"type":"claim_code","code":"X"}}"#,
         ];

@@ -498,3 +498,129 @@ async fn the_tls_listener_trusts_the_cas_of_x509_enrollment_groups() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Logs in as the bootstrap client `id` (`$provision`) over `io`, subscribed to its answers.
+async fn bootstrap_over(io: Transport, local_addr: SocketAddr, id: &str) -> Probe {
+    let mut probe = Probe {
+        io,
+        local_addr,
+        buf: BytesMut::new(),
+        version: V5,
+        next_id: 0,
+        pending: Default::default(),
+    };
+    let mut connect = Connect::new(V5, ClientId::new(id).expect("client id"), 0);
+    connect.username = Some(MqttString::new("$provision").expect("user name"));
+    probe.send(Packet::Connect(Box::new(connect))).await;
+    match probe.recv().await {
+        Some(Packet::ConnAck(ack)) => assert_eq!(ack.reason_code, ReasonCode::Success),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let response = format!("$herd/provision/{id}/response");
+    assert_eq!(probe.subscribe(&[&response]).await, vec![ReasonCode::Success]);
+    probe
+}
+
+/// The bootstrap client `id` over mutual TLS with `cert`.
+async fn mtls_bootstrap(
+    certs: &TestCerts,
+    mqtts: SocketAddr,
+    cert: &DeviceCert,
+    id: &str,
+) -> Probe {
+    let tls = mtls_connect(certs, mqtts, cert).await.expect("TLS handshake");
+    let local_addr = tls.get_ref().0.local_addr().expect("local address");
+    bootstrap_over(Transport::Stream(Box::new(tls)), local_addr, id).await
+}
+
+/// Publishes an X.509 registration of bootstrap client `id` through `group`; the JSON answer.
+async fn x509_register(
+    probe: &mut Probe,
+    id: &str,
+    group: &str,
+    csr: Option<&str>,
+) -> serde_json::Value {
+    let mut request =
+        json!({"request_id": "x1", "enrollment_group": group, "proof": {"type": "x509"}});
+    if let Some(csr) = csr {
+        request["csr"] = csr.into();
+    }
+    let code = probe.publish(&format!("$herd/provision/{id}/register"), &request.to_string()).await;
+    assert_eq!(code, ReasonCode::Success);
+    let (topic, payload) = probe.next_message().await;
+    assert_eq!(topic, format!("$herd/provision/{id}/response"));
+    serde_json::from_str(&payload).expect("a JSON answer")
+}
+
+#[tokio::test]
+async fn devices_onboard_with_their_makers_certificate_over_mqtt() {
+    let certs = TestCerts::new();
+    let tls = certs.config();
+    let server = TestServer::start_with(|c| {
+        c.mqtt.tls = Some(tls);
+        c.identity.trust_refresh = Duration::from_millis(50);
+    })
+    .await;
+    let mqtts = server.mqtts_addr.expect("TLS listener");
+    let (ca_pem, cert_pem, key_pem) = factory_certificate("sn-1");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let factory = DeviceCert {
+        serial: String::new(),
+        cert_file: dir.path().join("c.pem"),
+        key_file: dir.path().join("k.pem"),
+        cert_pem,
+        key_pem,
+        _dir: dir,
+    };
+    let (status, body) = server
+        .post(
+            "/api/v1/enrollment-groups",
+            &json!({"name": "factory-x", "attestation": "x509", "ca_certificate": ca_pem,
+                    "tags": {"line": "3"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !handshake_passes(&certs, mqtts, &factory).await {
+        assert!(tokio::time::Instant::now() < deadline, "the group's CA was never trusted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The maker's certificate names sn-1; registering as sn-2 with it is refused.
+    let mut probe = mtls_bootstrap(&certs, mqtts, &factory, "sn-2").await;
+    let answer = x509_register(&mut probe, "sn-2", "factory-x", None).await;
+    assert_eq!(answer["code"], "invalid_proof", "{answer}");
+
+    // As sn-1, with a CSR naming someone else: registered, and the certificate names sn-1.
+    let (csr_pem, key_pem) = csr("somebody-else");
+    let mut probe = mtls_bootstrap(&certs, mqtts, &factory, "sn-1").await;
+    let answer = x509_register(&mut probe, "sn-1", "factory-x", Some(&csr_pem)).await;
+    assert_eq!(answer["status"], "registered", "{answer}");
+    assert_eq!(answer["device_id"], "sn-1");
+    let certificate = answer["certificate_pem"].as_str().expect("a certificate").to_owned();
+    assert_eq!(subject_cn(&certificate), "sn-1");
+    let (_, device) = server.get("/api/v1/devices/sn-1").await;
+    assert_eq!((&device["state"], &device["tags"]["line"]), (&json!("active"), &json!("3")));
+
+    // The device logs in with the certificate Herd issued, and with the credential.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let issued = DeviceCert {
+        serial: String::new(),
+        cert_file: dir.path().join("c.pem"),
+        key_file: dir.path().join("k.pem"),
+        cert_pem: certificate,
+        key_pem,
+        _dir: dir,
+    };
+    let (_, code) = mtls_probe(&certs, mqtts, &issued, V5, "sn-1").await;
+    assert_eq!(code, ReasonCode::Success);
+    let secret = answer["credential"]["secret"].as_str().expect("a credential");
+    let _ = Probe::connected(server.mqtt_addr, V311, "sn-1", secret).await;
+
+    // Without a certificate at login there is no X.509 proof.
+    let tcp = TcpStream::connect(server.mqtt_addr).await.expect("connect");
+    let local_addr = tcp.local_addr().expect("local address");
+    let mut plain = bootstrap_over(Transport::Stream(Box::new(tcp)), local_addr, "sn-9").await;
+    let answer = x509_register(&mut plain, "sn-9", "factory-x", None).await;
+    assert_eq!(answer["code"], "invalid_proof", "{answer}");
+}

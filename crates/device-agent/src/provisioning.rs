@@ -136,8 +136,7 @@ impl Proof {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_err(|_| ProvisionError::Clock)?;
         let expires_at = now.saturating_add(lifetime).as_secs();
-        let (expires_at, signature) =
-            symmetric_key_proof(derived_key, registration_id, expires_at);
+        let (expires_at, signature) = symmetric_key_proof(derived_key, registration_id, expires_at);
         Ok(Self::SymmetricKey { expires_at, signature })
     }
 
@@ -370,12 +369,7 @@ impl BaseUrl {
             Some(p) => p.parse().map_err(|_| invalid())?,
             None => default_port,
         };
-        Ok(Self {
-            tls,
-            host: host.to_owned(),
-            port,
-            path: path.trim_end_matches('/').to_owned(),
-        })
+        Ok(Self { tls, host: host.to_owned(), port, path: path.trim_end_matches('/').to_owned() })
     }
 
     /// The `Host` header.
@@ -421,7 +415,10 @@ impl ProvisioningClient {
     ///
     /// # Errors
     /// [`ProvisionError`]: see [`ProvisionError::is_retryable`].
-    pub async fn register(&self, request: &RegisterRequest) -> Result<Registration, ProvisionError> {
+    pub async fn register(
+        &self,
+        request: &RegisterRequest,
+    ) -> Result<Registration, ProvisionError> {
         let body = Bytes::from(request.to_json().to_string());
         let exchange = async {
             let tcp = TcpStream::connect((self.base.host.as_str(), self.base.port))
@@ -439,9 +436,10 @@ impl ProvisioningClient {
                 None => self.post(tcp, body).await,
             }
         };
-        let (status, retry_after, answer) = tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| ProvisionError::TimedOut(self.timeout))??;
+        let (status, retry_after, answer) =
+            tokio::time::timeout(self.timeout, exchange)
+                .await
+                .map_err(|_| ProvisionError::TimedOut(self.timeout))??;
         if (200..300).contains(&status) {
             return Registration::parse(&answer);
         }
@@ -563,7 +561,10 @@ mod tests {
     fn answers_are_read_and_the_secret_is_never_shown() {
         let answer = br#"{"device_id":"fa-SN-1","created":true,"credential":{"type":"token","secret":"hdc_x"},"mqtt":{"client_id":"fa-SN-1","username":"fa-SN-1"}}"#;
         let r = Registration::parse(answer).unwrap();
-        assert_eq!((r.device_id.as_str(), r.created, r.secret.as_str()), ("fa-SN-1", true, "hdc_x"));
+        assert_eq!(
+            (r.device_id.as_str(), r.created, r.secret.as_str()),
+            ("fa-SN-1", true, "hdc_x")
+        );
         assert_eq!(r.certificate_pem, None);
         assert!(!format!("{r:?}").contains("hdc_x"));
         assert!(matches!(Registration::parse(b"{}"), Err(ProvisionError::InvalidAnswer(_))));
@@ -575,7 +576,10 @@ mod tests {
         let u = BaseUrl::parse("https://herd.example.com").unwrap();
         assert_eq!((u.tls, u.port, u.path.as_str()), (true, 443, ""));
         let u = BaseUrl::parse("http://[::1]:8080/herd/").unwrap();
-        assert_eq!((u.tls, u.host.as_str(), u.port, u.path.as_str()), (false, "::1", 8080, "/herd"));
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.path.as_str()),
+            (false, "::1", 8080, "/herd")
+        );
         assert_eq!(u.authority(), "[::1]:8080");
         for bad in ["mqtt://h", "h:80", "http://", "http://h:x", "http://u@h", "http://h/?q"] {
             assert!(BaseUrl::parse(bad).is_err(), "{bad}");

@@ -24,6 +24,9 @@
 //!   `devices/{id}/`, such as `commands/#`) and hands what arrives to an [`Inbox`]: the hook through
 //!   which twins, commands, jobs and OTA updates reach the device.
 //!
+//! A device Herd has never seen gets its credential first through [`provisioning`] (zero-touch:
+//! an enrollment group, a derived key or a claim code, over HTTPS).
+//!
 //! [`DeviceHandle`] is the cheap, cloneable way in: it publishes, reads [`Stats`], cuts the
 //! connection for failure tests ([`DeviceHandle::sever`]) and stops the task. An idle TCP device
 //! costs one task, a socket and its small state (no read or write buffer beyond a few hundred
@@ -54,6 +57,7 @@ mod journal;
 mod link;
 mod message;
 mod offline_buffer;
+pub mod provisioning;
 mod telemetry;
 mod transport;
 

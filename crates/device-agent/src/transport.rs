@@ -220,7 +220,7 @@ pub(crate) struct TlsClient {
 }
 
 impl TlsClient {
-    fn new(options: &TlsOptions, host: &str) -> Result<Self, ConfigError> {
+    pub(crate) fn new(options: &TlsOptions, host: &str) -> Result<Self, ConfigError> {
         let name = options.server_name.as_deref().unwrap_or(host);
         let server_name = ServerName::try_from(name.to_owned())
             .map_err(|_| ConfigError::TlsServerName(name.to_owned()))?;
@@ -279,7 +279,10 @@ impl TlsClient {
         })
     }
 
-    async fn handshake(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, LinkError> {
+    pub(crate) async fn handshake(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<TlsStream<TcpStream>, LinkError> {
         tokio_rustls::TlsConnector::from(Arc::clone(&self.config))
             .connect(self.server_name.clone(), tcp)
             .await

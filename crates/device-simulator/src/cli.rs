@@ -107,6 +107,14 @@ pub struct Cli {
     /// instead of issuing new credentials every run. Delete it when the server's data is reset.
     #[arg(long, value_name = "FILE")]
     pub credentials_file: Option<PathBuf>,
+    /// Zero-touch: devices without a cached credential register themselves through this
+    /// symmetric-key enrollment group (no device id template) over HTTP(S) with keys derived in
+    /// bulk, instead of a bulk import and one credential request each. Needs --token.
+    #[arg(long, value_name = "GROUP")]
+    pub zero_touch: Option<String>,
+    /// Zero-touch registrations in flight at once.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub register_concurrency: usize,
     /// No progress line.
     #[arg(long, short)]
     pub quiet: bool,
@@ -178,6 +186,12 @@ impl Cli {
         if self.devices == 0 {
             problems.push("--devices must be at least 1".to_owned());
         }
+        if self.register_concurrency == 0 {
+            problems.push("--register-concurrency must be at least 1".to_owned());
+        }
+        if self.zero_touch.as_deref().is_some_and(str::is_empty) {
+            problems.push("--zero-touch needs an enrollment group name".to_owned());
+        }
         if self.child && self.credentials_file.is_none() {
             problems.push("--child needs --credentials-file".to_owned());
         }
@@ -208,6 +222,8 @@ impl Cli {
         config.seed = self.seed;
         config.credentials_file.clone_from(&self.credentials_file);
         config.provision = !self.child;
+        config.zero_touch = if self.child { None } else { self.zero_touch.clone() };
+        config.register_concurrency = self.register_concurrency;
         Ok(config)
     }
 }
@@ -247,6 +263,7 @@ pub fn child_args(config: &SimConfig, shard: Shard, credentials: &Path, seed: u6
         format!("--shard={shard}"),
         format!("--seed={seed}"),
         format!("--credentials-file={}", credentials.display()),
+        format!("--register-concurrency={}", config.register_concurrency),
     ];
     if let Some(offline_for) = p.offline_for {
         args.push(format!("--offline-secs={}", secs(offline_for)));
@@ -513,6 +530,7 @@ mod tests {
             credentials_file: Some(PathBuf::from("/tmp/c.json")),
             provision: false,
             token: None,
+            zero_touch: None,
             ..parent
         };
         assert_eq!(child, expected);

@@ -54,6 +54,12 @@ pub struct SimConfig {
     /// Whether devices are created and given credentials through the REST API; `false`: every
     /// credential must be in [`SimConfig::credentials_file`] (child processes).
     pub provision: bool,
+    /// Zero-touch: the symmetric-key enrollment group through which devices without a cached
+    /// credential register themselves over HTTP(S) (`POST /provision/v1/register`), with keys
+    /// the run derives in bulk; `None`: bulk import and one credential per device.
+    pub zero_touch: Option<String>,
+    /// Registrations in flight at once in a zero-touch run.
+    pub register_concurrency: usize,
 }
 
 impl SimConfig {
@@ -88,6 +94,8 @@ impl SimConfig {
             seed: None,
             credentials_file: None,
             provision: true,
+            zero_touch: None,
+            register_concurrency: 64,
         }
     }
 

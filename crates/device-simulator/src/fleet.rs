@@ -26,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SimConfig;
 use crate::profile::{DeviceModel, Profile};
-use crate::provision::{Api, CredentialCache, provision};
+use crate::provision::{Api, CredentialCache, provision, zero_touch};
 use crate::shard;
-use crate::summary::{ErrorCounts, ErrorKind, Progress, Summary};
+use crate::summary::{ErrorCounts, ErrorKind, Progress, Summary, ZeroTouch};
 
 /// How long devices get to send DISCONNECT and stop at the end of a run.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -80,7 +80,7 @@ pub async fn run(
     }
 
     let provisioning = Instant::now();
-    let tokens = credentials(config, &ids, report).await?;
+    let (tokens, zero_touch) = credentials(config, &ids, report).await?;
     let provision_secs = provisioning.elapsed().as_secs_f64();
 
     let devices = slice
@@ -91,15 +91,17 @@ pub async fn run(
     let mut summary =
         Fleet::new(config, seed, source_addresses).run(devices, report, shutdown).await;
     summary.provision_secs = provision_secs;
+    summary.zero_touch = zero_touch;
     Ok(summary)
 }
 
-/// The secrets of devices `ids`, provisioning them as configured.
+/// The secrets of devices `ids`, provisioning them as configured; with the figures of the
+/// registrations in a zero-touch run.
 pub(crate) async fn credentials(
     config: &SimConfig,
     ids: &[String],
     report: &mut dyn Report,
-) -> anyhow::Result<Vec<Result<String, String>>> {
+) -> anyhow::Result<(Vec<Result<String, String>>, Option<ZeroTouch>)> {
     let (mut cache, note) =
         CredentialCache::load(config.credentials_file.as_deref(), &config.server)?;
     if let Some(note) = note {
@@ -114,6 +116,29 @@ pub(crate) async fn credentials(
             "an admin token is needed to create devices and credentials: pass --token or set HERD_TOKEN"
         ),
     };
+    if let (Some(api), Some(group)) = (&api, &config.zero_touch) {
+        report.note(&format!(
+            "zero-touch: {} devices register through enrollment group {group} at {}",
+            ids.len(),
+            config.server
+        ));
+        let (tokens, stats) =
+            zero_touch(api, group, ids, &mut cache, config.register_concurrency).await?;
+        cache.save()?;
+        report.note(&format!(
+            "zero-touch: {} registered in {:.1} s ({:.0}/s, keys derived in {:.1} s), {} cached, {} failed",
+            stats.registrations,
+            stats.register_secs,
+            stats.rate_per_sec,
+            stats.derive_secs,
+            stats.cached,
+            stats.failures
+        ));
+        if let Some(Err(reason)) = tokens.iter().find(|t| t.is_err()) {
+            report.note(&format!("first registration failure: {reason}"));
+        }
+        return Ok((tokens, Some(stats)));
+    }
     if api.is_some() {
         report.note(&format!("provisioning {} devices through {}", ids.len(), config.server));
     }
@@ -134,7 +159,7 @@ pub(crate) async fn credentials(
             report.note(&format!("first provisioning failure: {reason}"));
         }
     }
-    Ok(provisioned.tokens)
+    Ok((provisioned.tokens, None))
 }
 
 /// A device waiting for its turn in the ramp.
@@ -447,6 +472,7 @@ impl<'a> Fleet<'a> {
             source_addresses: self.source_addresses,
             seed: self.seed,
             rss_bytes,
+            zero_touch: None,
         }
     }
 }

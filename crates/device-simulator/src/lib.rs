@@ -22,4 +22,4 @@ mod summary;
 
 pub use crate::config::SimConfig;
 pub use crate::fleet::{Report, Silent, run};
-pub use crate::summary::{ErrorCounts, ErrorKind, Progress, Summary};
+pub use crate::summary::{ErrorCounts, ErrorKind, Progress, Summary, ZeroTouch};

@@ -64,7 +64,9 @@ pub async fn run(
     let ids: Vec<String> =
         (0..config.devices).map(|i| shard::device_id(&config.prefix, i)).collect();
     let provisioning = SimConfig { credentials_file: Some(credentials.clone()), ..config.clone() };
-    crate::fleet::credentials(&provisioning, &ids, report).await?;
+    // Zero-touch too: the parent registers every device and hands the secrets to the children
+    // through the credentials file, like the credentials it issues otherwise.
+    let (_, zero_touch) = crate::fleet::credentials(&provisioning, &ids, report).await?;
     let provision_secs = started.elapsed().as_secs_f64();
 
     report.note(&format!("starting {processes} processes"));
@@ -159,6 +161,7 @@ pub async fn run(
     }
     summary.processes = processes;
     summary.provision_secs = provision_secs;
+    summary.zero_touch = zero_touch;
     summary.seed = seed;
     summary.source_addresses = config.source_address_count();
     Ok(summary)

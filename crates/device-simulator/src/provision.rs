@@ -7,6 +7,12 @@
 //! `POST /api/v1/devices/{id}/credentials`, [`CREDENTIAL_REQUESTS_IN_FLIGHT`] at a time.
 //! A secret is shown once by the server; with a credentials file the secrets are kept there
 //! (JSON, mode 0600) and reused, otherwise every run issues new ones (old ones stay valid).
+//!
+//! Zero-touch ([`zero_touch`], `--zero-touch GROUP`): nothing is imported; the run derives the
+//! keys of the devices without a cached secret through the bulk endpoint
+//! (`POST /api/v1/enrollment-groups/{group}/derive-keys`, [`DERIVE_BATCH`] per request), then
+//! each device registers itself (`POST /provision/v1/register`, a symmetric-key proof made with
+//! the SDK's `provisioning`), `register_concurrency` at a time, and keeps the secret it gets.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -14,8 +20,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use device_agent::TlsOptions;
+use device_agent::provisioning::{
+    DEFAULT_PROOF_LIFETIME, Proof, ProvisioningClient, RegisterRequest, decode_derived_key,
+};
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::summary::ZeroTouch;
 
 /// Credential requests sent at once: enough to hide the round trips, few enough not to crowd
 /// out the server's other work on a small machine.
@@ -24,6 +37,9 @@ pub const CREDENTIAL_REQUESTS_IN_FLIGHT: usize = 32;
 /// How many times a credential request that failed for a transient reason (connection error,
 /// 5xx, 429) is tried in all.
 const CREDENTIAL_ATTEMPTS: u32 = 3;
+
+/// Device ids per derive-keys request: the server's default limit.
+pub const DERIVE_BATCH: usize = 1000;
 
 /// The devices of a run with their secrets, or why they have none.
 #[derive(Debug)]
@@ -309,6 +325,170 @@ pub async fn provision(
         })
         .collect();
     Ok(Provisioned { tokens, created, reused, issued })
+}
+
+impl Api {
+    /// Checks that `group` is a symmetric-key group without a device id template (the simulated
+    /// device ids are the registration ids).
+    ///
+    /// # Errors
+    /// When it cannot be read or does not fit.
+    pub async fn check_zero_touch_group(&self, group: &str) -> anyhow::Result<()> {
+        let url = format!("{}/api/v1/enrollment-groups/{group}", self.server);
+        let response = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("failed to reach {url}"))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!("cannot read enrollment group {group}: {status}: {}", truncate(&text));
+        }
+        let g: serde_json::Value =
+            serde_json::from_str(&text).context("unreadable enrollment group")?;
+        if g["attestation"] != "symmetric_key" {
+            bail!(
+                "enrollment group {group} uses {} attestation: --zero-touch needs symmetric_key",
+                g["attestation"]
+            );
+        }
+        if let Some(template) = g["device_id_template"].as_str() {
+            bail!(
+                "enrollment group {group} has the device id template {template:?}: --zero-touch \
+                 needs a group without one (the simulated ids are the registration ids)"
+            );
+        }
+        Ok(())
+    }
+
+    /// The derived keys of devices `ids` in `group`, in order, [`DERIVE_BATCH`] per request.
+    ///
+    /// # Errors
+    /// When a request fails.
+    pub async fn derive_keys(&self, group: &str, ids: &[String]) -> anyhow::Result<Vec<String>> {
+        let url = format!("{}/api/v1/enrollment-groups/{group}/derive-keys", self.server);
+        let mut keys = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(DERIVE_BATCH) {
+            let response = self
+                .http
+                .post(&url)
+                .bearer_auth(&self.token)
+                .json(&serde_json::json!({ "device_ids": batch }))
+                .send()
+                .await
+                .with_context(|| format!("failed to reach {url}"))?;
+            let status = response.status();
+            if !status.is_success() {
+                let text = response.text().await.unwrap_or_default();
+                bail!("deriving device keys was refused: {status}: {}", truncate(&text));
+            }
+            let body: serde_json::Value =
+                response.json().await.context("unreadable derive-keys answer")?;
+            let items = body["items"].as_array().map(Vec::as_slice).unwrap_or_default();
+            if items.len() != batch.len() {
+                bail!("the server derived {} keys for {} device ids", items.len(), batch.len());
+            }
+            for item in items {
+                let key = item["derived_key"].as_str().context("no derived_key in the answer")?;
+                keys.push(key.to_owned());
+            }
+        }
+        Ok(keys)
+    }
+}
+
+/// Registers one device with its derived key, retrying transient failures (network, 5xx, 429
+/// after its `Retry-After`, at most 10 s) [`CREDENTIAL_ATTEMPTS`] times in all.
+async fn register_one(
+    client: &ProvisioningClient,
+    group: &str,
+    id: &str,
+    key: &str,
+) -> Result<String, String> {
+    let key = decode_derived_key(key).map_err(|e| e.to_string())?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let proof =
+            Proof::symmetric_key(&key, id, DEFAULT_PROOF_LIFETIME).map_err(|e| e.to_string())?;
+        match client.register(&RegisterRequest::new(id, group, proof)).await {
+            Ok(registration) if registration.device_id == id => return Ok(registration.secret),
+            Ok(registration) => {
+                return Err(format!("registered as {}, not {id}", registration.device_id));
+            }
+            Err(e) if e.is_retryable() && attempt < CREDENTIAL_ATTEMPTS => {
+                let wait = e
+                    .retry_after()
+                    .unwrap_or(Duration::from_millis(200 * u64::from(attempt)))
+                    .min(Duration::from_secs(10));
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(format!("registration: {e}")),
+        }
+    }
+}
+
+/// Zero-touch provisioning of devices `ids` through `group`: devices with a cached secret keep
+/// it; the others get their keys derived in bulk and register themselves,
+/// `concurrency` at a time. Returns each device's secret (or why it has none) and the figures.
+///
+/// # Errors
+/// When the group does not fit or the keys cannot be derived.
+pub async fn zero_touch(
+    api: &Api,
+    group: &str,
+    ids: &[String],
+    cache: &mut CredentialCache,
+    concurrency: usize,
+) -> anyhow::Result<(Vec<Result<String, String>>, ZeroTouch)> {
+    let missing: Vec<usize> = (0..ids.len()).filter(|i| cache.get(&ids[*i]).is_none()).collect();
+    let mut stats =
+        ZeroTouch { cached: (ids.len() - missing.len()) as u64, ..ZeroTouch::default() };
+    let mut fresh: BTreeMap<usize, Result<String, String>> = BTreeMap::new();
+    if !missing.is_empty() {
+        api.check_zero_touch_group(group).await?;
+        let derive_started = Instant::now();
+        let missing_ids: Vec<String> = missing.iter().map(|i| ids[*i].clone()).collect();
+        let keys = api.derive_keys(group, &missing_ids).await?;
+        stats.derive_secs = derive_started.elapsed().as_secs_f64();
+        let client = ProvisioningClient::new(&api.server, &TlsOptions::default())
+            .map_err(|e| anyhow::anyhow!("--server {}: {e}", api.server))?;
+        let client = &client;
+        let started = Instant::now();
+        let results: Vec<(usize, Result<String, String>)> =
+            futures_util::stream::iter(missing.iter().zip(keys).map(|(i, key)| async move {
+                (*i, register_one(client, group, &ids[*i], &key).await)
+            }))
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+        stats.register_secs = started.elapsed().as_secs_f64();
+        for (i, result) in results {
+            match &result {
+                Ok(token) => {
+                    cache.insert(&ids[i], token);
+                    stats.registrations += 1;
+                }
+                Err(_) => stats.failures += 1,
+            }
+            fresh.insert(i, result);
+        }
+        #[expect(clippy::cast_precision_loss, reason = "a rate for people")]
+        let rate = stats.registrations as f64 / stats.register_secs.max(1e-9);
+        stats.rate_per_sec = rate;
+    }
+    let tokens = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| match fresh.remove(&i) {
+            Some(result) => result,
+            None => cache.get(id).map(str::to_owned).ok_or_else(|| no_credential(id)),
+        })
+        .collect();
+    Ok((tokens, stats))
 }
 
 fn no_credential(id: &str) -> String {

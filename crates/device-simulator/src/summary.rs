@@ -181,6 +181,26 @@ pub struct Summary {
     /// Resident memory of the process(es) running devices, measured at the end of the run
     /// before the devices stopped; `null` where it cannot be read.
     pub rss_bytes: Option<u64>,
+    /// The zero-touch registrations of a `--zero-touch` run; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zero_touch: Option<ZeroTouch>,
+}
+
+/// What the registrations of a zero-touch run did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ZeroTouch {
+    /// Devices that registered (created or registered again).
+    pub registrations: u64,
+    /// Devices whose registration failed (they count as failed devices too).
+    pub failures: u64,
+    /// Devices that had a cached credential and did not register.
+    pub cached: u64,
+    /// Seconds spent deriving the keys (bulk endpoint, before the registrations).
+    pub derive_secs: f64,
+    /// Wall time of the registrations, from the first sent to the last answered.
+    pub register_secs: f64,
+    /// Registrations per second over `register_secs`.
+    pub rate_per_sec: f64,
 }
 
 impl Summary {

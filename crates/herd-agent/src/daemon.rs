@@ -42,6 +42,10 @@ pub enum RunError {
         "the server refused the device: {0:?}; check the device id, its credential and its state"
     )]
     Refused(device_agent::ReasonCode),
+    /// The enrollment group refused the registration (wrong key or code, disabled or expired
+    /// group, a conflicting device): retrying cannot help.
+    #[error("{0}")]
+    RegistrationRefused(String),
     /// `--once` could not get its heartbeat acknowledged in time.
     #[error("no acknowledged heartbeat within {0:?}: the server could not be reached")]
     TimedOut(Duration),
@@ -94,6 +98,21 @@ pub async fn run(
     std::fs::create_dir_all(&settings.data_dir).with_context(|| {
         format!("cannot create the data directory {}", settings.data_dir.display())
     })?;
+    tokio::pin!(shutdown);
+    let registered = match mode {
+        Mode::Once { timeout } => tokio::time::timeout(
+            timeout,
+            crate::provision::ensure_registered(settings, &mut shutdown),
+        )
+        .await
+        .map_err(|_| RunError::TimedOut(timeout))??,
+        Mode::Daemon => crate::provision::ensure_registered(settings, &mut shutdown).await?,
+    };
+    let Some(registered) = registered else {
+        tracing::info!("shut down before the device was registered");
+        return Ok(());
+    };
+    let settings = &registered;
     let config = device_config(settings)?;
     let (device, mut inbox, mut task) =
         Device::spawn_with_inbox(config, INBOX_CAPACITY).context("invalid device configuration")?;
@@ -110,7 +129,6 @@ pub async fn run(
             }
         }
         Mode::Daemon => {
-            tokio::pin!(shutdown);
             tokio::select! {
                 result = agent.daemon(&mut cpu, shutdown) => result,
                 ended = &mut task => return Err(ended_early(ended)),

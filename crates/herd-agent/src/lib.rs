@@ -5,9 +5,11 @@
 //! connection and a heartbeat with health metrics every interval ([`system`]), and stops
 //! gracefully on SIGTERM or Ctrl-C ([`daemon`]). `herd-agent --once` sends the facts and one
 //! heartbeat and exits. It renews its client certificate before it ends, and its certificate or
-//! credential when Herd asks ([`renewal`]). Installing it is described in `docs/agent.md`.
+//! credential when Herd asks ([`renewal`]). A device without a credential yet registers itself
+//! through an enrollment group first (zero-touch, [`provision`]). Installing it is described in `docs/agent.md`.
 
 pub mod daemon;
+pub mod provision;
 pub mod renewal;
 pub mod settings;
 pub mod system;

@@ -52,7 +52,9 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(daemon::run(&settings, mode, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ RunError::Refused(_)) => fail(&e.to_string(), 3),
+        Err(e @ (RunError::Refused(_) | RunError::RegistrationRefused(_))) => {
+            fail(&e.to_string(), 3)
+        }
         Err(e) => fail(&format!("{e:#}"), 1),
     }
 }

@@ -132,7 +132,7 @@ impl Renewer<'_> {
 
 /// Replaces `path` with `contents`: a temporary file beside it, flushed to disk, renamed over it.
 /// `secret` files are created with mode 0600.
-fn write_file(path: &Path, contents: &[u8], secret: bool) -> anyhow::Result<()> {
+pub(crate) fn write_file(path: &Path, contents: &[u8], secret: bool) -> anyhow::Result<()> {
     let name = path.file_name().context("the file has no name")?.to_string_lossy();
     let tmp = path.with_file_name(format!(".{name}.new"));
     let mut options = fs::OpenOptions::new();

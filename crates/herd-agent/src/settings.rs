@@ -10,6 +10,23 @@
 //! A device with a client certificate (`client_cert_file`, `client_key_file`, `mqtts://` or
 //! `wss://`) needs no credential file; the agent renews that certificate `renew_before_days`
 //! before it ends. The agent rewrites the credential, certificate and key files it renews.
+//!
+//! A device that provisions itself (zero-touch) has a `[provisioning]` section instead of a
+//! credential: while `credential_file` does not exist (or, with `csr = true`, the client
+//! certificate), the agent registers through the enrollment group first ([`crate::provision`]),
+//! and `device_id` may be left out (the registration names it; it is kept in
+//! `data_dir/device_id`).
+//!
+//! ```toml
+//! server = "mqtts://herd.example.com"
+//! credential_file = "/etc/herd/credential"    # written by the registration
+//! data_dir = "/var/lib/herd-agent"
+//!
+//! [provisioning]
+//! url = "https://herd.example.com"
+//! enrollment_group = "factory-a"
+//! derived_key_file = "/etc/herd/derived.key"  # or claim_code_file; mode 0600
+//! ```
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
@@ -27,10 +44,12 @@ pub struct ConfigFile {
     /// `mqtts://HOST[:PORT]` (TLS, 8883), `ws://HOST[:PORT]/PATH` or `wss://HOST[:PORT]/PATH`
     /// (WebSocket, 80/443).
     pub server: String,
-    /// The device id.
-    pub device_id: String,
+    /// The device id; optional with `[provisioning]` (the registration gives it).
+    #[serde(default)]
+    pub device_id: Option<String>,
     /// A file holding only the device credential secret; must not be readable by group or others.
-    /// Optional for a device that logs in with a client certificate.
+    /// Optional for a device that logs in with a client certificate. With `[provisioning]`, where
+    /// the registration writes the credential.
     #[serde(default)]
     pub credential_file: Option<PathBuf>,
     /// Where the agent keeps its offline journal.
@@ -68,7 +87,95 @@ pub struct ConfigFile {
     /// Seconds between checks of the client certificate's end (default 3600).
     #[serde(default)]
     pub renewal_check_interval_secs: Option<u64>,
+    /// Zero-touch provisioning: register through an enrollment group on the first start.
+    #[serde(default)]
+    pub provisioning: Option<ProvisioningFile>,
 }
+
+/// The `[provisioning]` section, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisioningFile {
+    /// Herd's HTTP API as the device reaches it: `https://HOST[:PORT]` (or `http://` on a
+    /// trusted network).
+    pub url: String,
+    /// The enrollment group's name.
+    pub enrollment_group: String,
+    /// What the device calls itself; default: the machine id (`/etc/machine-id`), else the host
+    /// name.
+    #[serde(default)]
+    pub registration_id: Option<String>,
+    /// A file holding the device's derived key (base64), for a symmetric-key group; mode 0600.
+    #[serde(default)]
+    pub derived_key_file: Option<PathBuf>,
+    /// A file holding a claim code, for a claim-code group; mode 0600.
+    #[serde(default)]
+    pub claim_code_file: Option<PathBuf>,
+    /// Also ask for a client certificate (written to `client_cert_file` and `client_key_file`).
+    #[serde(default)]
+    pub csr: Option<bool>,
+    /// The CA certificate (PEM) of the HTTPS server; default: `ca_file`, else the system's bundle.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Seconds one registration attempt may take (default 30).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// Longest wait between two attempts, in seconds (default 300); the wait doubles from 1 s.
+    #[serde(default)]
+    pub retry_max_secs: Option<u64>,
+    /// Seconds a symmetric-key proof stays valid (default 300; at most the server's
+    /// `provisioning.max_proof_lifetime_secs`).
+    #[serde(default)]
+    pub proof_lifetime_secs: Option<u64>,
+}
+
+/// How the device proves it belongs to its enrollment group.
+#[derive(Clone)]
+pub enum ProvisioningProof {
+    /// The derived key (32 bytes).
+    DerivedKey(Vec<u8>),
+    /// The claim code.
+    ClaimCode(String),
+}
+
+impl std::fmt::Debug for ProvisioningProof {
+    /// Never shows the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::DerivedKey(_) => "DerivedKey",
+            Self::ClaimCode(_) => "ClaimCode",
+        })
+    }
+}
+
+/// The validated `[provisioning]` section.
+#[derive(Debug, Clone)]
+pub struct Provisioning {
+    /// Herd's HTTP API.
+    pub url: String,
+    /// The enrollment group.
+    pub enrollment_group: String,
+    /// The registration id.
+    pub registration_id: String,
+    /// The proof's secret, read from its file.
+    pub proof: ProvisioningProof,
+    /// Whether to ask for a client certificate too.
+    pub csr: bool,
+    /// The HTTPS server's CA.
+    pub ca_file: Option<PathBuf>,
+    /// One attempt's limit.
+    pub timeout: Duration,
+    /// The longest wait between attempts.
+    pub retry_max: Duration,
+    /// A symmetric-key proof's validity.
+    pub proof_lifetime: Duration,
+    /// Whether the device must register before it can connect: the credential (or certificate)
+    /// does not exist yet.
+    pub pending: bool,
+}
+
+/// The file in the data directory that keeps the device id a registration gave.
+pub const DEVICE_ID_FILE: &str = "device_id";
 
 /// The transport the server URL names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,6 +282,8 @@ pub struct Settings {
     pub renew_before: Duration,
     /// Between checks of the client certificate's end.
     pub renewal_check_interval: Duration,
+    /// Zero-touch provisioning, when configured.
+    pub provisioning: Option<Provisioning>,
 }
 
 impl Settings {
@@ -194,7 +303,7 @@ impl Settings {
     ///
     /// # Errors
     /// As [`Settings::load`].
-    pub fn from_file(file: ConfigFile) -> anyhow::Result<Self> {
+    pub fn from_file(mut file: ConfigFile) -> anyhow::Result<Self> {
         let server = ServerUrl::parse(&file.server)?;
         let v311 = match file.protocol.as_deref() {
             None | Some("5" | "5.0") => false,
@@ -206,7 +315,22 @@ impl Settings {
             (None, None) => None,
             _ => bail!("client_cert_file and client_key_file go together"),
         };
+        let section = file.provisioning.take();
+        let provisioning = section
+            .map(|p| {
+                provisioning(
+                    p,
+                    Paths {
+                        credential_file: file.credential_file.as_deref(),
+                        ca_file: file.ca_file.as_deref(),
+                    },
+                    client_cert.as_ref(),
+                )
+            })
+            .transpose()?;
+        let pending = provisioning.as_ref().is_some_and(|p| p.pending);
         let token = match (&file.credential_file, &client_cert) {
+            (Some(_), _) if pending => String::new(),
             (Some(path), _) => read_credential(path)?,
             (None, Some(_)) => String::new(),
             (None, None) => {
@@ -214,6 +338,22 @@ impl Settings {
                     "credential_file is required unless client_cert_file and client_key_file are set"
                 )
             }
+        };
+        let device_id = match (file.device_id, &provisioning) {
+            (Some(id), _) => id,
+            (None, Some(p)) if p.pending => String::new(),
+            (None, Some(_)) => {
+                let path = file.data_dir.join(DEVICE_ID_FILE);
+                let id = fs::read_to_string(&path).with_context(|| {
+                    format!(
+                        "device_id is not set and {} cannot be read (it is written when the \
+                         device registers)",
+                        path.display()
+                    )
+                })?;
+                id.trim().to_owned()
+            }
+            (None, None) => bail!("device_id is required unless [provisioning] is set"),
         };
         let renew_before_days = file.renew_before_days.unwrap_or(30);
         ensure!(
@@ -226,7 +366,7 @@ impl Settings {
         ensure!(heartbeat > 0, "heartbeat_interval_secs must be at least 1");
         Ok(Self {
             server,
-            device_id: file.device_id,
+            device_id,
             token,
             credential_file: file.credential_file,
             data_dir: file.data_dir,
@@ -240,8 +380,96 @@ impl Settings {
             shutdown_grace: Duration::from_secs(file.shutdown_grace_secs.unwrap_or(5)),
             renew_before: Duration::from_secs(renew_before_days * 86_400),
             renewal_check_interval: Duration::from_secs(check),
+            provisioning,
         })
     }
+}
+
+/// The files of the configuration `[provisioning]` depends on.
+#[derive(Debug, Clone, Copy)]
+struct Paths<'a> {
+    credential_file: Option<&'a Path>,
+    ca_file: Option<&'a Path>,
+}
+
+/// Validates the `[provisioning]` section of `file` and reads its secret.
+fn provisioning(
+    p: ProvisioningFile,
+    file: Paths<'_>,
+    client_cert: Option<&(PathBuf, PathBuf)>,
+) -> anyhow::Result<Provisioning> {
+    ensure!(
+        p.url.starts_with("https://") || p.url.starts_with("http://"),
+        "provisioning.url must start with https:// or http://, got {:?}",
+        p.url
+    );
+    ensure!(!p.enrollment_group.trim().is_empty(), "provisioning.enrollment_group is empty");
+    let proof = match (&p.derived_key_file, &p.claim_code_file) {
+        (Some(path), None) => {
+            let text = read_secret_file(path, "derived key")?;
+            let key = device_agent::provisioning::decode_derived_key(&text)
+                .with_context(|| format!("the derived key file {}", path.display()))?;
+            ProvisioningProof::DerivedKey(key)
+        }
+        (None, Some(path)) => ProvisioningProof::ClaimCode(read_secret_file(path, "claim code")?),
+        _ => bail!("[provisioning] needs one of derived_key_file and claim_code_file"),
+    };
+    let csr = p.csr.unwrap_or(false);
+    ensure!(
+        !csr || client_cert.is_some(),
+        "provisioning.csr = true needs client_cert_file and client_key_file (where the certificate \
+         and its key are written)"
+    );
+    let Some(credential_file) = file.credential_file else {
+        bail!("[provisioning] needs credential_file: where the registration writes the credential");
+    };
+    let pending = !credential_file.exists()
+        || (csr && client_cert.is_some_and(|(cert, key)| !cert.exists() || !key.exists()));
+    let registration_id = match p.registration_id {
+        Some(id) => id,
+        None => default_registration_id()?,
+    };
+    let valid = (1..=128).contains(&registration_id.len())
+        && registration_id.chars().all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c));
+    ensure!(
+        valid,
+        "provisioning.registration_id {registration_id:?}: use 1 to 128 characters of A-Z a-z 0-9 . _ : -"
+    );
+    let timeout = p.timeout_secs.unwrap_or(30);
+    ensure!(timeout > 0, "provisioning.timeout_secs must be at least 1");
+    let retry_max = p.retry_max_secs.unwrap_or(300);
+    ensure!(retry_max > 0, "provisioning.retry_max_secs must be at least 1");
+    let lifetime = p.proof_lifetime_secs.unwrap_or(300);
+    ensure!(
+        (1..=86_400).contains(&lifetime),
+        "provisioning.proof_lifetime_secs must be between 1 and 86400"
+    );
+    Ok(Provisioning {
+        url: p.url,
+        enrollment_group: p.enrollment_group,
+        registration_id,
+        proof,
+        csr,
+        ca_file: p.ca_file.or_else(|| file.ca_file.map(Path::to_path_buf)),
+        timeout: Duration::from_secs(timeout),
+        retry_max: Duration::from_secs(retry_max),
+        proof_lifetime: Duration::from_secs(lifetime),
+        pending,
+    })
+}
+
+/// The machine id (`/etc/machine-id`), else the host name.
+fn default_registration_id() -> anyhow::Result<String> {
+    let read = |path: &str| fs::read_to_string(path).ok().map(|s| s.trim().to_owned());
+    read("/etc/machine-id")
+        .filter(|s| !s.is_empty())
+        .or_else(|| read("/proc/sys/kernel/hostname").filter(|s| !s.is_empty()))
+        .context("provisioning.registration_id is not set and neither /etc/machine-id nor the host name can be read")
+}
+
+/// Reads a secret from `path`, refusing a file that group or others may access.
+fn read_secret_file(path: &Path, what: &str) -> anyhow::Result<String> {
+    read_private(path, what)
 }
 
 /// Reads the credential secret from `path`, refusing a file that group or others may access.
@@ -250,20 +478,25 @@ impl Settings {
 /// When the file cannot be read, is not a regular file, has permissions beyond the owner's, or is
 /// empty.
 pub fn read_credential(path: &Path) -> anyhow::Result<String> {
+    read_private(path, "credential")
+}
+
+/// Reads the secret `what` from `path` (trimmed), refusing a file group or others may access.
+fn read_private(path: &Path, what: &str) -> anyhow::Result<String> {
     let meta = fs::metadata(path)
-        .with_context(|| format!("cannot read the credential file {}", path.display()))?;
-    ensure!(meta.is_file(), "the credential file {} is not a regular file", path.display());
+        .with_context(|| format!("cannot read the {what} file {}", path.display()))?;
+    ensure!(meta.is_file(), "the {what} file {} is not a regular file", path.display());
     let mode = meta.permissions().mode() & 0o777;
     ensure!(
         mode & 0o077 == 0,
-        "the credential file {} has mode {mode:o}: group and others must have no access (chmod 600 {})",
+        "the {what} file {} has mode {mode:o}: group and others must have no access (chmod 600 {})",
         path.display(),
         path.display()
     );
     let text = fs::read_to_string(path)
-        .with_context(|| format!("cannot read the credential file {}", path.display()))?;
+        .with_context(|| format!("cannot read the {what} file {}", path.display()))?;
     let token = text.trim();
-    ensure!(!token.is_empty(), "the credential file {} is empty", path.display());
+    ensure!(!token.is_empty(), "the {what} file {} is empty", path.display());
     Ok(token.to_owned())
 }
 

@@ -323,3 +323,99 @@ async fn the_daemon_renews_its_credential_when_herd_asks() {
     let stderr = stop_daemon(child).await;
     assert!(stderr.contains("renewed on Herd's request"), "{stderr}");
 }
+
+/// A zero-touch configuration: no device id and no credential yet, only the `[provisioning]`
+/// section with a derived key file (mode 0600) holding `key`.
+fn write_zero_touch_config(
+    dir: &Path,
+    server: &TestServer,
+    registration_id: &str,
+    key: &str,
+) -> PathBuf {
+    let key_file = dir.join("derived.key");
+    std::fs::write(&key_file, format!("{key}\n")).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = dir.join("agent.toml");
+    let text = format!(
+        "server = \"mqtt://{}\"\ncredential_file = {:?}\ndata_dir = {:?}\n\n[provisioning]\n\
+         url = {:?}\nenrollment_group = \"factory-z\"\nregistration_id = {registration_id:?}\n\
+         derived_key_file = {:?}\n",
+        server.mqtt_addr,
+        dir.join("credential").display().to_string(),
+        dir.join("data").display().to_string(),
+        server.base_url,
+        key_file.display().to_string(),
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_touch_registers_once_then_reuses_the_credential() {
+    let server = TestServer::start().await;
+    let group = serde_json::json!({"name": "factory-z", "attestation": "symmetric_key",
+                                   "device_id_template": "zt-{registration_id}"});
+    let (status, body) = server.post("/api/v1/enrollment-groups", &group).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, key) = server
+        .post(
+            "/api/v1/enrollment-groups/factory-z/derive-key",
+            &serde_json::json!({"device_id": "zt-SN-7"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{key}");
+    let key = key["derived_key"].as_str().unwrap().to_owned();
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_zero_touch_config(dir.path(), &server, "SN-7", &key);
+    let args = vec!["--config".to_owned(), config.display().to_string(), "--once".to_owned()];
+    let out = run(args.clone()).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("hdc_"), "the secret is never logged: {stderr}");
+    let device = server.device_until("zt-SN-7", |d| d["agent"]["facts"].is_object()).await;
+    assert_eq!(device["state"], "active", "{device:#}");
+    let credential = dir.path().join("credential");
+    let mode = std::fs::metadata(&credential).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(std::fs::read_to_string(&credential).unwrap().starts_with("hdc_"));
+    assert_eq!(std::fs::read_to_string(dir.path().join("data/device_id")).unwrap(), "zt-SN-7");
+
+    // A restart logs in with the stored credential: no second registration.
+    let out = run(args).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("registering"));
+    // QoS 1 is at least once: a heartbeat the journal sends again counts again.
+    server.device_until("zt-SN-7", |d| d["agent"]["heartbeats"].as_u64() >= Some(2)).await;
+    let (_, group) = server.get("/api/v1/enrollment-groups/factory-z").await;
+    assert_eq!(group["registrations"], 1, "{group}");
+    let (_, audit) = server.get("/api/v1/audit?limit=1000").await;
+    let registrations = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "device.register")
+        .count();
+    assert_eq!(registrations, 1, "{audit:#}");
+
+    // A wrong key is a refusal: exit code 3, nothing written.
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = "q6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6s=";
+    let config = write_zero_touch_config(dir.path(), &server, "SN-8", wrong);
+    let out = run(vec!["--config".into(), config.display().to_string(), "--once".into()]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("invalid_proof"), "{stderr}");
+    assert!(!dir.path().join("credential").exists());
+
+    // A derived key file others may read: a bad configuration, 2.
+    std::fs::set_permissions(
+        dir.path().join("derived.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = run(vec!["--config".into(), config.display().to_string(), "--once".into()]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+}

@@ -253,6 +253,23 @@ pub(crate) struct DerivedKey {
     derived_key: String,
 }
 
+/// The body of `POST /api/v1/enrollment-groups/{name}/derive-keys`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeriveKeys {
+    /// The device ids the keys are for (after the group's template): 1 to the server's limit
+    /// (1000 by default).
+    #[schema(example = json!(["fa-SN-0042", "fa-SN-0043"]))]
+    device_ids: Vec<String>,
+}
+
+/// Device keys derived from a symmetric-key group's secret, in the order asked.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DerivedKeys {
+    /// One per device id asked for.
+    items: Vec<DerivedKey>,
+}
+
 /// The body of `POST /api/v1/enrollment-groups/{name}/claim-codes`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -590,6 +607,19 @@ pub(crate) async fn derive_key(
 ) -> Result<Json<DerivedKey>, ApiError> {
     let device = device_id(body.device_id)?;
     let group = existing(&state, &name).await?;
+    let group_key = symmetric_group_key(&state, &name, &group)?;
+    let key = secrets::derive_device_key(&group_key, device.as_str());
+    let devices = std::slice::from_ref(&device);
+    state.store().record_key_derivation(&name, devices, &state.mutation_by(&caller.token)).await?;
+    Ok(Json(DerivedKey { device_id: device.to_string(), derived_key: BASE64.encode(key) }))
+}
+
+/// The opened secret of a symmetric-key group.
+fn symmetric_group_key(
+    state: &AppState,
+    name: &EnrollmentGroupName,
+    group: &EnrollmentGroup,
+) -> Result<Vec<u8>, ApiError> {
     let Attestation::SymmetricKey { sealed_key } = &group.attestation else {
         return Err(ApiError::Conflict(format!(
             "enrollment group {name} uses {} attestation, not symmetric_key",
@@ -597,10 +627,53 @@ pub(crate) async fn derive_key(
         )));
     };
     let secret_box = state.secret_box().ok_or(ApiError::SecretsUnavailable)?;
-    let group_key = open_group_key(secret_box, &name, sealed_key).map_err(ApiError::internal)?;
-    let key = secrets::derive_device_key(&group_key, device.as_str());
-    state.store().record_key_derivation(&name, &device, &state.mutation_by(&caller.token)).await?;
-    Ok(Json(DerivedKey { device_id: device.to_string(), derived_key: BASE64.encode(key) }))
+    open_group_key(secret_box, name, sealed_key).map_err(ApiError::internal)
+}
+
+/// Derive many devices' keys from a symmetric-key group's secret at once (factory bundles, bulk
+/// pre-provisioning). One audit record for the batch, with the count and the ids.
+#[utoipa::path(
+    post,
+    path = "/api/v1/enrollment-groups/{name}/derive-keys",
+    tag = "enrollment",
+    params(("name" = String, Path, description = "Enrollment group name")),
+    request_body = DeriveKeys,
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "The device keys, in the order asked", body = DerivedKeys),
+        (status = 400, description = "`invalid_device_id`, or a malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`enrollment_group_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: not a symmetric-key group", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: no device ids, or more than the server's limit", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`secrets_unavailable`", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub(crate) async fn derive_keys(
+    caller: Caller<Admin>,
+    State(state): State<AppState>,
+    EnrollmentGroupPath(name): EnrollmentGroupPath,
+    JsonBody(body): JsonBody<DeriveKeys>,
+) -> Result<Json<DerivedKeys>, ApiError> {
+    let max = state.config().max_derived_keys_per_request.max(1);
+    if !(1..=max).contains(&body.device_ids.len()) {
+        return Err(ApiError::ValidationFailed(format!(
+            "device_ids must hold between 1 and {max} ids, got {}",
+            body.device_ids.len()
+        )));
+    }
+    let devices =
+        body.device_ids.into_iter().map(device_id).collect::<Result<Vec<_>, ApiError>>()?;
+    let group = existing(&state, &name).await?;
+    let group_key = symmetric_group_key(&state, &name, &group)?;
+    let items = devices
+        .iter()
+        .map(|device| DerivedKey {
+            device_id: device.to_string(),
+            derived_key: BASE64.encode(secrets::derive_device_key(&group_key, device.as_str())),
+        })
+        .collect();
+    state.store().record_key_derivation(&name, &devices, &state.mutation_by(&caller.token)).await?;
+    Ok(Json(DerivedKeys { items }))
 }
 
 /// Make claim codes for a claim-code group. The response holds the codes, which are never shown

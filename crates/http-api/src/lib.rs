@@ -141,6 +141,7 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             enrollment::delete_enrollment_group
         ))
         .routes(routes!(enrollment::derive_key))
+        .routes(routes!(enrollment::derive_keys))
         .routes(routes!(enrollment::create_claim_codes, enrollment::list_claim_codes))
         .routes(routes!(provisioning::register))
         .split_for_parts();

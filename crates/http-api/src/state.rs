@@ -69,6 +69,9 @@ pub struct ApiConfig {
     /// Most claim codes one `POST /api/v1/enrollment-groups/{name}/claim-codes` makes (default
     /// 1000); a larger `count` is 422 `validation_failed`.
     pub max_claim_codes_per_request: u32,
+    /// Most device keys one `POST /api/v1/enrollment-groups/{name}/derive-keys` derives (default
+    /// 1000); more `device_ids` is 422 `validation_failed`.
+    pub max_derived_keys_per_request: usize,
     /// How far ahead a registration proof's `expires_at` may lie, in seconds (default 3600).
     /// A proof valid for longer is refused as 401 `invalid_proof`: a captured proof is useless
     /// once it expires.
@@ -92,6 +95,7 @@ impl Default for ApiConfig {
             max_attributes_bytes: 16 * 1024,
             default_page_size: 100,
             max_claim_codes_per_request: 1000,
+            max_derived_keys_per_request: 1000,
             provisioning_max_proof_lifetime_secs: 3600,
             provisioning_max_failures_per_minute: 10,
             provisioning_max_tracked_clients: 10_000,

@@ -249,6 +249,7 @@ struct RawProvisioning {
     mqtt_bootstrap_password: String,
     mqtt_bootstrap_password_file: String,
     mqtt_max_bootstrap_clients: u64,
+    max_derived_keys_per_request: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -546,6 +547,11 @@ fn validate(
         p.max_claim_codes_per_request,
         100_000,
     );
+    let max_derived_keys_per_request = positive(
+        "provisioning.max_derived_keys_per_request",
+        p.max_derived_keys_per_request,
+        100_000,
+    );
     let sqlite_readers = positive("store.sqlite_readers", raw.store.sqlite_readers, 64);
     let postgres_max_connections =
         positive("store.postgres_max_connections", raw.store.postgres_max_connections, 1000);
@@ -660,6 +666,7 @@ fn validate(
             max_attributes_bytes: max_attributes_bytes as usize,
             default_page_size: default_page_size as u32,
             max_claim_codes_per_request: max_claim_codes_per_request as u32,
+            max_derived_keys_per_request: max_derived_keys_per_request as usize,
             provisioning_max_proof_lifetime_secs: max_proof_lifetime_secs,
             provisioning_max_failures_per_minute: max_failures_per_minute as u32,
             provisioning_max_tracked_clients: max_tracked_clients as usize,

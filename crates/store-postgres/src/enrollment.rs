@@ -320,12 +320,12 @@ pub(crate) async fn delete(
 pub(crate) async fn record_key_derivation(
     pool: &PgPool,
     name: &EnrollmentGroupName,
-    device: &DeviceId,
+    devices: &[DeviceId],
     m: &Mutation,
 ) -> StoreResult<()> {
     let mut tx = begin_write(pool).await?;
     get(&mut *tx, name).await?.ok_or_else(|| not_found(name))?;
-    let after = serde_json::json!({ "device_id": device.as_str() });
+    let Some(after) = store::key_derivation_audit(devices) else { return Ok(()) };
     let record = audit::record(m, "enrollment_group.derive_key", resource(name), None, Some(after));
     audit::append_and_commit(tx, &record).await
 }

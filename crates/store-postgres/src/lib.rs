@@ -400,10 +400,10 @@ impl Store for PostgresStore {
     async fn record_key_derivation(
         &self,
         name: &EnrollmentGroupName,
-        device: &DeviceId,
+        devices: &[DeviceId],
         m: &Mutation,
     ) -> StoreResult<()> {
-        enrollment::record_key_derivation(&self.pool, name, device, m).await
+        enrollment::record_key_derivation(&self.pool, name, devices, m).await
     }
 
     async fn create_claim_codes(

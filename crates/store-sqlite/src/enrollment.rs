@@ -303,12 +303,12 @@ pub(crate) async fn delete(
 pub(crate) async fn record_key_derivation(
     s: &SqliteStore,
     name: &EnrollmentGroupName,
-    device: &domain::DeviceId,
+    devices: &[domain::DeviceId],
     m: &Mutation,
 ) -> StoreResult<()> {
     let mut tx = s.begin_write().await?;
     get(&mut tx, name).await?.ok_or_else(|| not_found(name))?;
-    let after = serde_json::json!({ "device_id": device.as_str() });
+    let Some(after) = store::key_derivation_audit(devices) else { return Ok(()) };
     append_and_commit(
         tx,
         &entry(m, "enrollment_group.derive_key", resource(name), None, Some(after)),

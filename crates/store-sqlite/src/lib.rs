@@ -443,10 +443,10 @@ impl Store for SqliteStore {
     async fn record_key_derivation(
         &self,
         name: &EnrollmentGroupName,
-        device: &DeviceId,
+        devices: &[DeviceId],
         m: &Mutation,
     ) -> StoreResult<()> {
-        enrollment::record_key_derivation(self, name, device, m).await
+        enrollment::record_key_derivation(self, name, devices, m).await
     }
 
     async fn create_claim_codes(

@@ -197,3 +197,18 @@ pub fn claim_codes_audit_summary(
         "ids": codes.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
     })
 }
+
+/// The `after` of the audit record `enrollment_group.derive_key` for a batch of derived keys:
+/// `{"device_id"}` for one device (as single derivations always were), `{"count", "device_ids"}`
+/// for several; `None` for none. Shared by the backends so both record the same shape.
+#[must_use]
+pub fn key_derivation_audit(devices: &[DeviceId]) -> Option<serde_json::Value> {
+    match devices {
+        [] => None,
+        [one] => Some(serde_json::json!({ "device_id": one.as_str() })),
+        many => Some(serde_json::json!({
+            "count": many.len(),
+            "device_ids": many.iter().map(DeviceId::as_str).collect::<Vec<_>>(),
+        })),
+    }
+}

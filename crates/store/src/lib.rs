@@ -28,6 +28,7 @@ use domain::{
 pub use crate::enrollment::{
     MAX_PROVISIONING_CREDENTIALS, NewClaimCode, Registered, Registration,
     RegistrationRefusalRecord, adopted_device, claim_codes_audit_summary, enrolled_device,
+    key_derivation_audit,
 };
 pub use crate::mqtt::{
     MqttMessage, MqttOp, MqttQueued, MqttSession, MqttSnapshot, MqttSubscription,
@@ -507,15 +508,16 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         m: &Mutation,
     ) -> StoreResult<()>;
 
-    /// Appends the audit record `enrollment_group.derive_key` (after: the device id): an
-    /// operator read a device key derived from the group's secret.
+    /// Appends one audit record `enrollment_group.derive_key` for a batch of device keys an
+    /// operator read, derived from the group's secret: after, `{"device_id"}` for one device,
+    /// `{"count", "device_ids"}` for several. An empty batch records nothing.
     ///
     /// # Errors
     /// [`StoreError::NotFound`] (kind `enrollment_group`).
     async fn record_key_derivation(
         &self,
         name: &EnrollmentGroupName,
-        device: &DeviceId,
+        devices: &[DeviceId],
         m: &Mutation,
     ) -> StoreResult<()>;
 

@@ -171,3 +171,41 @@ fn the_binary_refuses_bad_flags_with_exit_code_2() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("--mqtt") && stderr.contains("--prefix"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_devices_register_themselves_with_zero_touch() {
+    let server = TestServer::start().await;
+    let group = serde_json::json!({"name": "sim-zt", "attestation": "symmetric_key"});
+    let (status, body) = server.post("/api/v1/enrollment-groups", &group).await;
+    assert_eq!(status, 201, "{body}");
+    let mut config = config(&server, 50, "zt-");
+    config.zero_touch = Some("sim-zt".to_owned());
+    config.register_concurrency = 8;
+
+    let (summary, recorded) = run(&config).await;
+    check_clean(&summary, 50);
+    let zero_touch = summary.zero_touch.clone().expect("zero-touch figures");
+    assert_eq!((zero_touch.registrations, zero_touch.failures), (50, 0), "{summary:#?}");
+    assert!(zero_touch.rate_per_sec > 0.0, "{summary:#?}");
+    assert!(
+        recorded.notes.iter().any(|n| n.contains("zero-touch: 50 registered")),
+        "{:?}",
+        recorded.notes
+    );
+    let (_, group) = server.get("/api/v1/enrollment-groups/sim-zt").await;
+    assert_eq!(group["registrations"], 50, "{group}");
+    let (status, device) = server.get("/api/v1/devices/zt-00050").await;
+    assert_eq!((status, &device["state"]), (200, &serde_json::json!("active")), "{device}");
+
+    // A group with a device id template cannot name the simulated ids: the run does not start.
+    let group = serde_json::json!({"name": "templated", "attestation": "symmetric_key",
+                                   "device_id_template": "x-{registration_id}"});
+    server.post("/api/v1/enrollment-groups", &group).await;
+    config.zero_touch = Some("templated".to_owned());
+    config.prefix = "zt2-".to_owned();
+    let mut recorded = Recorded::default();
+    let err = device_simulator::run(&config, &mut recorded, std::future::pending())
+        .await
+        .expect_err("refused");
+    assert!(format!("{err:#}").contains("template"), "{err:#}");
+}

@@ -590,3 +590,53 @@ async fn bad_registration_input() {
     extra["foo"] = json!(1);
     register(&api, &extra).await.assert_problem(400, "unknown_field");
 }
+
+#[tokio::test]
+async fn keys_are_derived_in_bulk_with_one_audit_record() {
+    let api = TestApi::build(
+        ApiConfig { max_derived_keys_per_request: 3, ..ApiConfig::default() },
+        with_secrets,
+    )
+    .await;
+    create_group(&api, json!({"name": "sk", "attestation": "symmetric_key"})).await;
+    create_group(&api, json!({"name": "cc", "attestation": "claim_code"})).await;
+    let path = format!("{GROUPS}/sk/derive-keys");
+    let before = audit_actions(&api).await.len();
+    let keys = api
+        .post(&path)
+        .json(&json!({"device_ids": ["d-1", "d-2", "d-3"]}))
+        .send()
+        .await
+        .assert_status(200)
+        .json();
+    let items = keys["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    for (item, id) in items.iter().zip(["d-1", "d-2", "d-3"]) {
+        assert_eq!(item["device_id"], id);
+        let key = BASE64.decode(item["derived_key"].as_str().unwrap()).unwrap();
+        assert_eq!(key, derived_key(&api, "sk", id).await, "the same key as one by one");
+    }
+    let records = api.store.audit_records(0, 1000.try_into().unwrap()).await.unwrap();
+    let batch = &records[before];
+    assert_eq!(
+        (batch.action.as_str(), batch.resource.as_str()),
+        ("enrollment_group.derive_key", "enrollment_group/sk")
+    );
+    let after: Value = serde_json::from_str(batch.after.as_deref().unwrap()).unwrap();
+    assert_eq!(after, json!({"count": 3, "device_ids": ["d-1", "d-2", "d-3"]}));
+
+    let post = |body: Value| api.post(&path).json(&body).send();
+    post(json!({"device_ids": []})).await.assert_problem(422, "validation_failed");
+    post(json!({"device_ids": ["a", "b", "c", "d"]}))
+        .await
+        .assert_problem(422, "validation_failed");
+    post(json!({"device_ids": ["ok", "a/b"]})).await.assert_problem(400, "invalid_device_id");
+    post(json!({"device_ids": ["a"], "x": 1})).await.assert_problem(400, "unknown_field");
+    let other = api.post(&format!("{GROUPS}/cc/derive-keys")).json(&json!({"device_ids": ["a"]}));
+    other.send().await.assert_problem(409, "conflict");
+    let ghost =
+        api.post(&format!("{GROUPS}/ghost/derive-keys")).json(&json!({"device_ids": ["a"]}));
+    ghost.send().await.assert_problem(404, "enrollment_group_not_found");
+    let viewer = api.post(&path).role(Role::Operator).json(&json!({"device_ids": ["a"]}));
+    viewer.send().await.assert_problem(403, "forbidden");
+}

@@ -118,6 +118,12 @@ const ROUTES: &[(&str, &str, &str, Access)] = &[
     ),
     (
         "POST",
+        "/api/v1/enrollment-groups/{name}/derive-keys",
+        "/api/v1/enrollment-groups/e1/derive-keys",
+        AtLeast(Admin),
+    ),
+    (
+        "POST",
         "/api/v1/enrollment-groups/{name}/claim-codes",
         "/api/v1/enrollment-groups/e1/claim-codes",
         AtLeast(Admin),

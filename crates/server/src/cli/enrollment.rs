@@ -1,5 +1,7 @@
 //! `herd enrollment …`: enrollment groups (zero-touch provisioning), device keys derived from a
-//! symmetric-key group for factory scripts (one, or a CSV manifest for a batch), and claim codes.
+//! symmetric-key group for factory scripts (one, or a CSV manifest for a batch, fetched
+//! [`DERIVE_BATCH`] at a time), factory bundles (one directory per device, ready for
+//! `herd-agent`'s zero-touch start), and claim codes.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -134,6 +136,36 @@ pub enum EnrollmentCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Write a factory bundle: one directory per registration id in a file (one a line; blank
+    /// lines and lines starting with # are skipped), each with `agent.toml` (herd-agent
+    /// zero-touch: provisioning section, server, data_dir), `derived.key` (mode 0600) and
+    /// `ca.pem` when given, and `manifest.csv` at the top. DIR must not exist or be empty.
+    Bundle {
+        /// Group name (a symmetric-key group).
+        group: String,
+        /// The file of registration ids, such as serial numbers (`-` reads stdin); the group's
+        /// device id template makes the device ids of them.
+        #[arg(long, value_name = "FILE")]
+        ids: PathBuf,
+        /// The directory to write.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The provisioning URL devices register with (Herd's HTTP API as devices reach it,
+        /// usually https:// through a TLS proxy). Default: --server.
+        #[arg(long, value_name = "URL")]
+        server_url: Option<String>,
+        /// The MQTT URL devices connect to (mqtt://, mqtts://, ws://, wss://). Default:
+        /// mqtt://HOST:1883 with the host of the provisioning URL.
+        #[arg(long, value_name = "URL")]
+        mqtt_url: Option<String>,
+        /// A CA certificate (PEM) devices trust for HTTPS and MQTT over TLS; copied into each
+        /// directory as ca.pem.
+        #[arg(long, value_name = "PEM")]
+        ca_file: Option<PathBuf>,
+        /// Server, token and output options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Claim codes of a claim-code group.
     #[command(subcommand)]
     ClaimCodes(ClaimCodesCommand),
@@ -170,6 +202,17 @@ pub enum ClaimCodesCommand {
 }
 
 const BASE: &str = "/api/v1/enrollment-groups";
+
+/// Device keys asked for in one `derive-keys` request: the server's default limit
+/// (`provisioning.max_derived_keys_per_request`); a server configured lower answers 422 and the
+/// command says so.
+pub(crate) const DERIVE_BATCH: usize = 1000;
+
+/// Where a bundle's files are installed on the device, as its `agent.toml` names them.
+const DEVICE_CONFIG_DIR: &str = "/etc/herd";
+
+/// The agent's data directory in a bundle's `agent.toml`.
+const DEVICE_DATA_DIR: &str = "/var/lib/herd-agent";
 
 fn group_path(name: &str) -> String {
     format!("{BASE}/{}", encode(name))
@@ -272,6 +315,10 @@ pub(crate) async fn enrollment(cmd: EnrollmentCommand) -> anyhow::Result<()> {
         EnrollmentCommand::DeriveKeys { group, ids, out, client } => {
             derive_manifest(&group, &ids, &out, &client).await
         }
+        EnrollmentCommand::Bundle { group, ids, out, server_url, mqtt_url, ca_file, client } => {
+            let urls = BundleUrls::new(server_url.as_deref().unwrap_or(&client.server), mqtt_url)?;
+            bundle(&group, &ids, &out, &urls, ca_file.as_deref(), &client).await
+        }
         EnrollmentCommand::ClaimCodes(cmd) => claim_codes(cmd).await,
     }
 }
@@ -291,29 +338,51 @@ async fn derive(c: &Client, group: &str, device_id: &str) -> anyhow::Result<Valu
     c.post(&format!("{}/derive-key", group_path(group)), &json!({ "device_id": device_id })).await
 }
 
-/// Writes `device_id,derived_key` for every id in `ids` to `out` (mode 0600), one request each.
-async fn derive_manifest(
-    group: &str,
-    ids: &Path,
-    out: &Path,
-    client: &ClientArgs,
-) -> anyhow::Result<()> {
+/// The ids of a file (`-`: stdin), one a line; blank lines and `#` comments skipped.
+fn read_ids(ids: &Path) -> anyhow::Result<Vec<String>> {
     let text = if ids.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin()).context("cannot read device ids from stdin")?
+        std::io::read_to_string(std::io::stdin()).context("cannot read ids from stdin")?
     } else {
         std::fs::read_to_string(ids).with_context(|| format!("cannot read {}", ids.display()))?
     };
-    let device_ids: Vec<&str> =
-        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
-    if device_ids.is_empty() {
-        bail!("{} holds no device ids", ids.display());
+    let list: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    if list.is_empty() {
+        bail!("{} holds no ids", ids.display());
     }
-    let c = Client::new(client)?;
-    let mut csv = String::from("device_id,derived_key\n");
-    for id in &device_ids {
-        let k = derive(&c, group, id).await.with_context(|| format!("device id {id:?}"))?;
-        csv.push_str(&format!("{},{}\n", str_field(&k, "device_id"), str_field(&k, "derived_key")));
+    Ok(list)
+}
+
+/// The derived keys of `device_ids`, in order, [`DERIVE_BATCH`] per request.
+async fn derive_all(
+    c: &Client,
+    group: &str,
+    device_ids: &[String],
+) -> anyhow::Result<Vec<(String, String)>> {
+    let path = format!("{}/derive-keys", group_path(group));
+    let mut keys = Vec::with_capacity(device_ids.len());
+    for (n, batch) in device_ids.chunks(DERIVE_BATCH).enumerate() {
+        let answer = c.post(&path, &json!({ "device_ids": batch })).await.with_context(|| {
+            let first = n * DERIVE_BATCH;
+            format!("deriving the keys of device ids {} to {}", first + 1, first + batch.len())
+        })?;
+        let items = page_items(&answer);
+        if items.len() != batch.len() {
+            bail!("the server answered {} keys for {} device ids", items.len(), batch.len());
+        }
+        for k in items {
+            keys.push((str_field(&k, "device_id"), str_field(&k, "derived_key")));
+        }
     }
+    Ok(keys)
+}
+
+/// Writes a file only its owner may read or write.
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -321,9 +390,185 @@ async fn derive_manifest(
         use std::os::unix::fs::OpenOptionsExt as _;
         options.mode(0o600);
     }
-    let mut file = options.open(out).with_context(|| format!("cannot write {}", out.display()))?;
-    file.write_all(csv.as_bytes()).with_context(|| format!("cannot write {}", out.display()))?;
-    done(client, &format!("wrote {} device keys to {}", device_ids.len(), out.display()))
+    let mut file =
+        options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(contents).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes `device_id,derived_key` for every id in `ids` to `out` (mode 0600).
+async fn derive_manifest(
+    group: &str,
+    ids: &Path,
+    out: &Path,
+    client: &ClientArgs,
+) -> anyhow::Result<()> {
+    let device_ids = read_ids(ids)?;
+    let keys = derive_all(&Client::new(client)?, group, &device_ids).await?;
+    let mut csv = String::from("device_id,derived_key\n");
+    for (device_id, key) in &keys {
+        csv.push_str(&format!("{device_id},{key}\n"));
+    }
+    write_private(out, csv.as_bytes())?;
+    done(client, &format!("wrote {} device keys to {}", keys.len(), out.display()))
+}
+
+/// The URLs a bundle's devices use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BundleUrls {
+    /// Where devices register (`http(s)://…`).
+    provisioning: String,
+    /// Where devices connect over MQTT.
+    mqtt: String,
+}
+
+impl BundleUrls {
+    fn new(provisioning: &str, mqtt: Option<String>) -> anyhow::Result<Self> {
+        let provisioning = provisioning.trim_end_matches('/').to_owned();
+        let Some(rest) =
+            provisioning.strip_prefix("https://").or_else(|| provisioning.strip_prefix("http://"))
+        else {
+            bail!("--server-url must start with https:// or http://, got {provisioning:?}");
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => format!("[{}]", v6.split(']').next().unwrap_or_default()),
+            None => authority.rsplit_once(':').map_or(authority, |(h, _)| h).to_owned(),
+        };
+        if host.is_empty() || host == "[]" {
+            bail!("--server-url has no host: {provisioning:?}");
+        }
+        let mqtt = match mqtt {
+            Some(url) => {
+                let known = ["mqtt://", "mqtts://", "ws://", "wss://"];
+                if !known.iter().any(|s| url.starts_with(s)) {
+                    bail!(
+                        "--mqtt-url must start with mqtt://, mqtts://, ws:// or wss://, got {url:?}"
+                    );
+                }
+                url
+            }
+            None => format!("mqtt://{host}:1883"),
+        };
+        Ok(Self { provisioning, mqtt })
+    }
+}
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    Value::String(s.to_owned()).to_string()
+}
+
+/// The `agent.toml` of one device of a bundle.
+fn bundle_agent_toml(
+    group: &str,
+    registration_id: &str,
+    device_id: &str,
+    urls: &BundleUrls,
+    with_ca: bool,
+) -> String {
+    let mut toml = format!(
+        "# herd-agent configuration for {registration_id} (device {device_id}), enrollment group \
+         {group}.\n# Install this file, derived.key{} in {DEVICE_CONFIG_DIR}/; on its first start the \
+         agent registers\n# and writes the credential it receives to credential_file.\n\
+         server = {}\ncredential_file = {}\ndata_dir = {}\n",
+        if with_ca { " and ca.pem" } else { "" },
+        toml_str(&urls.mqtt),
+        toml_str(&format!("{DEVICE_CONFIG_DIR}/credential")),
+        toml_str(DEVICE_DATA_DIR),
+    );
+    if with_ca {
+        toml.push_str(&format!("ca_file = {}\n", toml_str(&format!("{DEVICE_CONFIG_DIR}/ca.pem"))));
+    }
+    toml.push_str(&format!(
+        "\n[provisioning]\nurl = {}\nenrollment_group = {}\nregistration_id = {}\n\
+         derived_key_file = {}\n",
+        toml_str(&urls.provisioning),
+        toml_str(group),
+        toml_str(registration_id),
+        toml_str(&format!("{DEVICE_CONFIG_DIR}/derived.key")),
+    ));
+    toml
+}
+
+/// Writes a factory bundle for the registration ids in `ids` to `out`.
+async fn bundle(
+    group: &str,
+    ids: &Path,
+    out: &Path,
+    urls: &BundleUrls,
+    ca_file: Option<&Path>,
+    client: &ClientArgs,
+) -> anyhow::Result<()> {
+    let registration_ids = read_ids(ids)?;
+    let mut seen = std::collections::HashSet::new();
+    for id in &registration_ids {
+        let valid = (1..=128).contains(&id.len())
+            && id.chars().all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c))
+            // Each id names a directory of the bundle.
+            && id != "."
+            && id != "..";
+        if !valid {
+            bail!("registration id {id:?}: use 1 to 128 characters of A-Z a-z 0-9 . _ : -");
+        }
+        if !seen.insert(id.as_str()) {
+            bail!("registration id {id:?} appears twice in {}", ids.display());
+        }
+    }
+    match std::fs::read_dir(out) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                bail!("{} is not empty: give a new or empty directory", out.display());
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", out.display())),
+    }
+    let ca_pem = ca_file
+        .map(|f| std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display())))
+        .transpose()?;
+    if let Some(pem) = &ca_pem
+        && !pem.contains("-----BEGIN CERTIFICATE-----")
+    {
+        bail!(
+            "{} holds no PEM certificate",
+            ca_file.map(Path::display).map(|d| d.to_string()).unwrap_or_default()
+        );
+    }
+    let c = Client::new(client)?;
+    let g = c.get(&group_path(group)).await?;
+    if str_field(&g, "attestation") != "symmetric_key" {
+        bail!(
+            "enrollment group {group} uses {} attestation: bundles are for symmetric_key groups",
+            str_field(&g, "attestation")
+        );
+    }
+    let template = g.get("device_id_template").and_then(Value::as_str);
+    let device_ids: Vec<String> = registration_ids
+        .iter()
+        .map(|r| template.map_or_else(|| r.clone(), |t| t.replace("{registration_id}", r)))
+        .collect();
+    let keys = derive_all(&c, group, &device_ids).await?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut manifest = String::from("registration_id,device_id,directory\n");
+    for (registration_id, (device_id, key)) in registration_ids.iter().zip(&keys) {
+        let dir = out.join(registration_id);
+        std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let toml = bundle_agent_toml(group, registration_id, device_id, urls, ca_pem.is_some());
+        std::fs::write(dir.join("agent.toml"), toml)
+            .with_context(|| format!("cannot write {}", dir.join("agent.toml").display()))?;
+        write_private(&dir.join("derived.key"), format!("{key}\n").as_bytes())?;
+        if let Some(pem) = &ca_pem {
+            std::fs::write(dir.join("ca.pem"), pem)
+                .with_context(|| format!("cannot write {}", dir.join("ca.pem").display()))?;
+        }
+        manifest.push_str(&format!("{registration_id},{device_id},{registration_id}\n"));
+    }
+    std::fs::write(out.join("manifest.csv"), manifest)
+        .with_context(|| format!("cannot write {}", out.join("manifest.csv").display()))?;
+    done(
+        client,
+        &format!("wrote {} device directories and manifest.csv to {}", keys.len(), out.display()),
+    )
 }
 
 async fn claim_codes(cmd: ClaimCodesCommand) -> anyhow::Result<()> {

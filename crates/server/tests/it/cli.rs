@@ -371,6 +371,31 @@ async fn enrollment_groups_through_the_cli() {
     assert_eq!(lines[1], format!("fa-SN1,{}", BASE64.encode(&key)));
     assert!(lines[2].starts_with("fa-SN2,") && lines.len() == 3, "{csv}");
 
+    // A factory bundle: one directory per registration id, keys for the ids the template makes.
+    let serials = server.data_dir.path().join("serials.txt");
+    std::fs::write(&serials, "SN1\nSN3\n").unwrap();
+    let bundle = server.data_dir.path().join("bundle");
+    let (serials_arg, bundle_arg) = (serials.display().to_string(), bundle.display().to_string());
+    let args = ["enrollment", "bundle", "factory-a", "--ids", &serials_arg, "--out", &bundle_arg];
+    cli.ok(&[&args[..], &["--server-url", "https://herd.example.com"]].concat());
+    let manifest = std::fs::read_to_string(bundle.join("manifest.csv")).unwrap();
+    assert_eq!(manifest, "registration_id,device_id,directory\nSN1,fa-SN1,SN1\nSN3,fa-SN3,SN3\n");
+    let derived = std::fs::read_to_string(bundle.join("SN1/derived.key")).unwrap();
+    assert_eq!(derived.trim(), BASE64.encode(&key));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(bundle.join("SN1/derived.key")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let agent: toml::Table =
+        std::fs::read_to_string(bundle.join("SN3/agent.toml")).unwrap().parse().unwrap();
+    assert_eq!(agent["server"].as_str(), Some("mqtt://herd.example.com:1883"));
+    assert_eq!(agent["provisioning"]["registration_id"].as_str(), Some("SN3"));
+    assert_eq!(agent["provisioning"]["url"].as_str(), Some("https://herd.example.com"));
+    assert_eq!(agent["provisioning"]["enrollment_group"].as_str(), Some("factory-a"));
+    // A non-empty directory is never overwritten.
+    let err = cli.fails(&args, Some(&server.admin_token));
+    assert!(err.contains("not empty"), "{err}");
+
     let expires_at = domain::Timestamp::now().millis() / 1000 + 300;
     let signature = BASE64.encode(http_api::secrets::proof_signature(&key, "SN1", expires_at));
     // The CSR names another device: the certificate names the device the group makes of SN1.

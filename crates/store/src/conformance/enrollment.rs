@@ -215,12 +215,14 @@ pub async fn enrollment_group_crud(store: Arc<dyn Store>) {
     let err = store.delete_enrollment_group(&a.name, &at(9_000)).await;
     assert!(matches!(&err, Err(StoreError::NotFound { kind: "enrollment_group", .. })), "{err:?}");
 
-    store.record_key_derivation(&c.name, &id("dev-1"), &at(9_500)).await.unwrap();
-    let err = store.record_key_derivation(&ename("ghost"), &id("dev-1"), &at(9_500)).await;
+    store.record_key_derivation(&c.name, &[id("dev-1")], &at(9_500)).await.unwrap();
+    store.record_key_derivation(&c.name, &[], &at(9_600)).await.unwrap();
+    store.record_key_derivation(&c.name, &[id("dev-2"), id("dev-3")], &at(9_700)).await.unwrap();
+    let err = store.record_key_derivation(&ename("ghost"), &[id("dev-1")], &at(9_500)).await;
     assert!(matches!(&err, Err(StoreError::NotFound { kind: "enrollment_group", .. })), "{err:?}");
 
     let records = audit_since(&*store, seq).await;
-    assert_eq!(records.len(), 3);
+    assert_eq!(records.len(), 4);
     check_record(
         &records[0],
         &at(6_000),
@@ -244,6 +246,14 @@ pub async fn enrollment_group_crud(store: Arc<dyn Store>) {
         "enrollment_group/factory-c",
         None,
         Some(json!({"device_id": "dev-1"})),
+    );
+    check_record(
+        &records[3],
+        &at(9_700),
+        "enrollment_group.derive_key",
+        "enrollment_group/factory-c",
+        None,
+        Some(json!({"count": 2, "device_ids": ["dev-2", "dev-3"]})),
     );
     check_chain(&*store).await;
 }

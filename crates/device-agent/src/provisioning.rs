@@ -8,6 +8,10 @@
 //! request ([`RegisterRequest::with_csr`], made by [`CertificateRequest::generate`]) to get a
 //! certificate as well.
 //!
+//! [`register_mqtt`] registers over MQTT instead, with the bootstrap login (`$provision`), on
+//! the same listeners devices connect to; it is the way for an X.509 group, whose devices present
+//! their maker's certificate ([`Proof::X509`]) over mutual TLS.
+//!
 //! [`ProvisioningClient`] sends the request (`POST /provision/v1/register`) over HTTPS (rustls
 //! with the aws-lc-rs provider and the device's [`TlsOptions`], as for MQTT) or plain HTTP, and
 //! returns the [`Registration`]; [`register_https`] does both in one call. A refusal comes back as
@@ -107,6 +111,9 @@ pub enum Proof {
         /// The code.
         code: String,
     },
+    /// For an `x509` group: the maker's certificate the device presents over mutual TLS (its
+    /// [`TlsOptions::client_cert`]); registers over MQTT only ([`register_mqtt`]).
+    X509,
 }
 
 impl std::fmt::Debug for Proof {
@@ -117,6 +124,7 @@ impl std::fmt::Debug for Proof {
                 f.debug_struct("SymmetricKey").field("expires_at", expires_at).finish()
             }
             Self::ClaimCode { .. } => f.write_str("ClaimCode"),
+            Self::X509 => f.write_str("X509"),
         }
     }
 }
@@ -152,6 +160,7 @@ impl Proof {
                 json!({"type": "symmetric_key", "expires_at": expires_at, "signature": signature})
             }
             Self::ClaimCode { code } => json!({"type": "claim_code", "code": code}),
+            Self::X509 => json!({"type": "x509"}),
         }
     }
 }
@@ -297,6 +306,13 @@ pub enum ProvisionError {
     /// The system clock is before 1970: no proof can be dated.
     #[error("the system clock is before 1970")]
     Clock,
+    /// The MQTT bootstrap login (`$provision`) was refused (MQTT 3.1.1 return codes are given as
+    /// their MQTT 5 reason).
+    #[error("the server refused the bootstrap login: {0:?}")]
+    LoginRefused(mqtt_codec::ReasonCode),
+    /// An X.509 proof over HTTPS: it needs mutual TLS, which registers over MQTT.
+    #[error("an x509 proof registers over MQTT (register_mqtt), not over HTTPS")]
+    X509OverHttps,
 }
 
 impl ProvisionError {
@@ -307,7 +323,12 @@ impl ProvisionError {
         match self {
             Self::Refused { status, .. } => *status >= 500 || matches!(status, 408 | 429),
             Self::Transport(_) | Self::TimedOut(_) | Self::InvalidAnswer(_) => true,
-            Self::InvalidUrl(_) | Self::Config(_) | Self::InvalidKey(_) | Self::Clock => false,
+            Self::LoginRefused(code) => *code == mqtt_codec::ReasonCode::ServerUnavailable,
+            Self::InvalidUrl(_)
+            | Self::Config(_)
+            | Self::InvalidKey(_)
+            | Self::Clock
+            | Self::X509OverHttps => false,
         }
     }
 
@@ -419,6 +440,9 @@ impl ProvisioningClient {
         &self,
         request: &RegisterRequest,
     ) -> Result<Registration, ProvisionError> {
+        if request.proof == Proof::X509 {
+            return Err(ProvisionError::X509OverHttps);
+        }
         let body = Bytes::from(request.to_json().to_string());
         let exchange = async {
             let tcp = TcpStream::connect((self.base.host.as_str(), self.base.port))
@@ -511,6 +535,146 @@ pub async fn register_https(
     tls: &TlsOptions,
 ) -> Result<Registration, ProvisionError> {
     ProvisioningClient::new(base_url, tls)?.register(request).await
+}
+
+/// The user name of the bootstrap login.
+pub const BOOTSTRAP_USERNAME: &str = "$provision";
+
+/// Registers over MQTT with the bootstrap login (`docs/device-protocol.md`, *Register over MQTT*):
+/// connects as `config` says (its host, port, protocol and transport; for an [`Proof::X509`] proof
+/// the transport must be TLS with the maker's certificate as [`TlsOptions::client_cert`]), with
+/// the registration id as client identifier, user name `$provision`, the bootstrap password
+/// `bootstrap_password` if the server has one, and a clean session; subscribes to its answer
+/// topic, publishes `request` and waits for the answer, all within `timeout`.
+///
+/// # Errors
+/// [`ProvisionError::LoginRefused`] when the login is refused, [`ProvisionError::Refused`] with the
+/// answer's stable `code` (and an HTTP-like status for [`ProvisionError::is_retryable`]), or a
+/// transport error or time-out.
+pub async fn register_mqtt(
+    config: &crate::DeviceConfig,
+    request: &RegisterRequest,
+    bootstrap_password: Option<&str>,
+    timeout: Duration,
+) -> Result<Registration, ProvisionError> {
+    tokio::time::timeout(timeout, bootstrap_exchange(config, request, bootstrap_password))
+        .await
+        .map_err(|_| ProvisionError::TimedOut(timeout))?
+}
+
+async fn bootstrap_exchange(
+    config: &crate::DeviceConfig,
+    request: &RegisterRequest,
+    bootstrap_password: Option<&str>,
+) -> Result<Registration, ProvisionError> {
+    use mqtt_codec::{
+        Connect, Delivery, Disconnect, MqttString, Packet, PacketId, PubAck, Publish, QoS,
+        ReasonCode, Subscribe, Subscription, SubscriptionOptions, TopicFilter, TopicName,
+    };
+    let transport = |e: crate::link::LinkError| ProvisionError::Transport(e.to_string());
+    let mut config = config.clone();
+    config.device_id.clone_from(&request.registration_id);
+    config.subscriptions = Vec::new();
+    let validated = crate::config::Validated::new(config)?;
+    let mut link = crate::link::Link::open(&validated).await.map_err(transport)?;
+    let mut connect =
+        Connect::new(validated.version, validated.client_id.clone(), validated.keep_alive_secs);
+    connect.clean_start = true;
+    connect.username =
+        Some(MqttString::new(BOOTSTRAP_USERNAME).expect("the bootstrap user name is valid"));
+    connect.password = bootstrap_password.map(|p| Bytes::copy_from_slice(p.as_bytes()));
+    link.send(&Packet::Connect(Box::new(connect))).await.map_err(transport)?;
+    match link.recv().await.map_err(transport)? {
+        Packet::ConnAck(ack) if ack.reason_code == ReasonCode::Success => {}
+        Packet::ConnAck(ack) => return Err(ProvisionError::LoginRefused(ack.reason_code)),
+        other => {
+            return Err(ProvisionError::InvalidAnswer(format!(
+                "expected CONNACK, got {:?}",
+                other.packet_type()
+            )));
+        }
+    }
+    let id = &request.registration_id;
+    let invalid = |what: &str| ProvisionError::InvalidAnswer(what.to_owned());
+    let response = TopicFilter::new(format!("$herd/provision/{id}/response"))
+        .map_err(|_| invalid("the registration id makes no topic"))?;
+    let register = TopicName::new(format!("$herd/provision/{id}/register"))
+        .map_err(|_| invalid("the registration id makes no topic"))?;
+    let subscribe = Subscribe {
+        packet_id: PacketId::new(1).expect("1 is a packet id"),
+        properties: mqtt_codec::Properties::default(),
+        subscriptions: vec![Subscription {
+            filter: response,
+            options: SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
+        }],
+    };
+    link.send(&Packet::Subscribe(subscribe)).await.map_err(transport)?;
+    match link.recv().await.map_err(transport)? {
+        Packet::SubAck(ack) if ack.reason_codes.iter().all(|c| !c.is_error()) => {}
+        _ => return Err(invalid("the answer topic could not be subscribed to")),
+    }
+    let request_id = {
+        let bytes: [u8; 8] = rand::random();
+        hex::encode(bytes)
+    };
+    let mut body = request.to_json();
+    if let Some(object) = body.as_object_mut() {
+        // The topic names the registration id.
+        object.remove("registration_id");
+        object.insert("request_id".to_owned(), Value::String(request_id.clone()));
+    }
+    let mut publish = Publish::new(register, Bytes::from(body.to_string()));
+    publish.delivery = Delivery::AtLeastOnce {
+        packet_id: PacketId::new(2).expect("2 is a packet id"),
+        dup: false,
+    };
+    link.send(&Packet::Publish(publish)).await.map_err(transport)?;
+    let answer = loop {
+        match link.recv().await.map_err(transport)? {
+            Packet::PubAck(_) => {}
+            Packet::Publish(p) => {
+                if let Delivery::AtLeastOnce { packet_id, .. } = p.delivery {
+                    link.send(&Packet::PubAck(PubAck::new(packet_id))).await.map_err(transport)?;
+                }
+                let v: Value = serde_json::from_slice(&p.payload)
+                    .map_err(|_| invalid("the answer is not JSON"))?;
+                if v.get("request_id").and_then(Value::as_str) == Some(request_id.as_str()) {
+                    break (p.payload, v);
+                }
+            }
+            other => {
+                return Err(ProvisionError::InvalidAnswer(format!(
+                    "unexpected {:?}",
+                    other.packet_type()
+                )));
+            }
+        }
+    };
+    let _ = link.send(&Packet::Disconnect(Disconnect::new(ReasonCode::Success))).await;
+    let (payload, v) = answer;
+    if v.get("status").and_then(Value::as_str) == Some("registered") {
+        return Registration::parse(&payload);
+    }
+    let code = v.get("code").and_then(Value::as_str).unwrap_or("error").to_owned();
+    let retry_after = v.get("retry_after_secs").and_then(Value::as_u64).map(Duration::from_secs);
+    Err(ProvisionError::Refused {
+        // The HTTP status the same refusal has over HTTPS, so `is_retryable` holds for both.
+        status: match code.as_str() {
+            "invalid_request" | "invalid_csr" => 400,
+            "invalid_proof" => 401,
+            "enrollment_disabled"
+            | "enrollment_expired"
+            | "claim_code_exhausted"
+            | "claim_code_expired" => 403,
+            "device_conflict" => 409,
+            "validation_failed" => 422,
+            "too_many_attempts" => 429,
+            _ => 503,
+        },
+        detail: v.get("message").and_then(Value::as_str).unwrap_or_default().to_owned(),
+        code,
+        retry_after,
+    })
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Zero-touch provisioning on the first start: while the device has no credential yet, the agent
-//! registers through its enrollment group over HTTPS (the SDK's `provisioning`), stores what it
-//! receives and goes on with it.
+//! registers through its enrollment group (the SDK's `provisioning`) over HTTPS, or, without
+//! `provisioning.url`, over MQTT on its server with the bootstrap login (an X.509 group's devices
+//! present their maker's certificate there), stores what it receives and goes on with it.
 //!
 //! The credential is written to `credential_file` (mode 0600, atomically, like a renewal); with
 //! `csr = true` a fresh key and the issued certificate go to `client_key_file` (0600) and
@@ -16,8 +17,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use device_agent::identity::CertificateRequest;
-use device_agent::provisioning::{Proof, ProvisionError, ProvisioningClient, RegisterRequest};
-use device_agent::{Backoff, TlsOptions, backoff_delay};
+use device_agent::provisioning::{
+    Proof, ProvisionError, ProvisioningClient, RegisterRequest, register_mqtt,
+};
+use device_agent::{Backoff, DeviceConfig, TlsOptions, backoff_delay};
 
 use crate::daemon::RunError;
 use crate::renewal::write_file;
@@ -46,11 +49,50 @@ pub async fn ensure_registered(
     }
 }
 
+/// Where a registration goes: Herd's HTTP API, or its MQTT server with the bootstrap login.
+enum Channel {
+    Https(ProvisioningClient),
+    Mqtt(Box<DeviceConfig>),
+}
+
+impl Channel {
+    fn new(settings: &Settings, p: &Provisioning) -> Result<Self, RunError> {
+        let other =
+            |e: &dyn std::fmt::Display| RunError::Other(anyhow::anyhow!("provisioning: {e}"));
+        if let Some(url) = &p.url {
+            let tls =
+                TlsOptions { ca_file: p.ca_file.clone(), server_name: None, client_cert: None };
+            let client = ProvisioningClient::new(url, &tls).map_err(|e| other(&e))?;
+            return Ok(Self::Https(client.with_timeout(p.timeout)));
+        }
+        // The MQTT server, with the maker's certificate as client certificate for X.509.
+        let mut device = settings.clone();
+        device.client_cert = match &p.proof {
+            ProvisioningProof::X509 { cert_file, key_file } => {
+                Some((cert_file.clone(), key_file.clone()))
+            }
+            _ => None,
+        };
+        device.token = String::new();
+        device.device_id.clone_from(&p.registration_id);
+        let config = crate::daemon::device_config(&device).map_err(|e| other(&e))?;
+        Ok(Self::Mqtt(Box::new(config)))
+    }
+
+    async fn register(
+        &self,
+        request: &RegisterRequest,
+        timeout: Duration,
+    ) -> Result<device_agent::provisioning::Registration, ProvisionError> {
+        match self {
+            Self::Https(client) => client.register(request).await,
+            Self::Mqtt(config) => register_mqtt(config, request, None, timeout).await,
+        }
+    }
+}
+
 async fn register(settings: &Settings, p: &Provisioning) -> Result<Settings, RunError> {
-    let tls = TlsOptions { ca_file: p.ca_file.clone(), server_name: None, client_cert: None };
-    let client = ProvisioningClient::new(&p.url, &tls)
-        .map_err(|e| RunError::Other(anyhow::anyhow!("provisioning: {e}")))?
-        .with_timeout(p.timeout);
+    let client = Channel::new(settings, p)?;
     let backoff = Backoff { initial: Duration::from_secs(1), max: p.retry_max, jitter: 0.5 };
     let mut attempt: u32 = 0;
     loop {
@@ -66,6 +108,7 @@ async fn register(settings: &Settings, p: &Provisioning) -> Result<Settings, Run
                     .map_err(|e| RunError::Other(anyhow::anyhow!("provisioning: {e}")))?
             }
             ProvisioningProof::ClaimCode(code) => Proof::claim_code(code),
+            ProvisioningProof::X509 { .. } => Proof::X509,
         };
         let mut request = RegisterRequest::new(&p.registration_id, &p.enrollment_group, proof);
         if let Some(c) = &certificate {
@@ -74,10 +117,10 @@ async fn register(settings: &Settings, p: &Provisioning) -> Result<Settings, Run
         tracing::info!(
             registration_id = p.registration_id,
             group = p.enrollment_group,
-            url = p.url,
+            over = p.url.as_deref().unwrap_or("mqtt"),
             "registering"
         );
-        match client.register(&request).await {
+        match client.register(&request, p.timeout).await {
             Ok(registration) => {
                 tracing::info!(
                     device_id = registration.device_id,
@@ -97,7 +140,7 @@ async fn register(settings: &Settings, p: &Provisioning) -> Result<Settings, Run
                 tracing::warn!(error = %e, retry_in = ?wait, "registration failed; retrying");
                 tokio::time::sleep(wait).await;
             }
-            Err(e @ ProvisionError::Refused { .. }) => {
+            Err(e @ (ProvisionError::Refused { .. } | ProvisionError::LoginRefused(_))) => {
                 return Err(RunError::RegistrationRefused(e.to_string()));
             }
             Err(e) => return Err(RunError::Other(anyhow::anyhow!("provisioning: {e}"))),

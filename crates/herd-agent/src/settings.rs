@@ -97,8 +97,10 @@ pub struct ConfigFile {
 #[serde(deny_unknown_fields)]
 pub struct ProvisioningFile {
     /// Herd's HTTP API as the device reaches it: `https://HOST[:PORT]` (or `http://` on a
-    /// trusted network).
-    pub url: String,
+    /// trusted network). Without it the device registers over MQTT, on `server`, with the
+    /// bootstrap login (the only way for an X.509 group).
+    #[serde(default)]
+    pub url: Option<String>,
     /// The enrollment group's name.
     pub enrollment_group: String,
     /// What the device calls itself; default: the machine id (`/etc/machine-id`), else the host
@@ -111,6 +113,13 @@ pub struct ProvisioningFile {
     /// A file holding a claim code, for a claim-code group; mode 0600.
     #[serde(default)]
     pub claim_code_file: Option<PathBuf>,
+    /// The maker's certificate (PEM, with its chain) for an X.509 group, presented over mutual
+    /// TLS (`server` must be `mqtts://` or `wss://`, `url` unset), with `factory_key_file`.
+    #[serde(default)]
+    pub factory_cert_file: Option<PathBuf>,
+    /// The private key of `factory_cert_file` (PEM); mode 0600.
+    #[serde(default)]
+    pub factory_key_file: Option<PathBuf>,
     /// Also ask for a client certificate (written to `client_cert_file` and `client_key_file`).
     #[serde(default)]
     pub csr: Option<bool>,
@@ -136,6 +145,13 @@ pub enum ProvisioningProof {
     DerivedKey(Vec<u8>),
     /// The claim code.
     ClaimCode(String),
+    /// The maker's certificate and its key, presented over mutual TLS.
+    X509 {
+        /// The certificate (PEM, with its chain).
+        cert_file: PathBuf,
+        /// Its key (PEM).
+        key_file: PathBuf,
+    },
 }
 
 impl std::fmt::Debug for ProvisioningProof {
@@ -144,6 +160,7 @@ impl std::fmt::Debug for ProvisioningProof {
         f.write_str(match self {
             Self::DerivedKey(_) => "DerivedKey",
             Self::ClaimCode(_) => "ClaimCode",
+            Self::X509 { .. } => "X509",
         })
     }
 }
@@ -151,8 +168,8 @@ impl std::fmt::Debug for ProvisioningProof {
 /// The validated `[provisioning]` section.
 #[derive(Debug, Clone)]
 pub struct Provisioning {
-    /// Herd's HTTP API.
-    pub url: String,
+    /// Herd's HTTP API; `None`: register over MQTT on the server.
+    pub url: Option<String>,
     /// The enrollment group.
     pub enrollment_group: String,
     /// The registration id.
@@ -398,21 +415,39 @@ fn provisioning(
     file: Paths<'_>,
     client_cert: Option<&(PathBuf, PathBuf)>,
 ) -> anyhow::Result<Provisioning> {
-    ensure!(
-        p.url.starts_with("https://") || p.url.starts_with("http://"),
-        "provisioning.url must start with https:// or http://, got {:?}",
-        p.url
-    );
+    if let Some(url) = &p.url {
+        ensure!(
+            url.starts_with("https://") || url.starts_with("http://"),
+            "provisioning.url must start with https:// or http://, got {url:?}"
+        );
+    }
     ensure!(!p.enrollment_group.trim().is_empty(), "provisioning.enrollment_group is empty");
-    let proof = match (&p.derived_key_file, &p.claim_code_file) {
-        (Some(path), None) => {
+    let proof = match (&p.derived_key_file, &p.claim_code_file, &p.factory_cert_file) {
+        (Some(path), None, None) => {
             let text = read_secret_file(path, "derived key")?;
             let key = device_agent::provisioning::decode_derived_key(&text)
                 .with_context(|| format!("the derived key file {}", path.display()))?;
             ProvisioningProof::DerivedKey(key)
         }
-        (None, Some(path)) => ProvisioningProof::ClaimCode(read_secret_file(path, "claim code")?),
-        _ => bail!("[provisioning] needs one of derived_key_file and claim_code_file"),
+        (None, Some(path), None) => {
+            ProvisioningProof::ClaimCode(read_secret_file(path, "claim code")?)
+        }
+        (None, None, Some(cert_file)) => {
+            let Some(key_file) = &p.factory_key_file else {
+                bail!("provisioning.factory_cert_file needs factory_key_file");
+            };
+            ensure!(
+                p.url.is_none(),
+                "an X.509 registration (factory_cert_file) goes over MQTT: leave provisioning.url unset"
+            );
+            // The key is a secret like the others: only its owner may read it.
+            read_secret_file(key_file, "factory key")?;
+            ProvisioningProof::X509 { cert_file: cert_file.clone(), key_file: key_file.clone() }
+        }
+        _ => bail!(
+            "[provisioning] needs exactly one of derived_key_file, claim_code_file and \
+             factory_cert_file"
+        ),
     };
     let csr = p.csr.unwrap_or(false);
     ensure!(

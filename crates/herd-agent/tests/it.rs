@@ -419,3 +419,99 @@ async fn zero_touch_registers_once_then_reuses_the_credential() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("chmod 600"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_touch_with_the_makers_certificate_over_mqtt() {
+    let certs = test_support::TestCerts::new();
+    let tls = certs.config();
+    let server = TestServer::start_with(|c| {
+        c.mqtt.tls = Some(tls);
+        c.identity.trust_refresh = Duration::from_millis(50);
+    })
+    .await;
+    // The maker's CA and the certificate it gave the device, whose common name is its serial.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Maker CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "SN-X1");
+    let factory_cert = params.signed_by(&key, &issuer).unwrap();
+    let (status, body) = server
+        .post(
+            "/api/v1/enrollment-groups",
+            &serde_json::json!({"name": "maker-x", "attestation": "x509", "ca_certificate": ca.pem()}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(path("factory.pem"), factory_cert.pem()).unwrap();
+    std::fs::write(path("factory.key"), key.serialize_pem()).unwrap();
+    std::fs::set_permissions(path("factory.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let port = server.mqtts_addr.unwrap().port();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server = \"mqtts://localhost:{port}\"\ncredential_file = {:?}\ndata_dir = {:?}\n\
+             ca_file = {:?}\nclient_cert_file = {:?}\nclient_key_file = {:?}\n\n[provisioning]\n\
+             enrollment_group = \"maker-x\"\nregistration_id = \"SN-X1\"\nfactory_cert_file = {:?}\n\
+             factory_key_file = {:?}\ncsr = true\n",
+            path("credential"),
+            path("data"),
+            certs.path("ca.pem").display().to_string(),
+            path("device.pem"),
+            path("device.key"),
+            path("factory.pem"),
+            path("factory.key"),
+        ),
+    )
+    .unwrap();
+    // --once: registers over MQTT with the maker's certificate, then logs in with Herd's and
+    // reports; a TLS listener that does not trust the maker's CA yet is retried.
+    let out = run(vec!["--config".into(), config.display().to_string(), "--once".into()]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let device = server.device_until("SN-X1", |d| d["agent"]["facts"].is_object()).await;
+    assert_eq!(device["state"], "active", "{device:#}");
+    let (_, list) = server.get("/api/v1/devices/SN-X1/certificates").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+    let issued = std::fs::read_to_string(path("device.pem")).unwrap();
+    assert_eq!(issued, list["items"][0]["certificate"].as_str().unwrap());
+    let mode = std::fs::metadata(path("device.key")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // Another device's maker certificate cannot register as SN-X1: the name is the proof's.
+    let dir2 = tempfile::tempdir().unwrap();
+    let path2 = |name: &str| dir2.path().join(name).display().to_string();
+    let key2 = rcgen::KeyPair::generate().unwrap();
+    let mut params2 = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params2.distinguished_name.push(rcgen::DnType::CommonName, "SN-X2");
+    std::fs::write(path2("factory.pem"), params2.signed_by(&key2, &issuer).unwrap().pem()).unwrap();
+    std::fs::write(path2("factory.key"), key2.serialize_pem()).unwrap();
+    std::fs::set_permissions(path2("factory.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config2 = dir2.path().join("agent.toml");
+    std::fs::write(
+        &config2,
+        format!(
+            "server = \"mqtts://localhost:{port}\"\ncredential_file = {:?}\ndata_dir = {:?}\n\
+             ca_file = {:?}\n\n[provisioning]\nenrollment_group = \"maker-x\"\n\
+             registration_id = \"SN-X9\"\nfactory_cert_file = {:?}\nfactory_key_file = {:?}\n",
+            path2("credential"),
+            path2("data"),
+            certs.path("ca.pem").display().to_string(),
+            path2("factory.pem"),
+            path2("factory.key"),
+        ),
+    )
+    .unwrap();
+    let out = run(vec!["--config".into(), config2.display().to_string(), "--once".into()]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("invalid_proof"), "{stderr}");
+}

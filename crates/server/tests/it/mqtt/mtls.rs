@@ -147,14 +147,7 @@ async fn a_certificate_of_another_ca_fails_the_handshake() {
     params.distinguished_name.push(rcgen::DnType::CommonName, "dev-a");
     let forged = params.self_signed(&key).expect("certificate");
     let dir = tempfile::tempdir().expect("temporary directory");
-    let cert = DeviceCert {
-        serial: String::new(),
-        cert_file: dir.path().join("c.pem"),
-        key_file: dir.path().join("k.pem"),
-        cert_pem: forged.pem(),
-        key_pem: key.serialize_pem(),
-        _dir: dir,
-    };
+    let cert = DeviceCert::in_memory(forged.pem(), key.serialize_pem(), dir);
     // With TLS 1.3 the client's handshake may finish before the server has judged its
     // certificate; then the CONNECT gets no CONNACK, only the connection's end.
     let refused = match mtls_connect(&certs, mqtts, &cert).await {
@@ -381,14 +374,7 @@ async fn devices_renew_their_certificate_and_credential_over_mqtt() {
 
     // The new certificate logs in; once the operator retires the old one, only the new one does.
     let dir = tempfile::tempdir().expect("temporary directory");
-    let new = DeviceCert {
-        serial: String::new(),
-        cert_file: dir.path().join("c.pem"),
-        key_file: dir.path().join("k.pem"),
-        cert_pem,
-        key_pem,
-        _dir: dir,
-    };
+    let new = DeviceCert::in_memory(cert_pem, key_pem, dir);
     let (_, code) = mtls_probe(&certs, mqtts, &new, V5, "dev-a").await;
     assert_eq!(code, ReasonCode::Success);
     let (status, body) =
@@ -419,6 +405,33 @@ async fn mtls_probe_subscribed(certs: &TestCerts, mqtts: SocketAddr, cert: &Devi
         vec![ReasonCode::Success]
     );
     probe
+}
+
+/// A server with a TLS listener that re-reads the trusted enrollment CAs every 50 ms.
+async fn x509_server() -> (TestCerts, TestServer, SocketAddr) {
+    let certs = TestCerts::new();
+    let tls = certs.config();
+    let server = TestServer::start_with(|c| {
+        c.mqtt.tls = Some(tls);
+        c.identity.trust_refresh = Duration::from_millis(50);
+    })
+    .await;
+    let mqtts = server.mqtts_addr.expect("TLS listener");
+    (certs, server, mqtts)
+}
+
+impl DeviceCert {
+    /// A certificate and key known by their PEM only (files named in `dir`, not written).
+    fn in_memory(cert_pem: String, key_pem: String, dir: tempfile::TempDir) -> Self {
+        Self {
+            serial: String::new(),
+            cert_file: dir.path().join("c.pem"),
+            key_file: dir.path().join("k.pem"),
+            cert_pem,
+            key_pem,
+            _dir: dir,
+        }
+    }
 }
 
 /// A factory CA and a device certificate it signed, as PEM: (CA, device certificate, device key).
@@ -452,24 +465,10 @@ async fn handshake_passes(certs: &TestCerts, mqtts: SocketAddr, cert: &DeviceCer
 
 #[tokio::test]
 async fn the_tls_listener_trusts_the_cas_of_x509_enrollment_groups() {
-    let certs = TestCerts::new();
-    let tls = certs.config();
-    let server = TestServer::start_with(|c| {
-        c.mqtt.tls = Some(tls);
-        c.identity.trust_refresh = Duration::from_millis(50);
-    })
-    .await;
-    let mqtts = server.mqtts_addr.expect("TLS listener");
+    let (certs, server, mqtts) = x509_server().await;
     let (ca_pem, cert_pem, key_pem) = factory_certificate("sn-1");
     let dir = tempfile::tempdir().expect("temporary directory");
-    let cert = DeviceCert {
-        serial: String::new(),
-        cert_file: dir.path().join("c.pem"),
-        key_file: dir.path().join("k.pem"),
-        cert_pem,
-        key_pem,
-        _dir: dir,
-    };
+    let cert = DeviceCert::in_memory(cert_pem, key_pem, dir);
     assert!(!handshake_passes(&certs, mqtts, &cert).await, "an unknown CA is not trusted");
 
     let (status, body) = server
@@ -554,24 +553,10 @@ async fn x509_register(
 
 #[tokio::test]
 async fn devices_onboard_with_their_makers_certificate_over_mqtt() {
-    let certs = TestCerts::new();
-    let tls = certs.config();
-    let server = TestServer::start_with(|c| {
-        c.mqtt.tls = Some(tls);
-        c.identity.trust_refresh = Duration::from_millis(50);
-    })
-    .await;
-    let mqtts = server.mqtts_addr.expect("TLS listener");
+    let (certs, server, mqtts) = x509_server().await;
     let (ca_pem, cert_pem, key_pem) = factory_certificate("sn-1");
     let dir = tempfile::tempdir().expect("temporary directory");
-    let factory = DeviceCert {
-        serial: String::new(),
-        cert_file: dir.path().join("c.pem"),
-        key_file: dir.path().join("k.pem"),
-        cert_pem,
-        key_pem,
-        _dir: dir,
-    };
+    let factory = DeviceCert::in_memory(cert_pem, key_pem, dir);
     let (status, body) = server
         .post(
             "/api/v1/enrollment-groups",
@@ -604,14 +589,7 @@ async fn devices_onboard_with_their_makers_certificate_over_mqtt() {
 
     // The device logs in with the certificate Herd issued, and with the credential.
     let dir = tempfile::tempdir().expect("temporary directory");
-    let issued = DeviceCert {
-        serial: String::new(),
-        cert_file: dir.path().join("c.pem"),
-        key_file: dir.path().join("k.pem"),
-        cert_pem: certificate,
-        key_pem,
-        _dir: dir,
-    };
+    let issued = DeviceCert::in_memory(certificate, key_pem, dir);
     let (_, code) = mtls_probe(&certs, mqtts, &issued, V5, "sn-1").await;
     assert_eq!(code, ReasonCode::Success);
     let secret = answer["credential"]["secret"].as_str().expect("a credential");

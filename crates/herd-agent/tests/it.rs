@@ -1,7 +1,9 @@
 //! `herd-agent` the binary against the real server in-process: `--once` reports facts and a
 //! heartbeat that `GET /api/v1/devices/{id}` shows with the device's presence; the daemon sends
 //! heartbeats until SIGTERM and stops cleanly; bad configurations and refusals exit with their
-//! documented codes.
+//! documented codes. Zero-touch: registration with a derived key, a claim code, or a CSR then
+//! mutual TLS, or the maker's certificate over MQTT (X.509), and the refusals (used claim code,
+//! disabled or expired group, wrong proof, rate limit, a maker's certificate of another device).
 #![expect(clippy::unwrap_used, reason = "test code: an unexpected error fails the test")]
 
 use std::os::unix::fs::PermissionsExt as _;
@@ -514,4 +516,309 @@ async fn zero_touch_with_the_makers_certificate_over_mqtt() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("invalid_proof"), "{stderr}");
+}
+
+/// Creates enrollment group `group` (a JSON body) through the REST API.
+async fn create_group(server: &TestServer, group: &serde_json::Value) {
+    let (status, body) = server.post("/api/v1/enrollment-groups", group).await;
+    assert_eq!(status, 201, "{body}");
+}
+
+/// The derived key (base64) of `device_id` in symmetric-key group `group`.
+async fn derived_key(server: &TestServer, group: &str, device_id: &str) -> String {
+    let (status, key) = server
+        .post(
+            &format!("/api/v1/enrollment-groups/{group}/derive-key"),
+            &serde_json::json!({ "device_id": device_id }),
+        )
+        .await;
+    assert_eq!(status, 200, "{key}");
+    key["derived_key"].as_str().unwrap().to_owned()
+}
+
+/// Who a zero-touch device is and how it proves it belongs to its enrollment group.
+struct Enrollment<'a> {
+    group: &'a str,
+    registration_id: &'a str,
+    /// The `[provisioning]` key naming the secret's file: `derived_key_file` or `claim_code_file`.
+    proof_key: &'a str,
+    secret: &'a str,
+}
+
+/// A zero-touch configuration for `server_url` registering as `e` says (its secret's file
+/// written with mode 0600); `top` goes before the `[provisioning]` section, `provisioning` into
+/// it.
+fn write_enrollment_config(
+    dir: &Path,
+    server: &TestServer,
+    server_url: &str,
+    e: &Enrollment<'_>,
+    top: &str,
+    provisioning: &str,
+) -> PathBuf {
+    let secret_file = dir.join("proof.secret");
+    std::fs::write(&secret_file, format!("{}\n", e.secret)).unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = dir.join("agent.toml");
+    let text = format!(
+        "server = {server_url:?}\ncredential_file = {:?}\ndata_dir = {:?}\n{top}\n\
+         [provisioning]\nurl = {:?}\nenrollment_group = {:?}\nregistration_id = {:?}\n\
+         {} = {:?}\n{provisioning}",
+        dir.join("credential").display().to_string(),
+        dir.join("data").display().to_string(),
+        server.base_url,
+        e.group,
+        e.registration_id,
+        e.proof_key,
+        secret_file.display().to_string(),
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// Runs `herd-agent --once` on `config`; returns its exit code and stderr.
+async fn run_once(config: &Path) -> (Option<i32>, String) {
+    let out = run(vec!["--config".into(), config.display().to_string(), "--once".into()]).await;
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The `enrollment.register.refused` records of `registration_id`: their `after` summaries.
+async fn refusals(server: &TestServer, registration_id: &str) -> Vec<serde_json::Value> {
+    let (status, audit) = server.get("/api/v1/audit?limit=1000").await;
+    assert_eq!(status, 200, "{audit}");
+    let resource = format!("registration/{registration_id}");
+    audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "enrollment.register.refused" && r["resource"] == resource)
+        .map(|r| r["after"].clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_touch_with_a_claim_code_enrolls_one_device() {
+    let server = TestServer::start().await;
+    create_group(
+        &server,
+        &serde_json::json!({"name": "codes", "attestation": "claim_code",
+                            "device_id_template": "cc-{registration_id}"}),
+    )
+    .await;
+    let (status, created) = server
+        .post(
+            "/api/v1/enrollment-groups/codes/claim-codes",
+            &serde_json::json!({"count": 1, "max_uses": 1}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let code = created["items"][0]["code"].as_str().unwrap().to_owned();
+    let first = Enrollment {
+        group: "codes",
+        registration_id: "CC-1",
+        proof_key: "claim_code_file",
+        secret: &code,
+    };
+    let url = format!("mqtt://{}", server.mqtt_addr);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_enrollment_config(dir.path(), &server, &url, &first, "", "");
+    let (code_1, stderr) = run_once(&config).await;
+    assert_eq!(code_1, Some(0), "{stderr}");
+    assert!(!stderr.contains("hdc_"), "the secret is never logged: {stderr}");
+    assert!(!stderr.contains(&code), "nor the claim code: {stderr}");
+    let device = server.device_until("cc-CC-1", |d| d["agent"]["facts"].is_object()).await;
+    assert_eq!(device["state"], "active", "{device:#}");
+    let mode = std::fs::metadata(dir.path().join("credential")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Another device with the same (used) code is refused: 3, and nothing is written.
+    let other = tempfile::tempdir().unwrap();
+    let config = write_enrollment_config(
+        other.path(),
+        &server,
+        &url,
+        &Enrollment { registration_id: "CC-2", ..first },
+        "",
+        "",
+    );
+    let (code_2, stderr) = run_once(&config).await;
+    assert_eq!(code_2, Some(3), "{stderr}");
+    assert!(stderr.contains("claim_code_exhausted"), "{stderr}");
+    assert!(!other.path().join("credential").exists());
+    let (status, _) = server.get("/api/v1/devices/cc-CC-2").await;
+    assert_eq!(status, 404);
+    let (_, group) = server.get("/api/v1/enrollment-groups/codes").await;
+    assert_eq!(group["registrations"], 1, "{group}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_touch_is_refused_by_a_disabled_or_expired_group() {
+    use time::format_description::well_known::Rfc3339;
+
+    let server = TestServer::start().await;
+    create_group(
+        &server,
+        &serde_json::json!({"name": "closed", "attestation": "symmetric_key", "enabled": false}),
+    )
+    .await;
+    let key = derived_key(&server, "closed", "SN-D").await;
+    let e = Enrollment {
+        group: "closed",
+        registration_id: "SN-D",
+        proof_key: "derived_key_file",
+        secret: &key,
+    };
+    let url = format!("mqtt://{}", server.mqtt_addr);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_enrollment_config(dir.path(), &server, &url, &e, "", "");
+
+    let (code, stderr) = run_once(&config).await;
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("enrollment_disabled"), "{stderr}");
+    assert!(!dir.path().join("credential").exists());
+
+    // Enabled, but only until two seconds from now (a past expiry is refused): once that has
+    // passed, the group is expired.
+    let expires_at = time::OffsetDateTime::now_utc() + Duration::from_secs(2);
+    let patch = serde_json::json!({"enabled": true,
+                                   "expires_at": expires_at.format(&Rfc3339).unwrap()});
+    let (status, body) = server.patch("/api/v1/enrollment-groups/closed", &patch).await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while time::OffsetDateTime::now_utc() <= expires_at {
+        assert!(tokio::time::Instant::now() < deadline, "the expiry never passed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, stderr) = run_once(&config).await;
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("enrollment_expired"), "{stderr}");
+    assert!(!dir.path().join("credential").exists());
+
+    let reasons: Vec<_> =
+        refusals(&server, "SN-D").await.iter().map(|a| a["reason"].clone()).collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    for reason in ["enrollment_disabled", "enrollment_expired"] {
+        assert!(reasons.contains(&serde_json::json!(reason)), "{reasons:?}");
+    }
+    let (status, _) = server.get("/api/v1/devices/SN-D").await;
+    assert_eq!(status, 404);
+}
+
+/// The binary is refused once (`invalid_proof`, audited); the next wrong proof and the attempt
+/// after it go through the SDK, since the binary waits out the 429 (`Retry-After`) it gets then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_touch_wrong_proofs_are_audited_then_rate_limited() {
+    use device_agent::provisioning::{Proof, RegisterRequest, register_https};
+
+    let server = TestServer::start_with(|c| c.api.provisioning_max_failures_per_minute = 2).await;
+    create_group(
+        &server,
+        &serde_json::json!({"name": "factory-w", "attestation": "symmetric_key"}),
+    )
+    .await;
+    let right = derived_key(&server, "factory-w", "SN-W").await;
+    let wrong = "q6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6s=";
+    assert_ne!(right, wrong);
+    let e = Enrollment {
+        group: "factory-w",
+        registration_id: "SN-W",
+        proof_key: "derived_key_file",
+        secret: wrong,
+    };
+    let url = format!("mqtt://{}", server.mqtt_addr);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_enrollment_config(dir.path(), &server, &url, &e, "", "");
+
+    let (code, stderr) = run_once(&config).await;
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("invalid_proof"), "{stderr}");
+    assert!(!dir.path().join("credential").exists());
+    let refused = refusals(&server, "SN-W").await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["reason"], "invalid_proof", "{refused:?}");
+    assert_eq!(refused[0]["enrollment_group"], "factory-w", "{refused:?}");
+
+    // The second failure reaches the limit (2 a minute): then even the right key waits.
+    let tls = device_agent::TlsOptions::default();
+    let sign = |key: &str| {
+        let key = device_agent::provisioning::decode_derived_key(key).unwrap();
+        let proof = Proof::symmetric_key(&key, "SN-W", Duration::from_secs(60)).unwrap();
+        RegisterRequest::new("SN-W", "factory-w", proof)
+    };
+    let second = register_https(&server.base_url, &sign(wrong), &tls).await.unwrap_err();
+    assert_eq!(second.code(), Some("invalid_proof"), "{second}");
+    assert!(!second.is_retryable(), "{second}");
+    let limited = register_https(&server.base_url, &sign(&right), &tls).await.unwrap_err();
+    assert_eq!(limited.code(), Some("too_many_attempts"), "{limited}");
+    assert!(limited.is_retryable(), "{limited}");
+    let after = limited.retry_after().unwrap();
+    assert!((1..=60).contains(&after.as_secs()), "{after:?}");
+    let (status, _) = server.get("/api/v1/devices/SN-W").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_touch_with_a_csr_connects_over_mutual_tls() {
+    let certs = test_support::TestCerts::new();
+    let tls = certs.config();
+    let server = TestServer::start_with(|c| c.mqtt.tls = Some(tls)).await;
+    create_group(
+        &server,
+        &serde_json::json!({"name": "factory-c", "attestation": "symmetric_key",
+                            "device_id_template": "zc-{registration_id}"}),
+    )
+    .await;
+    let key = derived_key(&server, "factory-c", "zc-SN-C").await;
+    let e = Enrollment {
+        group: "factory-c",
+        registration_id: "SN-C",
+        proof_key: "derived_key_file",
+        secret: &key,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("device.pem"), dir.path().join("device.key"));
+    let url = format!("mqtts://localhost:{}", server.mqtts_addr.unwrap().port());
+    let top = format!(
+        "ca_file = {:?}\nclient_cert_file = {:?}\nclient_key_file = {:?}\n",
+        certs.path("ca.pem").display().to_string(),
+        cert_file.display().to_string(),
+        key_file.display().to_string(),
+    );
+    let config = write_enrollment_config(dir.path(), &server, &url, &e, &top, "csr = true\n");
+
+    let (code, stderr) = run_once(&config).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("PRIVATE KEY") && !stderr.contains("hdc_"), "{stderr}");
+    server.device_until("zc-SN-C", |d| d["agent"]["facts"].is_object()).await;
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(std::fs::read_to_string(&key_file).unwrap().contains("PRIVATE KEY"));
+    let pem = std::fs::read_to_string(&cert_file).unwrap();
+    let ca = std::fs::read_to_string(dir.path().join("data/device-ca.pem")).unwrap();
+    assert!(ca.contains("BEGIN CERTIFICATE"), "{ca}");
+    assert_eq!(std::fs::read_to_string(dir.path().join("data/device_id")).unwrap(), "zc-SN-C");
+
+    // Herd lists the certificate it issued, for the device id, which is its subject's CN.
+    let (status, list) = server.get("/api/v1/devices/zc-SN-C/certificates").await;
+    assert_eq!(status, 200, "{list}");
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{list:#}");
+    assert_eq!(items[0]["device_id"], "zc-SN-C");
+    assert_eq!(items[0]["certificate"].as_str().unwrap().trim(), pem.trim());
+    let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+    let cert = parsed.parse_x509().unwrap();
+    let cn = cert.subject().iter_common_name().next().unwrap().as_str().unwrap().to_owned();
+    assert_eq!(cn, "zc-SN-C");
+
+    // The certificate is what logs in (over mutual TLS a password is ignored): with a wrong
+    // credential in its file the device still connects, and does not register again.
+    let wrong = format!("hdc_{}\n", "0".repeat(64));
+    std::fs::write(dir.path().join("credential"), wrong).unwrap();
+    let (code, stderr) = run_once(&config).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("registering"), "{stderr}");
+    server.device_until("zc-SN-C", |d| d["agent"]["heartbeats"].as_u64() >= Some(2)).await;
+    let (_, group) = server.get("/api/v1/enrollment-groups/factory-c").await;
+    assert_eq!(group["registrations"], 1, "{group}");
 }

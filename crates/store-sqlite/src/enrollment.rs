@@ -447,8 +447,10 @@ pub(crate) async fn register(
             (device, false, false, count + 1)
         }
         // A device made beforehand (imported, or a replacement's successor) that no group
-        // enrolled yet is adopted; any other existing device is a conflict.
-        (Some(device), None) if device.state == LifecycleState::Registered => {
+        // enrolled yet is adopted, by a proof that binds its id (a derived key, a certificate):
+        // a claim code names no device, so its holder could take any. Any other existing
+        // device is a conflict.
+        (Some(device), None) if device.state == LifecycleState::Registered && code.is_none() => {
             let adopted = store::adopted_device(&device, &group, m.at)?;
             match enroll(&mut tx, r, &group, code.as_ref(), &adopted, Some(&device), m).await? {
                 Ok(()) => (adopted, false, true, 1),

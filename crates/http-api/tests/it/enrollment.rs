@@ -454,7 +454,8 @@ async fn disabled_and_expired_groups_refuse() {
 }
 
 /// Devices imported beforehand in state `registered` onboard through the normal flow: the first
-/// registration adopts them (200, `created: false`), merging the group's tags under their own.
+/// registration with a proof that binds the id adopts them (200, `created: false`), merging the
+/// group's tags under their own; a claim code does not.
 #[tokio::test]
 async fn imported_registered_devices_are_adopted() {
     let api = api().await;
@@ -496,6 +497,21 @@ async fn imported_registered_devices_are_adopted() {
     register(&api, &signed("sk", "imp-1", &key)).await.assert_status(200);
     let key = derived_key(&api, "sk", "imp-2").await;
     register(&api, &signed("sk", "imp-2", &key)).await.assert_problem(409, "device_conflict");
+
+    // A claim code names no device: it does not adopt a pre-provisioned one.
+    create_group(&api, json!({"name": "cc", "attestation": "claim_code"})).await;
+    api.post("/api/v1/devices").json(&json!({"id": "imp-3"})).send().await.assert_status(201);
+    let created = api
+        .post(&format!("{GROUPS}/cc/claim-codes"))
+        .json(&json!({"count": 1}))
+        .send()
+        .await
+        .assert_status(201)
+        .json();
+    let code = created["items"][0]["code"].as_str().unwrap().to_owned();
+    register(&api, &claim("cc", "imp-3", &code)).await.assert_problem(409, "device_conflict");
+    let d = api.get("/api/v1/devices/imp-3").send().await.assert_status(200).json();
+    assert_eq!(d["state"], "registered");
 }
 
 #[tokio::test]

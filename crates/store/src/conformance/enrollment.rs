@@ -489,26 +489,34 @@ pub async fn register_refusals_and_conflicts(store: Arc<dyn Store>) {
     check_chain(&*store).await;
 }
 
-/// A device that exists in state `registered` with no enrollment (imported beforehand) is adopted:
-/// it becomes active, the group's tags and attributes are merged under its own, it joins the
-/// group's static groups, a claim code use is consumed, audited as `device.register` with
-/// `"adopted": true`; retrying is then idempotent. Devices in other states stay conflicts, and
-/// too many tags after the merge is an error that writes nothing.
+/// A device that exists in state `registered` with no enrollment (imported beforehand) is adopted
+/// through a group whose proof binds the device id (not a claim code): it becomes active, the
+/// group's tags and attributes are merged under its own, it joins the group's static groups,
+/// audited as `device.register` with `"adopted": true`; retrying is then idempotent. A claim code
+/// does not adopt it, devices in other states stay conflicts, and too many tags after the merge is
+/// an error that writes nothing.
 pub async fn register_adopts_registered_devices(store: Arc<dyn Store>) {
     store.create_group(&static_group("line-1"), &at(1)).await.unwrap();
     let mut pre = new_device("imp-1", LifecycleState::Registered);
     pre.tags = tags(&[("site", "paris"), ("batch", "b7")]);
     pre.attributes = attributes(json!({"fw": "0.9", "sn": "X1"}));
     store.create_device(&pre, &at(1)).await.unwrap();
-    let mut new = claim("cc");
+    let mut new = symmetric("sk");
     new.tags = tags(&[("site", "berlin"), ("owner", "ops")]);
     new.attributes = attributes(json!({"fw": "1.0", "line": 1}));
     new.groups = vec![group_name("line-1")];
     store.create_enrollment_group(&new, &at(2)).await.unwrap();
+    store.create_enrollment_group(&claim("cc"), &at(2)).await.unwrap();
     store.create_claim_codes(&ename("cc"), &[new_code(1)], 2, None, &at(2)).await.unwrap();
     let seq = last_seq(&*store).await;
 
-    let r = with_code(registration("cc", "imp-1", "imp-1", 1), 1);
+    // A claim code names no device: it cannot take a pre-provisioned one.
+    let r = with_code(registration("cc", "imp-1", "imp-1", 9), 1);
+    assert_eq!(refused(&*store, &r, 500).await, RegistrationRefusal::DeviceConflict);
+    assert_eq!(store.claim_codes(&ename("cc")).await.unwrap()[0].uses, 0);
+    assert_eq!(audit_since(&*store, seq).await.len(), 0);
+
+    let r = registration("sk", "imp-1", "imp-1", 1);
     let adopted = register(&*store, &r, 1_000).await;
     assert!(!adopted.created);
     assert!(adopted.adopted);
@@ -524,13 +532,12 @@ pub async fn register_adopts_registered_devices(store: Arc<dyn Store>) {
     // The merged tags are searchable.
     let by_tag = crate::DeviceQuery { filter: Some(parse("tags.owner = 'ops'")), ..q.clone() };
     assert_eq!(store.list_devices(&by_tag).await.unwrap().items.len(), 1);
-    assert_eq!(store.claim_codes(&ename("cc")).await.unwrap()[0].uses, 1);
-    assert_eq!(store.enrollment_group(&ename("cc")).await.unwrap().unwrap().registrations, 1);
+    assert_eq!(store.enrollment_group(&ename("sk")).await.unwrap().unwrap().registrations, 1);
     let records = audit_since(&*store, seq).await;
     assert_eq!(records.len(), 1);
     check_record(
         &records[0],
-        &by_group("cc", 1_000),
+        &by_group("sk", 1_000),
         "device.register",
         "device/imp-1",
         None,
@@ -541,11 +548,10 @@ pub async fn register_adopts_registered_devices(store: Arc<dyn Store>) {
     assert_eq!(after["adopted"], json!(true));
 
     // Now it was enrolled by this group: a retry is idempotent.
-    let retry = with_code(registration("cc", "imp-1", "imp-1", 2), 1);
+    let retry = registration("sk", "imp-1", "imp-1", 2);
     let again = register(&*store, &retry, 2_000).await;
     assert!(!again.created && !again.adopted);
     assert_eq!(&again.device, d);
-    assert_eq!(store.claim_codes(&ename("cc")).await.unwrap()[0].uses, 1);
 
     // Devices in any other state are not adopted.
     for (n, state) in [
@@ -559,7 +565,7 @@ pub async fn register_adopts_registered_devices(store: Arc<dyn Store>) {
             let patch = domain::DevicePatch { state: Some(state), ..Default::default() };
             store.update_device(&id(&dev), &patch, None, &at(3_000)).await.unwrap();
         }
-        let r = with_code(registration("cc", &dev, &dev, n), 1);
+        let r = registration("sk", &dev, &dev, n);
         assert_eq!(
             refused(&*store, &r, 4_000).await,
             RegistrationRefusal::DeviceConflict,
@@ -572,13 +578,13 @@ pub async fn register_adopts_registered_devices(store: Arc<dyn Store>) {
     crowded.tags = Tags::new((0..64).map(|i| (format!("k{i}"), "v".to_owned()))).unwrap();
     store.create_device(&crowded, &at(5_000)).await.unwrap();
     let seq = last_seq(&*store).await;
-    let r = with_code(registration("cc", "imp-2", "imp-2", 9), 1);
-    let err = store.register_device(&r, &by_group("cc", 6_000)).await;
+    let r = registration("sk", "imp-2", "imp-2", 9);
+    let err = store.register_device(&r, &by_group("sk", 6_000)).await;
     assert!(matches!(&err, Err(StoreError::Conflict(_))), "{err:?}");
     assert_eq!(last_seq(&*store).await, seq);
     let still = store.device(&id("imp-2")).await.unwrap().unwrap();
     assert_eq!(still.state, LifecycleState::Registered);
-    assert_eq!(store.claim_codes(&ename("cc")).await.unwrap()[0].uses, 1);
+    assert_eq!(store.claim_codes(&ename("cc")).await.unwrap()[0].uses, 0);
     check_chain(&*store).await;
 }
 

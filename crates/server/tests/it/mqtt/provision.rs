@@ -338,14 +338,20 @@ async fn a_pre_provisioned_device_is_adopted_over_mqtt() {
     let (status, body) =
         server.post("/api/v1/devices", &json!({"id": "pre-1", "tags": {"site": "paris"}})).await;
     assert_eq!(status, 201, "{body}");
-    create_group(
-        &server,
-        json!({"name": "cc", "attestation": "claim_code", "tags": {"site": "berlin", "line": "2"}}),
-    )
-    .await;
+    // A claim code names no device: it cannot take the pre-provisioned one.
+    create_group(&server, json!({"name": "cc", "attestation": "claim_code"})).await;
     let code = claim_code(&server, "cc").await;
     let mut probe = bootstrap(&server, V5, "pre-1").await;
-    let answer = register(&mut probe, "pre-1", &claimed("a", "cc", &code)).await;
+    let answer = register(&mut probe, "pre-1", &claimed("c", "cc", &code)).await;
+    check_error(&answer, "c", "device_conflict");
+    // A derived key binds the id: it adopts it.
+    create_group(
+        &server,
+        json!({"name": "sk", "attestation": "symmetric_key", "tags": {"site": "berlin", "line": "2"}}),
+    )
+    .await;
+    let key = derived_key(&server, "sk", "pre-1").await;
+    let answer = register(&mut probe, "pre-1", &signed("a", "sk", "pre-1", &key)).await;
     assert_eq!(
         (&answer["status"], &answer["device_id"], &answer["created"]),
         (&json!("registered"), &json!("pre-1"), &json!(false)),

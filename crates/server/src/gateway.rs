@@ -25,6 +25,7 @@
 //!   subscriptions ([`AgentReportFeeds`]) and written to the store in batches.
 
 mod agent_reports;
+mod arrivals;
 mod authenticator;
 pub mod client_cert;
 mod credential_cache;
@@ -50,6 +51,7 @@ use crate::config::{MqttConfig, MqttTlsConfig};
 pub use crate::gateway::agent_reports::{
     AgentReportFeeds, FACTS_FILTER, HEARTBEAT_FILTER, record_agent_reports,
 };
+pub use crate::gateway::arrivals::{ARRIVALS_CAPACITY, ArrivalListener, DeviceArrivals};
 use crate::gateway::authenticator::LoginCheck;
 pub use crate::gateway::authenticator::{
     Application, BOOTSTRAP_USERNAME, BootstrapAcl, DeviceAcl, GatewayAuthenticator,
@@ -478,14 +480,19 @@ pub async fn enforce_access_changes(
 /// recorded for a device of the same id (a disconnect of a device that was not connected). A store error is logged and the batch is lost (each event counted in
 /// `mqtt_presence_events_dropped_total{reason="store_error"}`); the next event of a device corrects
 /// its presence.
+///
+/// Once a batch is written, each device connection in it is announced on `arrivals` (see
+/// [`DeviceArrivals`]), in order; not during the shutdown drain.
 pub async fn record_presence(
     mut events: mpsc::Receiver<ConnectionEvent>,
     store: Arc<dyn Store>,
     authenticator: Arc<GatewayAuthenticator>,
     broker: BrokerHandle,
+    arrivals: DeviceArrivals,
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(MAX_PRESENCE_BATCH);
+    let mut arrived = Vec::new();
     let mut bootstrap = BootstrapConnections::default();
     loop {
         let first = tokio::select! {
@@ -505,7 +512,14 @@ pub async fn record_presence(
             }
             next = if batch.len() < MAX_PRESENCE_BATCH { events.try_recv().ok() } else { None };
         }
+        arrived.extend(batch.iter().filter_map(|e| match e {
+            PresenceEvent::Connect { device_id, .. } => Some(device_id.clone()),
+            PresenceEvent::Disconnect { .. } => None,
+        }));
         write_presence(store.as_ref(), &mut batch).await;
+        for device in arrived.drain(..) {
+            arrivals.announce(device);
+        }
     }
     // Stopped: the connections have ended, and what is queued is still recorded.
     loop {
@@ -737,8 +751,14 @@ mod tests {
         queue_events(&tx);
         // The channel closes once the recorder has taken every event: it then returns.
         drop(tx);
-        let recorder =
-            record_presence(rx, Arc::clone(&store), auth, broker, CancellationToken::new());
+        let recorder = record_presence(
+            rx,
+            Arc::clone(&store),
+            auth,
+            broker,
+            DeviceArrivals::new(),
+            CancellationToken::new(),
+        );
         tokio::time::timeout(std::time::Duration::from_secs(20), recorder).await.unwrap();
         check_recorded(store.as_ref()).await;
     }
@@ -752,7 +772,8 @@ mod tests {
         // batches, and returns.
         let stop = CancellationToken::new();
         stop.cancel();
-        let recorder = record_presence(rx, Arc::clone(&store), auth, broker, stop);
+        let recorder =
+            record_presence(rx, Arc::clone(&store), auth, broker, DeviceArrivals::new(), stop);
         tokio::time::timeout(std::time::Duration::from_secs(20), recorder).await.unwrap();
         check_recorded(store.as_ref()).await;
         drop(tx);

@@ -319,11 +319,14 @@ pub async fn run(
         NonZeroUsize::new(gateway::PRESENCE_EVENTS_CAPACITY)
             .expect("the capacity constant is not zero"),
     );
+    // Devices whose connection is recorded, announced to the features that catch them up.
+    let arrivals = gateway::DeviceArrivals::new();
     presence.spawn(gateway::record_presence(
         events,
         Arc::clone(&store),
         Arc::clone(&authenticator),
         broker_handle.clone(),
+        arrivals.clone(),
         presence_stop.clone(),
     ));
     // Agents' facts and heartbeats, subscribed to before any device can connect; recorded by a task

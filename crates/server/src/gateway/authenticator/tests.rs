@@ -404,6 +404,7 @@ async fn a_device_revoked_between_check_and_registration_is_disconnected() {
         Arc::clone(&f.store),
         Arc::clone(&f.auth),
         handle.clone(),
+        crate::gateway::DeviceArrivals::new(),
         presence_stop.clone(),
     ));
     let paused = Arc::new(PauseAfterCheck {

@@ -82,7 +82,7 @@ fn to_i64(what: &'static str, value: u64) -> StoreResult<i64> {
     i64::try_from(value).map_err(|_| StoreError::backend(PostgresError::OutOfRange { what, value }))
 }
 
-fn job_from_row(r: JobRow) -> StoreResult<Job> {
+fn job_from_row(r: &JobRow) -> StoreResult<Job> {
     let bad = |reason: &str| corrupt("job", &r.id, reason);
     let count = |v: i64| u64::try_from(v).map_err(|_| bad(&format!("negative count {v}")));
     let spec = spec_from_json(&r.spec_json).map_err(|e| bad(&e))?;
@@ -112,7 +112,7 @@ fn job_from_row(r: JobRow) -> StoreResult<Job> {
     })
 }
 
-fn execution_from_row(r: ExecutionRow) -> StoreResult<JobExecution> {
+fn execution_from_row(r: &ExecutionRow) -> StoreResult<JobExecution> {
     let key = format!("{}/{}", r.job_id, r.device_id);
     let bad = |reason: &str| corrupt("job execution", &key, reason);
     let details = match serde_json::from_str(&r.status_details) {
@@ -282,7 +282,7 @@ pub(crate) async fn get(conn: &mut PgConnection, id: &JobId) -> StoreResult<Opti
     .fetch_optional(&mut *conn)
     .await
     .map_err(db)?;
-    row.map(job_from_row).transpose()
+    row.as_ref().map(job_from_row).transpose()
 }
 
 async fn get_existing(conn: &mut PgConnection, id: &JobId) -> StoreResult<Job> {
@@ -306,7 +306,7 @@ pub(crate) async fn list(
     .fetch_all(pool)
     .await
     .map_err(db)?;
-    let mut items = rows.into_iter().map(job_from_row).collect::<StoreResult<Vec<_>>>()?;
+    let mut items = rows.iter().map(job_from_row).collect::<StoreResult<Vec<_>>>()?;
     let has_more = items.len() > limit as usize;
     items.truncate(limit as usize);
     Ok(Page { items, has_more })
@@ -325,7 +325,7 @@ async fn get_execution(
     .fetch_optional(&mut *conn)
     .await
     .map_err(db)?;
-    row.map(execution_from_row).transpose()
+    row.as_ref().map(execution_from_row).transpose()
 }
 
 pub(crate) async fn executions(
@@ -349,7 +349,7 @@ pub(crate) async fn executions(
     .fetch_all(&mut *conn)
     .await
     .map_err(db)?;
-    let mut items = rows.into_iter().map(execution_from_row).collect::<StoreResult<Vec<_>>>()?;
+    let mut items = rows.iter().map(execution_from_row).collect::<StoreResult<Vec<_>>>()?;
     let has_more = items.len() > limit as usize;
     items.truncate(limit as usize);
     Ok(Page { items, has_more })
@@ -373,7 +373,7 @@ pub(crate) async fn device_executions(
     .fetch_all(pool)
     .await
     .map_err(db)?;
-    rows.into_iter().map(execution_from_row).collect()
+    rows.iter().map(execution_from_row).collect()
 }
 
 pub(crate) async fn start_next(
@@ -415,7 +415,7 @@ pub(crate) async fn start_next(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let mut started = rows.into_iter().map(execution_from_row).collect::<StoreResult<Vec<_>>>()?;
+    let mut started = rows.iter().map(execution_from_row).collect::<StoreResult<Vec<_>>>()?;
     started.sort_by(|a, b| a.device_id.cmp(&b.device_id));
     let k = started.len() as u64;
     job.counters = job.counters.transition(ExecutionState::Queued, ExecutionState::InProgress, k);
@@ -595,7 +595,7 @@ pub(crate) async fn add_for(
     .map_err(db)?;
     let mut created = Vec::new();
     for row in rows {
-        let mut job = job_from_row(row)?;
+        let mut job = job_from_row(&row)?;
         let Some(target) = target_of(&mut tx, job.spec.target()).await? else { continue };
         let id = job.id().as_str().to_owned();
         let mut qb = QueryBuilder::new(
@@ -651,7 +651,7 @@ pub(crate) async fn remove_for(
     .map_err(db)?;
     let mut removed = Vec::new();
     for row in rows {
-        let mut execution = execution_from_row(row)?;
+        let mut execution = execution_from_row(&row)?;
         let mut job = get_existing(&mut tx, &execution.job_id).await?;
         let leaves = if !in_service {
             true
@@ -731,7 +731,7 @@ pub(crate) async fn preview(
     qb.push(" ORDER BY d.id LIMIT ").push_bind(i64::from(sample.min(MAX_PREVIEW_SAMPLE)));
     let ids: Vec<String> =
         qb.build_query_scalar().persistent(false).fetch_all(&mut *tx).await.map_err(db)?;
-    let sample = ids.into_iter().map(device_id).collect::<StoreResult<Vec<_>>>()?;
+    let sample = ids.iter().map(String::as_str).map(device_id).collect::<StoreResult<Vec<_>>>()?;
 
     let mut qb = with_target(
         "SELECT g.name, count(*) FROM group_members gm JOIN device_groups g ON g.id = gm.group_id \
@@ -800,14 +800,15 @@ pub(crate) async fn target_ids(
         .push_bind(i64::from(limit) + 1);
     let ids: Vec<String> =
         qb.build_query_scalar().persistent(false).fetch_all(&mut *conn).await.map_err(db)?;
-    let mut items = ids.into_iter().map(device_id).collect::<StoreResult<Vec<_>>>()?;
+    let mut items =
+        ids.iter().map(String::as_str).map(device_id).collect::<StoreResult<Vec<_>>>()?;
     let has_more = items.len() > limit as usize;
     items.truncate(limit as usize);
     Ok(Page { items, has_more })
 }
 
-fn device_id(id: String) -> StoreResult<DeviceId> {
-    DeviceId::new(id.clone()).map_err(|e| corrupt("device id", &id, &e.to_string()))
+fn device_id(id: &str) -> StoreResult<DeviceId> {
+    DeviceId::new(id).map_err(|e| corrupt("device id", id, &e.to_string()))
 }
 
 /// Cancels a job's queued executions; returns how many.

@@ -90,7 +90,7 @@ struct ExecutionRow {
     status_details: String,
 }
 
-fn job_from_row(r: JobRow) -> StoreResult<Job> {
+fn job_from_row(r: &JobRow) -> StoreResult<Job> {
     let bad = |reason: String| corrupt("jobs", &r.id, reason);
     let count = |v: i64| u64::try_from(v).map_err(|_| bad(format!("negative count {v}")));
     let spec = spec_from_json(&r.spec_json).map_err(bad)?;
@@ -120,7 +120,7 @@ fn job_from_row(r: JobRow) -> StoreResult<Job> {
     })
 }
 
-fn execution_from_row(r: ExecutionRow) -> StoreResult<JobExecution> {
+fn execution_from_row(r: &ExecutionRow) -> StoreResult<JobExecution> {
     let key = format!("{}/{}", r.job_id, r.device_id);
     let bad = |reason: String| corrupt("job_executions", &key, reason);
     let details = match serde_json::from_str(&r.status_details) {
@@ -270,7 +270,7 @@ pub(crate) async fn get(conn: &mut SqliteConnection, id: &JobId) -> StoreResult<
             .fetch_optional(&mut *conn)
             .await
             .map_err(db)?;
-    row.map(job_from_row).transpose()
+    row.as_ref().map(job_from_row).transpose()
 }
 
 async fn get_existing(conn: &mut SqliteConnection, id: &JobId) -> StoreResult<Job> {
@@ -297,7 +297,7 @@ pub(crate) async fn list(
         .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
-    let mut items = rows.into_iter().map(job_from_row).collect::<StoreResult<Vec<_>>>()?;
+    let mut items = rows.iter().map(job_from_row).collect::<StoreResult<Vec<_>>>()?;
     let has_more = items.len() > limit as usize;
     items.truncate(limit as usize);
     Ok(Page { items, has_more })
@@ -316,7 +316,7 @@ async fn get_execution(
     .fetch_optional(&mut *conn)
     .await
     .map_err(db)?;
-    row.map(execution_from_row).transpose()
+    row.as_ref().map(execution_from_row).transpose()
 }
 
 pub(crate) async fn executions(
@@ -343,7 +343,7 @@ pub(crate) async fn executions(
         .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
-    let mut items = rows.into_iter().map(execution_from_row).collect::<StoreResult<Vec<_>>>()?;
+    let mut items = rows.iter().map(execution_from_row).collect::<StoreResult<Vec<_>>>()?;
     let has_more = items.len() > limit as usize;
     items.truncate(limit as usize);
     Ok(Page { items, has_more })
@@ -366,7 +366,7 @@ pub(crate) async fn device_executions(
     .fetch_all(&mut *conn)
     .await
     .map_err(db)?;
-    rows.into_iter().map(execution_from_row).collect()
+    rows.iter().map(execution_from_row).collect()
 }
 
 pub(crate) async fn start_next(
@@ -411,7 +411,7 @@ pub(crate) async fn start_next(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let mut started = rows.into_iter().map(execution_from_row).collect::<StoreResult<Vec<_>>>()?;
+    let mut started = rows.iter().map(execution_from_row).collect::<StoreResult<Vec<_>>>()?;
     started.sort_by(|a, b| a.device_id.cmp(&b.device_id));
     let k = started.len() as u64;
     job.counters = job.counters.transition(ExecutionState::Queued, ExecutionState::InProgress, k);
@@ -592,7 +592,7 @@ pub(crate) async fn add_for(
     .map_err(db)?;
     let mut created = Vec::new();
     for row in rows {
-        let mut job = job_from_row(row)?;
+        let mut job = job_from_row(&row)?;
         let Some(cond) = target_condition(&mut tx, job.spec.target()).await? else { continue };
         let at = now.millis();
         let id = job.id().as_str().to_owned();
@@ -651,7 +651,7 @@ pub(crate) async fn remove_for(
     .map_err(db)?;
     let mut removed = Vec::new();
     for row in rows {
-        let mut execution = execution_from_row(row)?;
+        let mut execution = execution_from_row(&row)?;
         let mut job = get_existing(&mut tx, &execution.job_id).await?;
         let leaves = if !in_service {
             true
@@ -753,7 +753,7 @@ pub(crate) async fn preview(
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
-    let sample = ids.into_iter().map(device_id).collect::<StoreResult<Vec<_>>>()?;
+    let sample = ids.iter().map(String::as_str).map(device_id).collect::<StoreResult<Vec<_>>>()?;
 
     let sql = compose(
         "SELECT gm.group_name, count(*) FROM group_members gm \
@@ -836,14 +836,15 @@ pub(crate) async fn target_ids(
         .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
-    let mut items = ids.into_iter().map(device_id).collect::<StoreResult<Vec<_>>>()?;
+    let mut items =
+        ids.iter().map(String::as_str).map(device_id).collect::<StoreResult<Vec<_>>>()?;
     let has_more = items.len() > limit as usize;
     items.truncate(limit as usize);
     Ok(Page { items, has_more })
 }
 
-fn device_id(id: String) -> StoreResult<DeviceId> {
-    DeviceId::new(id.clone()).map_err(|e| corrupt("devices", &id, e.to_string()))
+fn device_id(id: &str) -> StoreResult<DeviceId> {
+    DeviceId::new(id).map_err(|e| corrupt("devices", id, e.to_string()))
 }
 
 /// Cancels a job's queued executions; returns how many.

@@ -176,6 +176,7 @@ macro_rules! conformance_tests {
             job_continuous_reaches_new_devices,
             job_lists_and_device_view,
             job_over_ten_thousand_devices,
+            job_counters_stay_exact_under_random_reports,
         );
     };
     (@cases ($factory:expr) $($case:ident),+ $(,)?) => {

@@ -104,7 +104,8 @@ pub struct PlannedUpdate {
 /// transaction:
 ///
 /// - the expected version, when given, must be the execution's;
-/// - the move must be legal ([`ExecutionState::check_transition`]);
+/// - the move must be legal ([`ExecutionState::check_transition`]), and never to `queued`: only
+///   the store queues an execution (a device or the scheduler cannot ask for a retry);
 /// - a failure (`failed`, `timed_out`) of a job that is running or paused is retried when the
 ///   spec's policy allows ([`JobSpec::retry_at`]): the execution goes back to `queued` with the
 ///   next attempt and `not_before` set to the back-off, its start and timeout cleared;
@@ -123,6 +124,13 @@ pub fn plan_execution_update(
         && expected != current.version
     {
         return Err(StoreError::VersionMismatch { expected, current: current.version });
+    }
+    if update.state == ExecutionState::Queued {
+        // Only the store queues an execution (at creation, or as a retry its policy allows).
+        return Err(StoreError::Conflict(format!(
+            "a job execution cannot be set to queued; it is {}",
+            current.state
+        )));
     }
     current
         .state

@@ -401,6 +401,12 @@ pub async fn job_retries_failures_with_backoff(store: Arc<dyn Store>) {
     assert!(!done.retried);
     assert_eq!((done.execution.state, done.execution.attempt), (ExecutionState::Failed, 3));
     assert_eq!(done.job.state, JobState::Completed);
+    // Nobody but the store queues an execution.
+    let err = store
+        .update_execution(&j, &id("d1"), &report(ExecutionState::Queued), ts(72_000))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
     check_counters(&*store, "retry").await;
 }
 
@@ -721,4 +727,50 @@ pub async fn job_over_ten_thousand_devices(store: Arc<dyn Store>) {
     assert_eq!((job.counters.queued, job.counters.in_progress), (9_000, 1_000));
     let ring = store.preview_target(&filter_target("tags.ring = '1'"), 0).await.unwrap();
     assert_eq!((ring.total, ring.sample.len()), (5_000, 0));
+}
+
+/// Counters stay equal to a recount of the executions through a long random mix of starts,
+/// reports (legal and illegal), retries and timeouts.
+pub async fn job_counters_stay_exact_under_random_reports(store: Arc<dyn Store>) {
+    for i in 0..30 {
+        store
+            .create_device(&new_device(&format!("r{i:02}"), LifecycleState::Active), &at(1))
+            .await
+            .unwrap();
+    }
+    let mut p = parts("random", filter_target("state = 'active'"));
+    p.in_progress_timeout_secs = Some(40);
+    p.retry.failed = Some(RetryRule { max_attempts: 3, backoff_base_secs: 1, backoff_max_secs: 2 });
+    p.retry.timed_out =
+        Some(RetryRule { max_attempts: 2, backoff_base_secs: 0, backoff_max_secs: 0 });
+    let j = store.create_job(&spec(p), &at(0)).await.unwrap().id().clone();
+    let mut rng = crate::conformance::Rng(7);
+    let mut now = 0;
+    for step in 0..300 {
+        now += 500;
+        match rng.below(4) {
+            0 => {
+                let max = 1 + rng.below(5) as u32;
+                store.start_next_executions(&j, max, ts(now)).await.unwrap();
+            }
+            1 => {
+                store.time_out_executions(ts(now), nz(1 + rng.below(3) as u32)).await.unwrap();
+            }
+            _ => {
+                let device = id(&format!("r{:02}", rng.below(30)));
+                let to = ExecutionState::ALL[rng.below(ExecutionState::ALL.len())];
+                match store.update_execution(&j, &device, &report(to), ts(now)).await {
+                    Ok(done) => assert_eq!(done.job.counters.total(), 30),
+                    Err(StoreError::Conflict(_)) => {}
+                    Err(e) => panic!("step {step}: {e:?}"),
+                }
+            }
+        }
+        if step % 25 == 0 {
+            check_counters(&*store, "random").await;
+        }
+    }
+    let job = check_counters(&*store, "random").await;
+    assert_eq!(job.counters.total(), 30);
+    check_chain(&*store).await;
 }

@@ -1,3 +1,6 @@
+//! Unit tests of the job rules: spec validation, the state machines, counters, rollout, retry and
+//! abort decisions, and a property test of the incremental counters.
+
 use std::collections::BTreeSet;
 
 use proptest::prelude::*;

@@ -17,6 +17,9 @@
 //!   a group's one-time passwords, stored as hashes.
 //! - [`ReplacementPlan`] is what replacing a device (RMA) does to the two devices' registry
 //!   entries, with the rules it checks ([`ReplacementError`]); [`Replacement`] is its outcome.
+//! - [`JobSpec`] is a fleet job (a command or desired-state patch on a target, with rollout rate,
+//!   retries and abort criteria); [`JobState`], [`ExecutionState`] and [`JobCounters`] hold the
+//!   rules the store and the scheduler share (module `job`).
 //! - [`Mutation`] says who changes something and when; every write to the store carries one.
 
 pub mod agent;
@@ -27,6 +30,7 @@ pub mod device;
 pub mod enrollment;
 pub mod filter;
 pub mod group;
+pub mod job;
 pub mod presence;
 pub mod replacement;
 pub mod timestamp;
@@ -49,6 +53,12 @@ pub use enrollment::{
 };
 pub use filter::{Field, Filter, FilterError};
 pub use group::{Group, GroupKind, GroupName, GroupPatch, NewGroup};
+pub use job::{
+    AbortCriterion, ExecutionState, FailureType, IllegalExecutionTransition, IllegalJobTransition,
+    Job, JobAction, JobCounters, JobExecution, JobId, JobOperation, JobSpec, JobSpecError,
+    JobSpecParts, JobState, JobTarget, RetryPolicy, RetryRule, Rollout, RolloutWindow, Selection,
+    StatusDetails,
+};
 pub use presence::Presence;
 pub use replacement::{Replacement, ReplacementError, ReplacementPlan};
 pub use timestamp::Timestamp;

@@ -101,6 +101,14 @@ pub(crate) fn device_page(
     qb
 }
 
+/// Appends `filter` as a parenthesized boolean condition over `devices d`, for set-based statements
+/// that read every match (job targets, `jobs`).
+pub(crate) fn push_condition(qb: &mut QueryBuilder<Postgres>, filter: &Filter) {
+    qb.push("(");
+    push_filter(qb, filter, None);
+    qb.push(")");
+}
+
 /// The position of the top-level tag equality that should drive the page, if any.
 ///
 /// A top-level condition on the id is a better driver (a seek or a short range on the primary

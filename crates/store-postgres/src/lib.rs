@@ -15,6 +15,9 @@
 //! back into validated domain values. Queries are built at run time with binds (`sqlx::query`), never by
 //! pasting values into SQL.
 //!
+//! `jobs` keeps fleet jobs and their per-device executions (counters on the job row); a job's
+//! target becomes one SQL condition shared by job creation and the dry run.
+//!
 //! Every write transaction first takes one advisory lock, which serializes writers: the audit
 //! chain is a single sequence, so writes are ordered anyway, and taking that lock before any row
 //! lock rules out deadlocks between writers. Reads take no locks.
@@ -28,6 +31,7 @@ mod enrollment;
 mod error;
 mod filter_sql;
 mod groups;
+mod jobs;
 mod mqtt;
 mod presence;
 mod replacement;
@@ -47,6 +51,7 @@ use domain::{
     ImportRow, Mutation, NewDevice, NewDeviceCertificate, NewDeviceCredential, NewEnrollmentGroup,
     NewGroup, NewToken, Presence, RegistrationRefusal, Replacement, Timestamp, TokenHash, TokenId,
 };
+use domain::{ExecutionState, Job, JobAction, JobExecution, JobId, JobSpec, JobState, JobTarget};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
@@ -55,6 +60,7 @@ use store::{
     NewClaimCode, Page, PresenceEvent, Registered, Registration, RegistrationRefusalRecord,
     StateCounts, Store, StoreError, StoreResult,
 };
+use store::{ExecutionUpdate, ExecutionUpdated, TargetPreview};
 
 pub use crate::error::PostgresError;
 
@@ -471,6 +477,102 @@ impl Store for PostgresStore {
 
     async fn audit_records(&self, after: u64, limit: NonZeroU32) -> StoreResult<Vec<AuditRecord>> {
         audit::records(&self.pool, after, limit).await
+    }
+
+    async fn create_job(&self, spec: &JobSpec, m: &Mutation) -> StoreResult<Job> {
+        jobs::create(&self.pool, spec, m).await
+    }
+
+    async fn job(&self, id: &JobId) -> StoreResult<Option<Job>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        jobs::get(&mut conn, id).await
+    }
+
+    async fn list_jobs(
+        &self,
+        state: Option<JobState>,
+        after: Option<&JobId>,
+        limit: NonZeroU32,
+    ) -> StoreResult<Page<Job>> {
+        jobs::list(&self.pool, state, after, limit).await
+    }
+
+    async fn job_executions(
+        &self,
+        job: &JobId,
+        state: Option<ExecutionState>,
+        after: Option<&DeviceId>,
+        limit: NonZeroU32,
+    ) -> StoreResult<Page<JobExecution>> {
+        jobs::executions(&self.pool, job, state, after, limit).await
+    }
+
+    async fn device_job_executions(
+        &self,
+        device: &DeviceId,
+        pending_only: bool,
+    ) -> StoreResult<Vec<JobExecution>> {
+        jobs::device_executions(&self.pool, device, pending_only).await
+    }
+
+    async fn start_next_executions(
+        &self,
+        job: &JobId,
+        max: u32,
+        now: Timestamp,
+    ) -> StoreResult<Vec<JobExecution>> {
+        jobs::start_next(&self.pool, job, max, now).await
+    }
+
+    async fn update_execution(
+        &self,
+        job: &JobId,
+        device: &DeviceId,
+        update: &ExecutionUpdate,
+        now: Timestamp,
+    ) -> StoreResult<ExecutionUpdated> {
+        jobs::update_execution(&self.pool, job, device, update, now).await
+    }
+
+    async fn time_out_executions(
+        &self,
+        now: Timestamp,
+        limit: NonZeroU32,
+    ) -> StoreResult<Vec<JobExecution>> {
+        jobs::time_out(&self.pool, now, limit).await
+    }
+
+    async fn set_job_state(&self, id: &JobId, action: JobAction, m: &Mutation) -> StoreResult<Job> {
+        jobs::set_state(&self.pool, id, action, m).await
+    }
+
+    async fn add_job_executions_for(
+        &self,
+        device: &DeviceId,
+        now: Timestamp,
+    ) -> StoreResult<Vec<JobExecution>> {
+        jobs::add_for(&self.pool, device, now).await
+    }
+
+    async fn remove_job_executions_for(
+        &self,
+        device: &DeviceId,
+        now: Timestamp,
+    ) -> StoreResult<Vec<JobExecution>> {
+        jobs::remove_for(&self.pool, device, now).await
+    }
+
+    async fn preview_target(&self, target: &JobTarget, sample: u32) -> StoreResult<TargetPreview> {
+        jobs::preview(&self.pool, target, sample).await
+    }
+
+    async fn target_device_ids(
+        &self,
+        target: &JobTarget,
+        after: Option<&DeviceId>,
+        limit: NonZeroU32,
+    ) -> StoreResult<Page<DeviceId>> {
+        jobs::target_ids(&self.pool, target, after, limit).await
     }
 }
 

@@ -267,6 +267,17 @@ pub(crate) fn device_page(
     sql
 }
 
+/// Appends `filter` as a boolean condition over `devices d`, for set-based statements that read
+/// every match (job targets, `jobs::target_condition`): each top-level conjunct may use its index.
+pub(crate) fn push_condition(sql: &mut Sql, filter: &Filter) {
+    sql.push("(1");
+    for c in conjuncts(Some(filter)) {
+        sql.push(" AND ");
+        emit(sql, c, true);
+    }
+    sql.push(")");
+}
+
 fn is_tag_condition(c: Option<&&Filter>) -> bool {
     matches!(
         c,

@@ -20,6 +20,8 @@
 //! `enrollment` keeps enrollment groups, their claim codes and which devices they enrolled, and
 //! registers a device in one transaction.
 //! `replacement` replaces a device by another (RMA) in one transaction.
+//! `jobs` keeps fleet jobs and their per-device executions (counters on the job row); a job's
+//! target becomes one SQL condition shared by job creation and the dry run.
 
 mod agent_reports;
 mod audit_chain;
@@ -30,6 +32,7 @@ mod devices;
 mod enrollment;
 mod filter_sql;
 mod groups;
+mod jobs;
 mod mqtt;
 mod presence;
 mod replacement;
@@ -48,6 +51,7 @@ use domain::{
     ImportRow, Mutation, NewDevice, NewDeviceCertificate, NewDeviceCredential, NewEnrollmentGroup,
     NewGroup, NewToken, Presence, RegistrationRefusal, Replacement, Timestamp, TokenHash, TokenId,
 };
+use domain::{ExecutionState, Job, JobAction, JobExecution, JobId, JobSpec, JobState, JobTarget};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -57,6 +61,7 @@ use store::{
     NewClaimCode, Page, PresenceEvent, Registered, Registration, RegistrationRefusalRecord,
     StateCounts, Store, StoreError, StoreResult,
 };
+use store::{ExecutionUpdate, ExecutionUpdated, TargetPreview};
 
 use crate::rows::{AUDIT_COLUMNS, AuditRow, audit_from_row, db};
 
@@ -524,6 +529,101 @@ impl Store for SqliteStore {
         .await
         .map_err(db)?;
         rows.into_iter().map(audit_from_row).collect()
+    }
+
+    async fn create_job(&self, spec: &JobSpec, m: &Mutation) -> StoreResult<Job> {
+        jobs::create(self, spec, m).await
+    }
+
+    async fn job(&self, id: &JobId) -> StoreResult<Option<Job>> {
+        jobs::get(&mut *self.read().await?, id).await
+    }
+
+    async fn list_jobs(
+        &self,
+        state: Option<JobState>,
+        after: Option<&JobId>,
+        limit: NonZeroU32,
+    ) -> StoreResult<Page<Job>> {
+        jobs::list(&mut *self.read().await?, state, after, limit).await
+    }
+
+    async fn job_executions(
+        &self,
+        job: &JobId,
+        state: Option<ExecutionState>,
+        after: Option<&DeviceId>,
+        limit: NonZeroU32,
+    ) -> StoreResult<Page<JobExecution>> {
+        jobs::executions(&mut *self.read().await?, job, state, after, limit).await
+    }
+
+    async fn device_job_executions(
+        &self,
+        device: &DeviceId,
+        pending_only: bool,
+    ) -> StoreResult<Vec<JobExecution>> {
+        jobs::device_executions(&mut *self.read().await?, device, pending_only).await
+    }
+
+    async fn start_next_executions(
+        &self,
+        job: &JobId,
+        max: u32,
+        now: Timestamp,
+    ) -> StoreResult<Vec<JobExecution>> {
+        jobs::start_next(self, job, max, now).await
+    }
+
+    async fn update_execution(
+        &self,
+        job: &JobId,
+        device: &DeviceId,
+        update: &ExecutionUpdate,
+        now: Timestamp,
+    ) -> StoreResult<ExecutionUpdated> {
+        jobs::update_execution(self, job, device, update, now).await
+    }
+
+    async fn time_out_executions(
+        &self,
+        now: Timestamp,
+        limit: NonZeroU32,
+    ) -> StoreResult<Vec<JobExecution>> {
+        jobs::time_out(self, now, limit).await
+    }
+
+    async fn set_job_state(&self, id: &JobId, action: JobAction, m: &Mutation) -> StoreResult<Job> {
+        jobs::set_state(self, id, action, m).await
+    }
+
+    async fn add_job_executions_for(
+        &self,
+        device: &DeviceId,
+        now: Timestamp,
+    ) -> StoreResult<Vec<JobExecution>> {
+        jobs::add_for(self, device, now).await
+    }
+
+    async fn remove_job_executions_for(
+        &self,
+        device: &DeviceId,
+        now: Timestamp,
+    ) -> StoreResult<Vec<JobExecution>> {
+        jobs::remove_for(self, device, now).await
+    }
+
+    async fn preview_target(&self, target: &JobTarget, sample: u32) -> StoreResult<TargetPreview> {
+        jobs::preview(self, target, sample).await
+    }
+
+    async fn target_device_ids(
+        &self,
+        target: &JobTarget,
+        after: Option<&DeviceId>,
+        limit: NonZeroU32,
+    ) -> StoreResult<Page<DeviceId>> {
+        jobs::target_ids(&mut *self.read().await?, target, after, limit).await
     }
 }
 

@@ -51,6 +51,7 @@
 
 mod certificates;
 mod enrollment;
+mod jobs;
 mod mqtt;
 mod replacement;
 
@@ -68,6 +69,7 @@ use serde_json::{Value, json};
 
 pub use crate::conformance::certificates::*;
 pub use crate::conformance::enrollment::*;
+pub use crate::conformance::jobs::*;
 pub use crate::conformance::mqtt::*;
 pub use crate::conformance::replacement::*;
 
@@ -162,6 +164,19 @@ macro_rules! conformance_tests {
             mqtt_retained_put_overwrite_delete,
             mqtt_ops_are_idempotent_and_ignore_unknown_sessions,
             mqtt_failed_batch_applies_nothing,
+            job_create_resolves_target_and_audits,
+            job_dry_run_equals_real_run,
+            job_with_empty_target,
+            job_rollout_paces_starts,
+            job_execution_updates_keep_counters_exact,
+            job_retries_failures_with_backoff,
+            job_executions_time_out,
+            job_aborts_by_criteria,
+            job_pause_resume_cancel,
+            job_continuous_reaches_new_devices,
+            job_lists_and_device_view,
+            job_over_ten_thousand_devices,
+            job_counters_stay_exact_under_random_reports,
         );
     };
     (@cases ($factory:expr) $($case:ident),+ $(,)?) => {

@@ -10,6 +10,7 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod enrollment;
+pub mod jobs;
 mod mqtt;
 
 use std::fmt;
@@ -24,12 +25,14 @@ use domain::{
     NewDeviceCertificate, NewDeviceCredential, NewEnrollmentGroup, NewGroup, NewToken, Presence,
     RegistrationRefusal, Replacement, ReplacementError, Timestamp, TokenHash, TokenId,
 };
+use domain::{ExecutionState, Job, JobAction, JobExecution, JobId, JobSpec, JobState, JobTarget};
 
 pub use crate::enrollment::{
     MAX_PROVISIONING_CREDENTIALS, NewClaimCode, Registered, Registration,
     RegistrationRefusalRecord, adopted_device, claim_codes_audit_summary, enrolled_device,
     key_derivation_audit,
 };
+pub use crate::jobs::{ExecutionUpdate, ExecutionUpdated, TargetPreview};
 pub use crate::mqtt::{
     MqttMessage, MqttOp, MqttQueued, MqttSession, MqttSnapshot, MqttSubscription,
 };
@@ -670,4 +673,157 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Audit records with `seq > after`, oldest first.
     async fn audit_records(&self, after: u64, limit: NonZeroU32) -> StoreResult<Vec<AuditRecord>>;
+
+    // ---- jobs ----
+    //
+    // Fleet jobs (see `domain::job` and the `jobs` module): a job row with its spec, state and
+    // per-state execution counters, and one execution row per targeted device. Operator changes
+    // (`create_job`, `set_job_state`) are audited as `job.create|pause|resume|cancel|abort` on
+    // `job/<id>`; execution progress is observed state (like presence) and appends no record,
+    // except when an abort criterion aborts the job (`job.abort` by `system`, with the criterion).
+    //
+    // Counters are kept exact in the transaction of every change (`JobCounters::transition`), so
+    // reading a job never scans its executions. Targets resolve as the `jobs` module documents:
+    // devices in service only, by one function per backend shared with the dry run.
+    //
+    // Retries are decided inside the store, with the spec's policy (`store::jobs::
+    // plan_execution_update`): a `failed` or `timed_out` outcome that may be retried is stored as
+    // `queued` with the next attempt and a `not_before` back-off, never as a failure.
+    //
+    // Canceling or aborting a job cancels its queued executions; executions in progress are left
+    // to finish (their device may be mid-way) and their outcomes are still recorded, or they time
+    // out.
+
+    /// Creates a job, `in_progress`, and in the same transaction resolves its target and inserts
+    /// one `queued` execution (attempt 1, `not_before` = the mutation's time) per device, with one
+    /// set-based statement. A snapshot job whose target is empty is `completed` at once. Audited as
+    /// `job.create` with the summary, the stored spec and the execution count.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] (kind `job`); [`StoreError::NotFound`] (kind `group` or
+    /// `device`) for an unknown group or listed device; nothing is written then.
+    async fn create_job(&self, spec: &JobSpec, m: &Mutation) -> StoreResult<Job>;
+
+    /// Reads one job: its row only (the counters are on it), never its executions.
+    async fn job(&self, id: &JobId) -> StoreResult<Option<Job>>;
+
+    /// One page of jobs ordered by id after the cursor, only those in `state` when given.
+    async fn list_jobs(
+        &self,
+        state: Option<JobState>,
+        after: Option<&JobId>,
+        limit: NonZeroU32,
+    ) -> StoreResult<Page<Job>>;
+
+    /// One page of a job's executions ordered by device id after the cursor, only those in `state`
+    /// when given.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (kind `job`).
+    async fn job_executions(
+        &self,
+        job: &JobId,
+        state: Option<ExecutionState>,
+        after: Option<&DeviceId>,
+        limit: NonZeroU32,
+    ) -> StoreResult<Page<JobExecution>>;
+
+    /// What a device sees: its executions (only queued and in-progress ones when `pending_only`),
+    /// oldest job first, at most [`MAX_PAGE_SIZE`].
+    async fn device_job_executions(
+        &self,
+        device: &DeviceId,
+        pending_only: bool,
+    ) -> StoreResult<Vec<JobExecution>>;
+
+    /// Starts up to `max` queued executions of a running job whose `not_before` has come, in
+    /// device id order, within what the rollout allows now (`Rollout::allowance`, recorded in
+    /// the job's rollout window): each goes `in_progress` with `started_at = now` and its timeout.
+    /// Returns them; none for a job that is not `in_progress`. Counters and window are updated in
+    /// the same transaction.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (kind `job`).
+    async fn start_next_executions(
+        &self,
+        job: &JobId,
+        max: u32,
+        now: Timestamp,
+    ) -> StoreResult<Vec<JobExecution>>;
+
+    /// Applies a device's (or the scheduler's) report to one execution at `now`, as
+    /// `store::jobs::plan_execution_update` describes (version check, transition check, retry,
+    /// counters), then aborts the job when an abort criterion is met (its queued executions are
+    /// canceled) and completes a snapshot job whose last execution ended.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (kind `job` or `job execution`), [`StoreError::VersionMismatch`],
+    /// [`StoreError::Conflict`] for a move the state machine does not allow.
+    async fn update_execution(
+        &self,
+        job: &JobId,
+        device: &DeviceId,
+        update: &ExecutionUpdate,
+        now: Timestamp,
+    ) -> StoreResult<ExecutionUpdated>;
+
+    /// Times out up to `limit` executions whose in-progress timeout is at or before `now` (each as
+    /// [`Store::update_execution`] to `timed_out` would, retries included), in one transaction;
+    /// returns them as stored.
+    async fn time_out_executions(
+        &self,
+        now: Timestamp,
+        limit: NonZeroU32,
+    ) -> StoreResult<Vec<JobExecution>>;
+
+    /// An operator's action on a job (`JobState::apply`): pause, resume, cancel or abort. Cancel
+    /// and abort cancel the queued executions. An action that changes nothing (pausing a paused
+    /// job) writes nothing; otherwise the version goes up and `job.<action>` is audited.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (kind `job`), [`StoreError::Conflict`] for an action the job's
+    /// state does not allow.
+    async fn set_job_state(&self, id: &JobId, action: JobAction, m: &Mutation) -> StoreResult<Job>;
+
+    /// For a device that may have joined targets (created, tagged, added to a group): creates a
+    /// `queued` execution for every continuous job that is running or paused, whose target now
+    /// includes the device and that has none for it yet. Returns the new executions. Continuous
+    /// active jobs are found through a partial index; each costs one primary-key probe of the
+    /// device against the job's target condition. Not audited (a consequence of another change).
+    async fn add_job_executions_for(
+        &self,
+        device: &DeviceId,
+        now: Timestamp,
+    ) -> StoreResult<Vec<JobExecution>>;
+
+    /// For a device that may have left targets (deleted, decommissioned, retired, untagged, removed
+    /// from a group): marks `removed` its queued and in-progress executions when it no longer
+    /// exists or is no longer in service, and its queued executions of continuous jobs whose
+    /// target no longer includes it. Snapshot jobs keep a device that is still in service. Returns
+    /// the removed executions; jobs complete as their last execution ends. Not audited.
+    async fn remove_job_executions_for(
+        &self,
+        device: &DeviceId,
+        now: Timestamp,
+    ) -> StoreResult<Vec<JobExecution>>;
+
+    /// A dry run of `target` (see [`TargetPreview`]) through the same resolution as
+    /// [`Store::create_job`], in one read snapshot, writing nothing. `sample` ids at most
+    /// (capped at `store::jobs::MAX_PREVIEW_SAMPLE`).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] as [`Store::create_job`].
+    async fn preview_target(&self, target: &JobTarget, sample: u32) -> StoreResult<TargetPreview>;
+
+    /// One page of the devices `target` resolves to, in id order after the cursor: the full set a
+    /// job on it would get executions for.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] as [`Store::create_job`].
+    async fn target_device_ids(
+        &self,
+        target: &JobTarget,
+        after: Option<&DeviceId>,
+        limit: NonZeroU32,
+    ) -> StoreResult<Page<DeviceId>>;
 }

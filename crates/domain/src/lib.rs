@@ -17,11 +17,14 @@
 //!   a group's one-time passwords, stored as hashes.
 //! - [`ReplacementPlan`] is what replacing a device (RMA) does to the two devices' registry
 //!   entries, with the rules it checks ([`ReplacementError`]); [`Replacement`] is its outcome.
+//! - [`Command`] is a direct command to one device (RPC) with its delivery window and result;
+//!   [`CommandState::check_transition`] holds its state rules.
 //! - [`Mutation`] says who changes something and when; every write to the store carries one.
 
 pub mod agent;
 pub mod audit;
 pub mod certificate;
+pub mod command;
 pub mod credential;
 pub mod device;
 pub mod enrollment;
@@ -35,6 +38,10 @@ pub mod token;
 pub use agent::{AgentPayload, AgentPayloadError, AgentReport, AgentReportUpdate};
 pub use audit::{AuditRecord, NewAuditRecord};
 pub use certificate::{CertificateSerial, DeviceCertificate, NewDeviceCertificate};
+pub use command::{
+    Command, CommandError, CommandId, CommandName, CommandOutcome, CommandState, IdempotencyKey,
+    IllegalCommandTransition, NewCommand,
+};
 pub use credential::{
     AccessChangeReason, CredentialId, DeviceAccessChange, DeviceCredential, DeviceNotice,
     NewDeviceCredential,

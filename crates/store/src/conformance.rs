@@ -25,6 +25,7 @@
 //!   `audit_summary()` of the resource; actions are `device.create|update|delete`,
 //!   `group.create|update|delete`, `group.members.add|remove`, `token.create|revoke`,
 //!   `device.credential.create|revoke`, `device.certificate.create|revoke`,
+//!   `device.command.create|cancel` (on the device; never the payload or result),
 //!   `enrollment_group.create|update|delete|derive_key|claim_codes.create` on
 //!   `enrollment_group/<name>`, `device.register` and `enrollment.register.refused` (an import writes
 //!   `device.create`/`device.update` per device; a replacement writes the records of each change it
@@ -50,6 +51,7 @@
 #![expect(clippy::unwrap_used, reason = "test code: an unexpected error fails the case")]
 
 mod certificates;
+mod commands;
 mod enrollment;
 mod mqtt;
 mod replacement;
@@ -67,6 +69,7 @@ use domain::{
 use serde_json::{Value, json};
 
 pub use crate::conformance::certificates::*;
+pub use crate::conformance::commands::*;
 pub use crate::conformance::enrollment::*;
 pub use crate::conformance::mqtt::*;
 pub use crate::conformance::replacement::*;
@@ -162,6 +165,11 @@ macro_rules! conformance_tests {
             mqtt_retained_put_overwrite_delete,
             mqtt_ops_are_idempotent_and_ignore_unknown_sessions,
             mqtt_failed_batch_applies_nothing,
+            create_read_and_list_commands,
+            create_command_is_idempotent,
+            command_transitions,
+            pending_and_expired_commands,
+            prune_and_cascade_commands,
         );
     };
     (@cases ($factory:expr) $($case:ident),+ $(,)?) => {

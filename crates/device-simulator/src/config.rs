@@ -62,8 +62,8 @@ pub struct SimConfig {
     pub register_concurrency: usize,
     /// Percentage of command answers that are `failed` (the rest `succeeded`): answer `k` of the
     /// device with global index `i` fails when `profile::selected(i, pct, salt(seed, k))` holds,
-    /// so a seeded run fails the same answers, and the first answers of a fleet fail for exactly
-    /// that share of devices.
+    /// so a seeded run fails the same answers, and the first answers of a fleet fail for close to
+    /// that share of devices (a low-discrepancy sequence, not independent draws).
     pub command_failure_pct: f64,
     /// How long a device takes to answer a command.
     pub command_delay: Duration,

@@ -114,13 +114,23 @@ impl Answer {
     /// Done, with an optional result (`null` is sent as no result).
     #[must_use]
     pub fn succeeded(result: Value) -> Self {
-        Self { status: "succeeded", result: (!result.is_null()).then_some(result), code: None, message: None }
+        Self {
+            status: "succeeded",
+            result: (!result.is_null()).then_some(result),
+            code: None,
+            message: None,
+        }
     }
 
     /// Tried and went wrong.
     #[must_use]
     pub fn failed(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { status: "failed", result: None, code: Some(code.into()), message: Some(message.into()) }
+        Self {
+            status: "failed",
+            result: None,
+            code: Some(code.into()),
+            message: Some(message.into()),
+        }
     }
 
     /// Not carried out (unknown name, bad payload, not now).
@@ -258,7 +268,8 @@ pub async fn answer_command(
     command_id: &str,
     answer: &Answer,
 ) -> Result<(), Stopped> {
-    let channel = Channel::subtopic(format!("commands/{command_id}/result")).map_err(|_| Stopped)?;
+    let channel =
+        Channel::subtopic(format!("commands/{command_id}/result")).map_err(|_| Stopped)?;
     handle.publish(channel, answer.to_payload()).await
 }
 
@@ -288,15 +299,19 @@ mod tests {
         assert_eq!(c.timeout_secs, 5);
         assert!(DeviceCommand::parse(&incoming("devices/d/identity/rotate", "{}")).is_none());
         assert!(DeviceCommand::parse(&incoming("devices/d/commands/cmd_1/result", "{}")).is_none());
-        assert!(DeviceCommand::parse(&incoming("devices/d/commands/cmd_2", "nope")).unwrap().is_err());
+        assert!(
+            DeviceCommand::parse(&incoming("devices/d/commands/cmd_2", "nope")).unwrap().is_err()
+        );
     }
 
     #[test]
     fn answers_serialize() {
-        let a: Value = serde_json::from_slice(&Answer::succeeded(json!({"x": 1})).to_payload()).unwrap();
+        let a: Value =
+            serde_json::from_slice(&Answer::succeeded(json!({"x": 1})).to_payload()).unwrap();
         assert_eq!(a, json!({"status": "succeeded", "result": {"x": 1}}));
         let a: Value =
-            serde_json::from_slice(&Answer::rejected("unknown_command", "no").to_payload()).unwrap();
+            serde_json::from_slice(&Answer::rejected("unknown_command", "no").to_payload())
+                .unwrap();
         assert_eq!(a, json!({"status": "rejected", "code": "unknown_command", "message": "no"}));
     }
 }

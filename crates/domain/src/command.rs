@@ -203,7 +203,9 @@ impl CommandState {
     /// [`IllegalCommandTransition`] for any other change, staying in the same state included.
     pub fn check_transition(self, to: Self) -> Result<(), IllegalCommandTransition> {
         let ok = match self {
-            Self::Queued => to.is_answer() || matches!(to, Self::Delivered | Self::Expired | Self::Canceled),
+            Self::Queued => {
+                to.is_answer() || matches!(to, Self::Delivered | Self::Expired | Self::Canceled)
+            }
             Self::Delivered => to.is_answer() || matches!(to, Self::TimedOut | Self::Canceled),
             _ => false,
         };
@@ -343,7 +345,11 @@ impl NewCommand {
 }
 
 /// The last instant a queued command may be delivered (see [`Command::deliver_by`]).
-pub fn deliver_by(created_at: Timestamp, expires_at: Option<Timestamp>, timeout_secs: u32) -> Timestamp {
+pub fn deliver_by(
+    created_at: Timestamp,
+    expires_at: Option<Timestamp>,
+    timeout_secs: u32,
+) -> Timestamp {
     expires_at.unwrap_or_else(|| add_secs(created_at, timeout_secs))
 }
 
@@ -356,7 +362,11 @@ pub fn add_secs(at: Timestamp, secs: u32) -> Timestamp {
 ///
 /// # Errors
 /// [`InvalidInput`] for `field` when it is longer.
-pub fn check_json_size(field: &'static str, value: &Value, max_bytes: usize) -> Result<(), InvalidInput> {
+pub fn check_json_size(
+    field: &'static str,
+    value: &Value,
+    max_bytes: usize,
+) -> Result<(), InvalidInput> {
     let len = serde_json::to_vec(value).map_or(usize::MAX, |v| v.len());
     if len > max_bytes {
         return Err(InvalidInput::new(

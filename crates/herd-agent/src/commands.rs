@@ -77,7 +77,10 @@ pub fn handlers(file: BTreeMap<String, HandlerFile>) -> anyhow::Result<Handlers>
             );
             let timeout = h.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
             ensure!(timeout > 0, "commands.{name}.timeout_secs must be at least 1");
-            Ok((name, Handler { program: h.program, args: h.args, timeout: Duration::from_secs(timeout) }))
+            Ok((
+                name,
+                Handler { program: h.program, args: h.args, timeout: Duration::from_secs(timeout) },
+            ))
         })
         .collect()
 }
@@ -151,7 +154,10 @@ async fn run(handler: &Handler, command: &DeviceCommand) -> Answer {
         Err(e) => return Answer::failed("cannot_start", format!("waiting for the handler: {e}")),
     };
     if out.len() > MAX_OUTPUT_BYTES {
-        return Answer::failed("result_too_large", format!("the output is larger than {MAX_OUTPUT_BYTES} bytes"));
+        return Answer::failed(
+            "result_too_large",
+            format!("the output is larger than {MAX_OUTPUT_BYTES} bytes"),
+        );
     }
     if status.success() {
         let text = String::from_utf8_lossy(&out);
@@ -191,13 +197,21 @@ mod tests {
     #[tokio::test]
     async fn ping_echoes_and_unknown_names_are_rejected() {
         let none = Handlers::new();
-        assert_eq!(execute(&none, &command("ping", json!({"a": 1}))).await, Answer::succeeded(json!({"a": 1})));
+        assert_eq!(
+            execute(&none, &command("ping", json!({"a": 1}))).await,
+            Answer::succeeded(json!({"a": 1}))
+        );
         let answer = execute(&none, &command("reboot", Value::Null)).await;
         assert_eq!((answer.status, answer.code.as_deref()), ("rejected", Some("unknown_command")));
     }
 
     /// A handler running `script` with `sh`.
-    fn script(dir: &std::path::Path, name: &str, body: &str, timeout_secs: u64) -> (String, Handler) {
+    fn script(
+        dir: &std::path::Path,
+        name: &str,
+        body: &str,
+        timeout_secs: u64,
+    ) -> (String, Handler) {
         let path = dir.join(format!("{name}.sh"));
         std::fs::write(&path, body).unwrap();
         let handler = Handler {
@@ -212,9 +226,19 @@ mod tests {
     async fn executables_answer_with_their_output_and_exit_status() {
         let dir = tempfile::tempdir().unwrap();
         let handlers = Handlers::from([
-            script(dir.path(), "echo", "printf '{\"got\":%s,\"name\":\"%s\"}' \"$(cat)\" \"$HERD_COMMAND_NAME\"", 10),
+            script(
+                dir.path(),
+                "echo",
+                "printf '{\"got\":%s,\"name\":\"%s\"}' \"$(cat)\" \"$HERD_COMMAND_NAME\"",
+                10,
+            ),
             script(dir.path(), "text", "echo plain words", 10),
-            script(dir.path(), "broken", "cat >/dev/null; echo first >&2; echo disk full >&2; exit 3", 10),
+            script(
+                dir.path(),
+                "broken",
+                "cat >/dev/null; echo first >&2; echo disk full >&2; exit 3",
+                10,
+            ),
             script(dir.path(), "slow", "sleep 30", 1),
         ]);
         let answer = execute(&handlers, &command("echo", json!({"n": 1}))).await;

@@ -512,7 +512,8 @@ pub(crate) async fn create_command(
     };
     if !command.state.is_terminal() {
         let deadline = add_secs(command.created_at, command.timeout_secs);
-        let left = u64::try_from(deadline.millis().saturating_sub(state.now().millis())).unwrap_or(0);
+        let left =
+            u64::try_from(deadline.millis().saturating_sub(state.now().millis())).unwrap_or(0);
         if let Some(ended) = wait.until(Duration::from_millis(left)).await {
             command = ended;
         } else {
@@ -530,8 +531,10 @@ async fn find_by_key(
     key: &IdempotencyKey,
     limits: &CommandLimits,
 ) -> Result<Option<Command>, ApiError> {
-    let since = state.now().millis().saturating_sub(i64::from(limits.idempotency_window_secs) * 1000);
-    let mut query = CommandQuery { state: None, before_seq: None, limit: page_limit(store::MAX_PAGE_SIZE) };
+    let since =
+        state.now().millis().saturating_sub(i64::from(limits.idempotency_window_secs) * 1000);
+    let mut query =
+        CommandQuery { state: None, before_seq: None, limit: page_limit(store::MAX_PAGE_SIZE) };
     loop {
         let page = state.store().list_commands(device, &query).await?;
         for c in &page.items {
@@ -558,7 +561,12 @@ async fn time_out(
 ) -> Result<Command, ApiError> {
     let update = state
         .store()
-        .advance_command(&command.device_id, &command.id, &store::CommandProgress::TimedOut, state.now())
+        .advance_command(
+            &command.device_id,
+            &command.id,
+            &store::CommandProgress::TimedOut,
+            state.now(),
+        )
         .await?;
     if update.changed {
         dispatcher.waiters().notify(&update.command);
@@ -567,11 +575,7 @@ async fn time_out(
 }
 
 fn accepted(command: &Command) -> Response {
-    (
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, location(command))],
-        Json(CommandDto::from(command)),
-    )
+    (StatusCode::ACCEPTED, [(header::LOCATION, location(command))], Json(CommandDto::from(command)))
         .into_response()
 }
 
@@ -673,7 +677,10 @@ pub(crate) async fn list_commands(
     }
     let page: Page<Command> = state
         .store()
-        .list_commands(&id, &CommandQuery { state: state_filter, before_seq, limit: page_limit(limit) })
+        .list_commands(
+            &id,
+            &CommandQuery { state: state_filter, before_seq, limit: page_limit(limit) },
+        )
         .await?;
     let next_cursor =
         if page.has_more { page.items.last().map(|c| encode_cursor(c.seq)) } else { None };

@@ -447,7 +447,8 @@ impl ProblemParts {
             request_id: request_id.to_owned(),
         };
         let mut value = serde_json::to_value(&body).expect("a problem always serializes");
-        if let (Some(extensions), serde_json::Value::Object(members)) = (self.extensions, &mut value)
+        if let (Some(extensions), serde_json::Value::Object(members)) =
+            (self.extensions, &mut value)
         {
             for (key, member) in *extensions {
                 members.entry(key).or_insert(member);

@@ -26,9 +26,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use domain::{
-    Command, CommandError, CommandId, CommandOutcome, CommandState, DeviceId, Timestamp,
-};
+use domain::{Command, CommandError, CommandId, CommandOutcome, CommandState, DeviceId, Timestamp};
 use http_api::{CommandDispatcher, CommandLimits, CommandWaiters, DispatchError};
 use mqtt_broker::{BrokerError, BrokerHandle, Message};
 use mqtt_codec::{QoS, TopicFilter, TopicName};
@@ -194,7 +192,9 @@ impl MqttCommands {
                 metrics::counter!("command_answers_rejected_total", "reason" => "unknown_command")
                     .increment(1);
             }
-            Err(error) => tracing::warn!(%device, command_id = %id, error = %error, "cannot record a command answer"),
+            Err(error) => {
+                tracing::warn!(%device, command_id = %id, error = %error, "cannot record a command answer")
+            }
         }
     }
 

@@ -590,8 +590,7 @@ fn validate(
     let max_payload_bytes = positive("commands.max_payload_bytes", c.max_payload_bytes, 1 << 20);
     let max_result_bytes = positive("commands.max_result_bytes", c.max_result_bytes, 1 << 20);
     let max_sync_waits = positive("commands.max_sync_waits", c.max_sync_waits, 1_000_000);
-    let sweep_interval_secs =
-        positive("commands.sweep_interval_secs", c.sweep_interval_secs, 3600);
+    let sweep_interval_secs = positive("commands.sweep_interval_secs", c.sweep_interval_secs, 3600);
     let retention_days = positive("commands.retention_days", c.retention_days, 3650);
     let idempotency_window_secs =
         positive("commands.idempotency_window_secs", c.idempotency_window_secs, 604_800);

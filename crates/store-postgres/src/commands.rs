@@ -56,7 +56,9 @@ fn from_row(row: &PgRow) -> StoreResult<Command> {
         completed_at: opt_ts("completed_at")?,
         result: result.map(json).transpose()?,
         error: match (error_code, error_message) {
-            (Some(code), message) => Some(CommandError { code, message: message.unwrap_or_default() }),
+            (Some(code), message) => {
+                Some(CommandError { code, message: message.unwrap_or_default() })
+            }
             (None, _) => None,
         },
         idempotency_key: key

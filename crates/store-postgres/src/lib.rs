@@ -45,16 +45,18 @@ use domain::{
     AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, ClaimCode, Command,
     CommandId, CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch,
     EnrollmentGroup, EnrollmentGroupName, EnrollmentGroupPatch, Group, GroupName, GroupPatch,
-    ImportRow, Mutation, NewCommand, NewDevice, NewDeviceCertificate, NewDeviceCredential, NewEnrollmentGroup,
-    NewGroup, NewToken, Presence, RegistrationRefusal, Replacement, Timestamp, TokenHash, TokenId,
+    ImportRow, Mutation, NewCommand, NewDevice, NewDeviceCertificate, NewDeviceCredential,
+    NewEnrollmentGroup, NewGroup, NewToken, Presence, RegistrationRefusal, Replacement, Timestamp,
+    TokenHash, TokenId,
 };
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 use store::{
-    CommandProgress, CommandQuery, CommandUpdate, ConnectivitySummary, CreatedCommand, DeviceLogin, DeviceQuery, ImportMode, ImportOutcome, MqttOp, MqttSnapshot,
-    NewClaimCode, Page, PresenceEvent, Registered, Registration, RegistrationRefusalRecord,
-    StateCounts, Store, StoreError, StoreResult,
+    CommandProgress, CommandQuery, CommandUpdate, ConnectivitySummary, CreatedCommand, DeviceLogin,
+    DeviceQuery, ImportMode, ImportOutcome, MqttOp, MqttSnapshot, NewClaimCode, Page,
+    PresenceEvent, Registered, Registration, RegistrationRefusalRecord, StateCounts, Store,
+    StoreError, StoreResult,
 };
 
 pub use crate::error::PostgresError;
@@ -521,7 +523,11 @@ impl Store for PostgresStore {
         commands::cancel(&self.pool, device, id, m).await
     }
 
-    async fn expire_commands(&self, now: Timestamp, limit: NonZeroU32) -> StoreResult<Vec<Command>> {
+    async fn expire_commands(
+        &self,
+        now: Timestamp,
+        limit: NonZeroU32,
+    ) -> StoreResult<Vec<Command>> {
         commands::expire(&self.pool, now, limit.get().min(store::MAX_PAGE_SIZE)).await
     }
 

@@ -57,7 +57,9 @@ fn from_row(row: &SqliteRow) -> StoreResult<Command> {
         completed_at: opt_ts("completed_at")?,
         result: result.map(json).transpose()?,
         error: match (error_code, error_message) {
-            (Some(code), message) => Some(CommandError { code, message: message.unwrap_or_default() }),
+            (Some(code), message) => {
+                Some(CommandError { code, message: message.unwrap_or_default() })
+            }
             (None, _) => None,
         },
         idempotency_key: key
@@ -317,7 +319,11 @@ pub(crate) async fn cancel(
 }
 
 /// Ends overdue commands.
-pub(crate) async fn expire(s: &SqliteStore, now: Timestamp, limit: u32) -> StoreResult<Vec<Command>> {
+pub(crate) async fn expire(
+    s: &SqliteStore,
+    now: Timestamp,
+    limit: u32,
+) -> StoreResult<Vec<Command>> {
     let mut tx = s.begin_write().await?;
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM ( \

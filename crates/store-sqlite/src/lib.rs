@@ -47,17 +47,19 @@ use domain::{
     AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, ClaimCode, Command,
     CommandId, CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch,
     EnrollmentGroup, EnrollmentGroupName, EnrollmentGroupPatch, Group, GroupName, GroupPatch,
-    ImportRow, Mutation, NewCommand, NewDevice, NewDeviceCertificate, NewDeviceCredential, NewEnrollmentGroup,
-    NewGroup, NewToken, Presence, RegistrationRefusal, Replacement, Timestamp, TokenHash, TokenId,
+    ImportRow, Mutation, NewCommand, NewDevice, NewDeviceCertificate, NewDeviceCredential,
+    NewEnrollmentGroup, NewGroup, NewToken, Presence, RegistrationRefusal, Replacement, Timestamp,
+    TokenHash, TokenId,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Sqlite, Transaction};
 use store::{
-    CommandProgress, CommandQuery, CommandUpdate, ConnectivitySummary, CreatedCommand, DeviceLogin, DeviceQuery, ImportMode, ImportOutcome, MqttOp, MqttSnapshot,
-    NewClaimCode, Page, PresenceEvent, Registered, Registration, RegistrationRefusalRecord,
-    StateCounts, Store, StoreError, StoreResult,
+    CommandProgress, CommandQuery, CommandUpdate, ConnectivitySummary, CreatedCommand, DeviceLogin,
+    DeviceQuery, ImportMode, ImportOutcome, MqttOp, MqttSnapshot, NewClaimCode, Page,
+    PresenceEvent, Registered, Registration, RegistrationRefusalRecord, StateCounts, Store,
+    StoreError, StoreResult,
 };
 
 use crate::rows::{AUDIT_COLUMNS, AuditRow, audit_from_row, db};
@@ -577,7 +579,11 @@ impl Store for SqliteStore {
         commands::cancel(self, device, id, m).await
     }
 
-    async fn expire_commands(&self, now: Timestamp, limit: NonZeroU32) -> StoreResult<Vec<Command>> {
+    async fn expire_commands(
+        &self,
+        now: Timestamp,
+        limit: NonZeroU32,
+    ) -> StoreResult<Vec<Command>> {
         commands::expire(self, now, limit.get().min(store::MAX_PAGE_SIZE)).await
     }
 

@@ -7,9 +7,9 @@
 //! The behaviour every backend must have is pinned by the conformance suite in [`conformance`]
 //! (feature `conformance`), which each backend's tests run against a fresh database.
 
+mod commands;
 #[cfg(feature = "conformance")]
 pub mod conformance;
-mod commands;
 mod enrollment;
 mod mqtt;
 
@@ -19,8 +19,7 @@ use std::num::NonZeroU32;
 use async_trait::async_trait;
 use domain::{
     AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, ClaimCode, Command,
-    CommandId,
-    CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch,
+    CommandId, CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch,
     EnrollmentGroup, EnrollmentGroupName, EnrollmentGroupPatch, Filter, Group, GroupName,
     GroupPatch, IllegalTransition, ImportRow, LifecycleState, Mutation, NewCommand, NewDevice,
     NewDeviceCertificate, NewDeviceCredential, NewEnrollmentGroup, NewGroup, NewToken, Presence,
@@ -704,8 +703,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn command(&self, device: &DeviceId, id: &CommandId) -> StoreResult<Option<Command>>;
 
     /// One page of a device's commands, newest (highest `seq`) first. Index-backed.
-    async fn list_commands(&self, device: &DeviceId, q: &CommandQuery)
-    -> StoreResult<Page<Command>>;
+    async fn list_commands(
+        &self,
+        device: &DeviceId,
+        q: &CommandQuery,
+    ) -> StoreResult<Page<Command>>;
 
     /// The commands a device should have: `queued` ones whose delivery window is still open at
     /// `now` ([`Command::deliver_by`] after `now`) and `delivered` ones, oldest (lowest `seq`)
@@ -749,7 +751,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// closed (`deliver_by` at or before `now`) become `expired`, `delivered` ones whose
     /// timeout passed become `timed_out`. Returns the changed commands, at most `limit`
     /// (call again while it returns `limit`). Index-backed; no audit record.
-    async fn expire_commands(&self, now: Timestamp, limit: NonZeroU32) -> StoreResult<Vec<Command>>;
+    async fn expire_commands(&self, now: Timestamp, limit: NonZeroU32)
+    -> StoreResult<Vec<Command>>;
 
     /// Deletes ended commands completed before `before`, at most `limit` of them; returns how
     /// many. No audit record (their creation and cancel records stay).

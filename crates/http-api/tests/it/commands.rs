@@ -64,7 +64,12 @@ impl CommandDispatcher for FakeDevices {
         if let Some(outcome) = answer {
             let update = self
                 .store()
-                .advance_command(&command.device_id, &command.id, &CommandProgress::Answered(outcome), at)
+                .advance_command(
+                    &command.device_id,
+                    &command.id,
+                    &CommandProgress::Answered(outcome),
+                    at,
+                )
                 .await?;
             self.waiters.notify(&update.command);
         }
@@ -74,7 +79,9 @@ impl CommandDispatcher for FakeDevices {
 
 async fn api_with(fake: &Arc<FakeDevices>) -> TestApi {
     let dispatcher = Arc::clone(fake) as Arc<dyn CommandDispatcher>;
-    let api = TestApi::build(http_api::ApiConfig::default(), |s| s.with_command_dispatcher(dispatcher)).await;
+    let api =
+        TestApi::build(http_api::ApiConfig::default(), |s| s.with_command_dispatcher(dispatcher))
+            .await;
     let _ = fake.store.set(Arc::clone(&api.store) as Arc<dyn Store>);
     for (id, online) in [("on-1", true), ("off-1", false)] {
         api.create_device(json!({"id": id, "state": "active"})).await;
@@ -86,7 +93,11 @@ async fn api_with(fake: &Arc<FakeDevices>) -> TestApi {
 }
 
 async fn send(api: &TestApi, device: &str, body: Value) -> crate::api::Resp {
-    api.post(&format!("/api/v1/devices/{device}/commands")).role(Role::Operator).json(&body).send().await
+    api.post(&format!("/api/v1/devices/{device}/commands"))
+        .role(Role::Operator)
+        .json(&body)
+        .send()
+        .await
 }
 
 #[tokio::test]
@@ -113,11 +124,20 @@ async fn bad_requests_are_refused_and_store_nothing() {
         let problem = send(&api, "on-1", body.clone()).await.assert_problem(status, code);
         assert_eq!(problem["code"], code, "{body}");
     }
-    send(&api, "ghost", json!({"name": "ping", "ttl_secs": 60})).await.assert_problem(404, "device_not_found");
+    send(&api, "ghost", json!({"name": "ping", "ttl_secs": 60}))
+        .await
+        .assert_problem(404, "device_not_found");
     send(&api, "ghost", json!({"name": "ping"})).await.assert_problem(404, "device_not_found");
-    let problem = send(&api, "off-1", json!({"name": "ping"})).await.assert_problem(409, "device_offline");
+    let problem =
+        send(&api, "off-1", json!({"name": "ping"})).await.assert_problem(409, "device_offline");
     assert!(problem["detail"].as_str().unwrap().contains("ttl_secs"), "{problem}");
-    let list = api.get("/api/v1/devices/off-1/commands").role(Role::Viewer).send().await.assert_status(200).json();
+    let list = api
+        .get("/api/v1/devices/off-1/commands")
+        .role(Role::Viewer)
+        .send()
+        .await
+        .assert_status(200)
+        .json();
     assert_eq!(list, json!({"items": [], "next_cursor": null}));
     assert!(fake.delivered.lock().unwrap().is_empty());
 }
@@ -126,25 +146,49 @@ async fn bad_requests_are_refused_and_store_nothing() {
 async fn an_asynchronous_command_is_delivered_or_queued() {
     let fake = FakeDevices::new(10);
     let api = api_with(&fake).await;
-    let resp = send(&api, "on-1", json!({"name": "ping", "payload": [1, 2]})).await.assert_status(202);
+    let resp =
+        send(&api, "on-1", json!({"name": "ping", "payload": [1, 2]})).await.assert_status(202);
     let c = resp.json();
     assert_eq!(c["state"], "delivered");
     assert_eq!(c["payload"], json!([1, 2]));
     assert_eq!(c["timeout_secs"], 30);
     assert_eq!(c["expires_at"], Value::Null);
     let cid = c["id"].as_str().unwrap().to_owned();
-    assert_eq!(resp.header("location"), Some(format!("/api/v1/devices/on-1/commands/{cid}").as_str()));
+    assert_eq!(
+        resp.header("location"),
+        Some(format!("/api/v1/devices/on-1/commands/{cid}").as_str())
+    );
     assert_eq!(*fake.delivered.lock().unwrap(), vec![cid.clone()]);
 
-    let queued = send(&api, "off-1", json!({"name": "ping", "ttl_secs": 60})).await.assert_status(202).json();
+    let queued = send(&api, "off-1", json!({"name": "ping", "ttl_secs": 60}))
+        .await
+        .assert_status(202)
+        .json();
     assert_eq!(queued["state"], "queued");
-    assert_eq!(queued["expires_at"], Timestamp::from_millis(api.now().millis() + 60_000).to_rfc3339());
+    assert_eq!(
+        queued["expires_at"],
+        Timestamp::from_millis(api.now().millis() + 60_000).to_rfc3339()
+    );
     assert_eq!(fake.delivered.lock().unwrap().len(), 1, "offline devices get nothing now");
 
-    let got = api.get(&format!("/api/v1/devices/on-1/commands/{cid}")).role(Role::Viewer).send().await.assert_status(200).json();
+    let got = api
+        .get(&format!("/api/v1/devices/on-1/commands/{cid}"))
+        .role(Role::Viewer)
+        .send()
+        .await
+        .assert_status(200)
+        .json();
     assert_eq!(got, c);
-    api.get(&format!("/api/v1/devices/off-1/commands/{cid}")).role(Role::Viewer).send().await.assert_problem(404, "command_not_found");
-    api.get("/api/v1/devices/on-1/commands/cmd_nope").role(Role::Viewer).send().await.assert_problem(404, "command_not_found");
+    api.get(&format!("/api/v1/devices/off-1/commands/{cid}"))
+        .role(Role::Viewer)
+        .send()
+        .await
+        .assert_problem(404, "command_not_found");
+    api.get("/api/v1/devices/on-1/commands/cmd_nope")
+        .role(Role::Viewer)
+        .send()
+        .await
+        .assert_problem(404, "command_not_found");
 }
 
 #[tokio::test]
@@ -156,7 +200,8 @@ async fn a_synchronous_command_answers_with_the_devices_result() {
         result: Some(json!({"why": "busy"})),
         error: Some(domain::CommandError { code: "busy".to_owned(), message: "later".to_owned() }),
     });
-    let c = send(&api, "on-1", json!({"name": "reboot", "wait": true})).await.assert_status(200).json();
+    let c =
+        send(&api, "on-1", json!({"name": "reboot", "wait": true})).await.assert_status(200).json();
     assert_eq!(c["state"], "rejected");
     assert_eq!(c["result"], json!({"why": "busy"}));
     assert_eq!(c["error"], json!({"code": "busy", "message": "later"}));
@@ -180,8 +225,16 @@ async fn a_synchronous_command_without_an_answer_times_out_with_408() {
 async fn synchronous_waits_are_bounded() {
     let fake = FakeDevices::new(0);
     let api = api_with(&fake).await;
-    send(&api, "on-1", json!({"name": "reboot", "wait": true})).await.assert_problem(503, "too_many_waits");
-    let list = api.get("/api/v1/devices/on-1/commands").role(Role::Viewer).send().await.assert_status(200).json();
+    send(&api, "on-1", json!({"name": "reboot", "wait": true}))
+        .await
+        .assert_problem(503, "too_many_waits");
+    let list = api
+        .get("/api/v1/devices/on-1/commands")
+        .role(Role::Viewer)
+        .send()
+        .await
+        .assert_status(200)
+        .json();
     assert_eq!(list["items"], json!([]), "nothing stored");
 }
 
@@ -190,7 +243,10 @@ async fn the_idempotency_key_header_returns_the_first_command() {
     let fake = FakeDevices::new(10);
     let api = api_with(&fake).await;
     let post = |body: Value, key: &'static str| {
-        api.post("/api/v1/devices/on-1/commands").role(Role::Operator).header("Idempotency-Key", key).json(&body)
+        api.post("/api/v1/devices/on-1/commands")
+            .role(Role::Operator)
+            .header("Idempotency-Key", key)
+            .json(&body)
     };
     let first = post(json!({"name": "ping"}), "k1").send().await.assert_status(202).json();
     assert_eq!(first["idempotency_key"], "k1");
@@ -206,25 +262,61 @@ async fn commands_list_newest_first_by_state_and_page() {
     let api = api_with(&fake).await;
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let c = send(&api, "off-1", json!({"name": "ping", "ttl_secs": 60})).await.assert_status(202).json();
+        let c = send(&api, "off-1", json!({"name": "ping", "ttl_secs": 60}))
+            .await
+            .assert_status(202)
+            .json();
         ids.push(c["id"].as_str().unwrap().to_owned());
     }
-    api.post(&format!("/api/v1/devices/off-1/commands/{}/cancel", ids[1])).role(Role::Operator).send().await.assert_status(200);
-    let page = api.get("/api/v1/devices/off-1/commands?limit=2").role(Role::Viewer).send().await.assert_status(200).json();
+    api.post(&format!("/api/v1/devices/off-1/commands/{}/cancel", ids[1]))
+        .role(Role::Operator)
+        .send()
+        .await
+        .assert_status(200);
+    let page = api
+        .get("/api/v1/devices/off-1/commands?limit=2")
+        .role(Role::Viewer)
+        .send()
+        .await
+        .assert_status(200)
+        .json();
     assert_eq!(crate::api::ids(&page), vec![ids[2].clone(), ids[1].clone()]);
     let cursor = page["next_cursor"].as_str().unwrap();
-    let page = api.get(&format!("/api/v1/devices/off-1/commands?limit=2&cursor={cursor}")).role(Role::Viewer).send().await.assert_status(200).json();
-    assert_eq!((crate::api::ids(&page), &page["next_cursor"]), (vec![ids[0].clone()], &Value::Null));
-    let page = api.get("/api/v1/devices/off-1/commands?state=queued").role(Role::Viewer).send().await.assert_status(200).json();
+    let page = api
+        .get(&format!("/api/v1/devices/off-1/commands?limit=2&cursor={cursor}"))
+        .role(Role::Viewer)
+        .send()
+        .await
+        .assert_status(200)
+        .json();
+    assert_eq!(
+        (crate::api::ids(&page), &page["next_cursor"]),
+        (vec![ids[0].clone()], &Value::Null)
+    );
+    let page = api
+        .get("/api/v1/devices/off-1/commands?state=queued")
+        .role(Role::Viewer)
+        .send()
+        .await
+        .assert_status(200)
+        .json();
     assert_eq!(crate::api::ids(&page), vec![ids[2].clone(), ids[0].clone()]);
     for (query, status, code) in [
         ("state=done", 422, "validation_failed"),
         ("cursor=zz", 400, "invalid_cursor"),
         ("sort=asc", 400, "invalid_query"),
     ] {
-        api.get(&format!("/api/v1/devices/off-1/commands?{query}")).role(Role::Viewer).send().await.assert_problem(status, code);
+        api.get(&format!("/api/v1/devices/off-1/commands?{query}"))
+            .role(Role::Viewer)
+            .send()
+            .await
+            .assert_problem(status, code);
     }
-    api.get("/api/v1/devices/ghost/commands").role(Role::Viewer).send().await.assert_problem(404, "device_not_found");
+    api.get("/api/v1/devices/ghost/commands")
+        .role(Role::Viewer)
+        .send()
+        .await
+        .assert_problem(404, "device_not_found");
 }
 
 #[tokio::test]
@@ -237,5 +329,9 @@ async fn canceling_ends_a_command_once() {
     assert_eq!(canceled["state"], "canceled");
     assert_eq!(canceled["error"]["code"], "canceled");
     api.post(&path).role(Role::Operator).send().await.assert_problem(409, "conflict");
-    api.post("/api/v1/devices/on-1/commands/cmd_00000000000000000000/cancel").role(Role::Operator).send().await.assert_problem(404, "command_not_found");
+    api.post("/api/v1/devices/on-1/commands/cmd_00000000000000000000/cancel")
+        .role(Role::Operator)
+        .send()
+        .await
+        .assert_problem(404, "command_not_found");
 }

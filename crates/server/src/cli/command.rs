@@ -115,7 +115,10 @@ pub(super) async fn command(cmd: CommandCommand) -> anyhow::Result<()> {
             if let Some(key) = &idempotency_key {
                 req = req.header(http_api::IDEMPOTENCY_KEY_HEADER, key);
             }
-            let resp = req.send().await.map_err(|e| anyhow!("request to {} failed: {e}", client.server))?;
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| anyhow!("request to {} failed: {e}", client.server))?;
             let status = resp.status();
             let bytes = resp.bytes().await.context("failed to read the server's response")?;
             let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -185,11 +188,7 @@ pub(super) async fn command(cmd: CommandCommand) -> anyhow::Result<()> {
             let http = Client::new(&client)?;
             let c = http
                 .post(
-                    &format!(
-                        "/api/v1/devices/{}/commands/{}/cancel",
-                        encode(&device),
-                        encode(&id)
-                    ),
+                    &format!("/api/v1/devices/{}/commands/{}/cancel", encode(&device), encode(&id)),
                     &Value::Object(Map::new()),
                 )
                 .await?;
@@ -229,7 +228,11 @@ fn show(client: &ClientArgs, c: &Value) -> anyhow::Result<()> {
         format!("state:     {}", str_field(c, "state")),
         format!("created:   {}", str_field(c, "created_at")),
     ];
-    for (label, key) in [("expires:   ", "expires_at"), ("delivered: ", "delivered_at"), ("completed: ", "completed_at")] {
+    for (label, key) in [
+        ("expires:   ", "expires_at"),
+        ("delivered: ", "delivered_at"),
+        ("completed: ", "completed_at"),
+    ] {
         let v = str_field(c, key);
         if !v.is_empty() {
             lines.push(format!("{label}{v}"));
@@ -239,7 +242,11 @@ fn show(client: &ClientArgs, c: &Value) -> anyhow::Result<()> {
         lines.push(format!("result:    {result}"));
     }
     if let Some(error) = c.get("error").filter(|e| !e.is_null()) {
-        lines.push(format!("error:     {} {}", str_field(error, "code"), str_field(error, "message")));
+        lines.push(format!(
+            "error:     {} {}",
+            str_field(error, "code"),
+            str_field(error, "message")
+        ));
     }
     output::write_raw(&lines.join("\n"))
 }

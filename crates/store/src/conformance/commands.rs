@@ -112,10 +112,8 @@ pub async fn create_read_and_list_commands(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(ids(&page), vec![2]);
-    let page = store
-        .list_commands(&id("d1"), &query(Some(CommandState::Queued), None, 10))
-        .await
-        .unwrap();
+    let page =
+        store.list_commands(&id("d1"), &query(Some(CommandState::Queued), None, 10)).await.unwrap();
     assert_eq!(ids(&page), vec![3, 1]);
 
     let before = last_seq(&*store).await;
@@ -295,7 +293,10 @@ pub async fn pending_and_expired_commands(store: Arc<dyn Store>) {
 
     let seq = last_seq(&*store).await;
     let swept = store.expire_commands(ts(20_000), nz(100)).await.unwrap();
-    assert_eq!(swept.iter().map(|c| (c.seq, c.state)).collect::<Vec<_>>(), vec![(1, CommandState::Expired)]);
+    assert_eq!(
+        swept.iter().map(|c| (c.seq, c.state)).collect::<Vec<_>>(),
+        vec![(1, CommandState::Expired)]
+    );
     assert_eq!(swept[0].id, c1.id);
     assert_eq!(swept[0].completed_at, Some(ts(20_000)));
     let swept = store.expire_commands(ts(100_000), nz(100)).await.unwrap();

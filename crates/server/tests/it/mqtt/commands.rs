@@ -29,7 +29,12 @@ async fn send(server: &TestServer, id: &str, body: &Value, key: Option<&str>) ->
 }
 
 /// Polls a command until `done` holds for its JSON.
-async fn command_until(server: &TestServer, id: &str, cid: &str, done: impl Fn(&Value) -> bool) -> Value {
+async fn command_until(
+    server: &TestServer,
+    id: &str,
+    cid: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let (status, body) = server.get(&format!("/api/v1/devices/{id}/commands/{cid}")).await;
@@ -66,7 +71,10 @@ async fn subscribe(probe: &mut Probe, filter: &str) {
             properties: Properties::default(),
             subscriptions: vec![Subscription {
                 filter: TopicFilter::new(filter).expect("valid filter"),
-                options: SubscriptionOptions { qos: QoS::AtLeastOnce, ..SubscriptionOptions::default() },
+                options: SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..SubscriptionOptions::default()
+                },
             }],
         }))
         .await;
@@ -119,7 +127,8 @@ async fn a_synchronous_command_returns_the_devices_result() {
     let server = TestServer::start().await;
     let mut device = online_device(&server, V311, "cmd-sync").await;
     let request = {
-        let (url, token) = (server.url("/api/v1/devices/cmd-sync/commands"), server.admin_token.clone());
+        let (url, token) =
+            (server.url("/api/v1/devices/cmd-sync/commands"), server.admin_token.clone());
         tokio::spawn(async move {
             let r = reqwest::Client::new()
                 .post(url)
@@ -158,7 +167,8 @@ async fn a_device_error_is_a_failed_command() {
     let server = TestServer::start().await;
     let mut device = online_device(&server, V311, "cmd-fail").await;
     let request = {
-        let (url, token) = (server.url("/api/v1/devices/cmd-fail/commands"), server.admin_token.clone());
+        let (url, token) =
+            (server.url("/api/v1/devices/cmd-fail/commands"), server.admin_token.clone());
         tokio::spawn(async move {
             let r = reqwest::Client::new()
                 .post(url)
@@ -208,7 +218,8 @@ async fn an_unanswered_synchronous_command_times_out_with_408() {
         .await;
     // A later command round-trips, so the late answer was handled before it.
     let request = {
-        let (url, token) = (server.url("/api/v1/devices/cmd-slow/commands"), server.admin_token.clone());
+        let (url, token) =
+            (server.url("/api/v1/devices/cmd-slow/commands"), server.admin_token.clone());
         tokio::spawn(async move {
             reqwest::Client::new()
                 .post(url)
@@ -238,7 +249,8 @@ async fn mqtt5_devices_get_a_response_topic_and_correlation_data() {
     let server = TestServer::start().await;
     let mut device = online_device(&server, V5, "cmd-v5").await;
     let request = {
-        let (url, token) = (server.url("/api/v1/devices/cmd-v5/commands"), server.admin_token.clone());
+        let (url, token) =
+            (server.url("/api/v1/devices/cmd-v5/commands"), server.admin_token.clone());
         tokio::spawn(async move {
             let r = reqwest::Client::new()
                 .post(url)
@@ -257,7 +269,10 @@ async fn mqtt5_devices_get_a_response_topic_and_correlation_data() {
     assert_eq!(response_topic.as_str(), format!("devices/cmd-v5/commands/{cid}/result"));
     assert_eq!(publish.properties.correlation_data.as_deref(), Some(cid.as_bytes()));
     device
-        .publish(response_topic.as_str(), &json!({"status": "rejected", "message": "busy"}).to_string())
+        .publish(
+            response_topic.as_str(),
+            &json!({"status": "rejected", "message": "busy"}).to_string(),
+        )
         .await;
     let (status, body) = request.await.unwrap();
     assert_eq!(status, 200, "{body}");
@@ -350,7 +365,13 @@ async fn an_idempotency_key_returns_the_same_command() {
     let (status, conflict) = send(&server, "cmd-idem", &other, Some("op-42")).await;
     assert_eq!((status, conflict["code"].as_str()), (409, Some("conflict")), "{conflict}");
     // Even an offline retry without a window finds the first command.
-    let (status, retry) = send(&server, "cmd-idem", &json!({"name": "reboot", "payload": {"delay": 5}}), Some("op-42")).await;
+    let (status, retry) = send(
+        &server,
+        "cmd-idem",
+        &json!({"name": "reboot", "payload": {"delay": 5}}),
+        Some("op-42"),
+    )
+    .await;
     assert_eq!((status, &retry["id"]), (202, &first["id"]), "{retry}");
     let (_, list) = server.get("/api/v1/devices/cmd-idem/commands").await;
     assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
@@ -387,7 +408,10 @@ async fn a_queued_command_can_be_canceled_once() {
 /// Runs `herd` with the server's URL and admin token, off the async workers.
 async fn herd_cli(server: &TestServer, args: &[&str]) -> std::process::Output {
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let env = [("HERD_URL".to_owned(), server.base_url.clone()), ("HERD_TOKEN".to_owned(), server.admin_token.clone())];
+    let env = [
+        ("HERD_URL".to_owned(), server.base_url.clone()),
+        ("HERD_TOKEN".to_owned(), server.admin_token.clone()),
+    ];
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -411,7 +435,20 @@ async fn the_cli_sends_lists_gets_and_cancels_commands() {
     let arg = format!("@{}", file.display());
     let out = herd_cli(
         &server,
-        &["command", "send", "cmd-cli", "reboot", "--payload", &arg, "--ttl", "600", "--idempotency-key", "k", "-o", "json"],
+        &[
+            "command",
+            "send",
+            "cmd-cli",
+            "reboot",
+            "--payload",
+            &arg,
+            "--ttl",
+            "600",
+            "--idempotency-key",
+            "k",
+            "-o",
+            "json",
+        ],
     )
     .await;
     assert!(out.status.success(), "{}", crate::stderr(&out));
@@ -456,5 +493,9 @@ async fn the_cli_waits_and_fails_on_a_failed_command() {
     let out = cli.await.unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(crate::stdout(&out).contains("state:     failed"), "{}", crate::stdout(&out));
-    assert!(crate::stderr(&out).contains("ended failed: sensor no reading"), "{}", crate::stderr(&out));
+    assert!(
+        crate::stderr(&out).contains("ended failed: sensor no reading"),
+        "{}",
+        crate::stderr(&out)
+    );
 }

@@ -50,17 +50,22 @@ impl CommandDispatcher for FakeDevices {
     }
 
     async fn is_online(&self, device: &DeviceId) -> Result<bool, DispatchError> {
-        Ok(self.online.lock().unwrap().iter().any(|d| d == device.as_str()))
+        Ok(self
+            .online
+            .lock()
+            .expect("a test mutex is never poisoned")
+            .iter()
+            .any(|d| d == device.as_str()))
     }
 
     async fn deliver(&self, command: &Command) -> Result<Command, DispatchError> {
-        self.delivered.lock().unwrap().push(command.id.to_string());
+        self.delivered.lock().expect("a test mutex is never poisoned").push(command.id.to_string());
         let at = Timestamp::from_millis(command.created_at.millis() + 1);
         let update = self
             .store()
             .advance_command(&command.device_id, &command.id, &CommandProgress::Delivered, at)
             .await?;
-        let answer = self.answer.lock().unwrap().clone();
+        let answer = self.answer.lock().expect("a test mutex is never poisoned").clone();
         if let Some(outcome) = answer {
             let update = self
                 .store()
@@ -86,7 +91,7 @@ async fn api_with(fake: &Arc<FakeDevices>) -> TestApi {
     for (id, online) in [("on-1", true), ("off-1", false)] {
         api.create_device(json!({"id": id, "state": "active"})).await;
         if online {
-            fake.online.lock().unwrap().push(id.to_owned());
+            fake.online.lock().expect("a test mutex is never poisoned").push(id.to_owned());
         }
     }
     api
@@ -139,7 +144,7 @@ async fn bad_requests_are_refused_and_store_nothing() {
         .assert_status(200)
         .json();
     assert_eq!(list, json!({"items": [], "next_cursor": null}));
-    assert!(fake.delivered.lock().unwrap().is_empty());
+    assert!(fake.delivered.lock().expect("a test mutex is never poisoned").is_empty());
 }
 
 #[tokio::test]
@@ -158,7 +163,7 @@ async fn an_asynchronous_command_is_delivered_or_queued() {
         resp.header("location"),
         Some(format!("/api/v1/devices/on-1/commands/{cid}").as_str())
     );
-    assert_eq!(*fake.delivered.lock().unwrap(), vec![cid.clone()]);
+    assert_eq!(*fake.delivered.lock().expect("a test mutex is never poisoned"), vec![cid.clone()]);
 
     let queued = send(&api, "off-1", json!({"name": "ping", "ttl_secs": 60}))
         .await
@@ -169,7 +174,11 @@ async fn an_asynchronous_command_is_delivered_or_queued() {
         queued["expires_at"],
         Timestamp::from_millis(api.now().millis() + 60_000).to_rfc3339()
     );
-    assert_eq!(fake.delivered.lock().unwrap().len(), 1, "offline devices get nothing now");
+    assert_eq!(
+        fake.delivered.lock().expect("a test mutex is never poisoned").len(),
+        1,
+        "offline devices get nothing now"
+    );
 
     let got = api
         .get(&format!("/api/v1/devices/on-1/commands/{cid}"))
@@ -195,7 +204,7 @@ async fn an_asynchronous_command_is_delivered_or_queued() {
 async fn a_synchronous_command_answers_with_the_devices_result() {
     let fake = FakeDevices::new(10);
     let api = api_with(&fake).await;
-    *fake.answer.lock().unwrap() = Some(CommandOutcome {
+    *fake.answer.lock().expect("a test mutex is never poisoned") = Some(CommandOutcome {
         state: CommandState::Rejected,
         result: Some(json!({"why": "busy"})),
         error: Some(domain::CommandError { code: "busy".to_owned(), message: "later".to_owned() }),
@@ -253,7 +262,11 @@ async fn the_idempotency_key_header_returns_the_first_command() {
     let again = post(json!({"name": "ping"}), "k1").send().await.assert_status(202).json();
     assert_eq!(again["id"], first["id"]);
     post(json!({"name": "pong"}), "k1").send().await.assert_problem(409, "conflict");
-    assert_eq!(fake.delivered.lock().unwrap().len(), 1, "a retry is not delivered again");
+    assert_eq!(
+        fake.delivered.lock().expect("a test mutex is never poisoned").len(),
+        1,
+        "a retry is not delivered again"
+    );
 }
 
 #[tokio::test]

@@ -23,7 +23,7 @@ async fn send(server: &TestServer, id: &str, body: &Value, key: Option<&str>) ->
     if let Some(key) = key {
         req = req.header("Idempotency-Key", key);
     }
-    let r = req.send().await.unwrap();
+    let r = req.send().await.expect("the server answers");
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }
@@ -418,7 +418,7 @@ async fn herd_cli(server: &TestServer, args: &[&str]) -> std::process::Output {
         crate::herd(&args, &env)
     })
     .await
-    .unwrap()
+    .expect("herd ran")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -498,4 +498,68 @@ async fn the_cli_waits_and_fails_on_a_failed_command() {
         "{}",
         crate::stderr(&out)
     );
+}
+
+/// The next command the SDK hands out.
+async fn next_sdk_command(
+    commands: &mut device_agent::commands::Commands,
+) -> device_agent::commands::DeviceCommand {
+    use device_agent::commands::Received;
+    match tokio::time::timeout(WAIT, commands.next()).await.expect("a command in time") {
+        Some(Received::Command(c)) => c,
+        Some(other) => panic!("unexpected {other:?}"),
+        None => panic!("the device stopped"),
+    }
+}
+
+#[tokio::test]
+async fn the_sdk_receives_queued_and_live_commands_and_answers() {
+    use device_agent::commands::{Answer, COMMANDS_SUBSCRIPTION, Commands};
+
+    let server = TestServer::start().await;
+    let token = active_device(&server, "cmd-sdk").await;
+    let (_, queued) =
+        send(&server, "cmd-sdk", &json!({"name": "ping", "payload": 1, "ttl_secs": 600}), None)
+            .await;
+    let mut config = device_agent::DeviceConfig::new(
+        server.mqtt_addr.ip().to_string(),
+        server.mqtt_addr.port(),
+        "cmd-sdk",
+        &token,
+    );
+    config.subscriptions.push(COMMANDS_SUBSCRIPTION.to_owned());
+    let (handle, inbox, _task) =
+        device_agent::Device::spawn_with_inbox(config, std::num::NonZeroUsize::new(16).unwrap())
+            .unwrap();
+    let mut commands = Commands::new(handle.clone(), inbox);
+    let first = next_sdk_command(&mut commands).await;
+    assert_eq!(first.id, queued["id"].as_str().unwrap());
+    assert_eq!((first.name.as_str(), &first.payload), ("ping", &json!(1)));
+    commands.answer(&first, &Answer::succeeded(json!(2))).await.unwrap();
+    command_until(&server, "cmd-sdk", &first.id, |c| c["state"] == "succeeded" && c["result"] == 2)
+        .await;
+
+    // A live, synchronous one.
+    server.device_until("cmd-sdk", |d| d["connectivity"]["connected"] == true).await;
+    let request = {
+        let (url, token) =
+            (server.url("/api/v1/devices/cmd-sdk/commands"), server.admin_token.clone());
+        tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"name": "selftest", "wait": true}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        })
+    };
+    let live = next_sdk_command(&mut commands).await;
+    assert_eq!(live.name, "selftest");
+    commands.answer(&live, &Answer::failed("sensor", "no reading")).await.unwrap();
+    let (status, body) = request.await.unwrap();
+    assert_eq!((status, body["state"].as_str()), (200, Some("failed")), "{body}");
+    assert_eq!(body["error"], json!({"code": "sensor", "message": "no reading"}));
+    handle.shutdown().await.ok();
 }

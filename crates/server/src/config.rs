@@ -1234,6 +1234,47 @@ mod tests {
     }
 
     #[test]
+    fn command_limits_have_defaults_and_are_checked() {
+        let c = load(&Sources::default()).unwrap();
+        assert_eq!(c.commands.limits, http_api::CommandLimits::default());
+        assert_eq!(c.commands.max_sync_waits, 1000);
+        assert_eq!(c.commands.sweep_interval, Duration::from_secs(1));
+        assert_eq!(c.commands.retention, Duration::from_secs(30 * 86_400));
+        let sources = Sources {
+            env: env(&[
+                ("HERD_COMMANDS__MAX_TIMEOUT_SECS", "10"),
+                ("HERD_COMMANDS__MAX_TTL_SECS", "0"),
+                ("HERD_COMMANDS__MAX_SYNC_WAITS", "5"),
+            ]),
+            ..Sources::default()
+        };
+        // The default timeout (30) is above the new maximum.
+        let err = load(&sources).unwrap_err().to_string();
+        assert!(err.contains("commands.default_timeout_secs must be between 1 and 10"), "{err}");
+        let sources = Sources {
+            env: env(&[
+                ("HERD_COMMANDS__DEFAULT_TIMEOUT_SECS", "5"),
+                ("HERD_COMMANDS__MAX_TIMEOUT_SECS", "10"),
+                ("HERD_COMMANDS__MAX_TTL_SECS", "0"),
+                ("HERD_COMMANDS__SWEEP_INTERVAL_SECS", "0"),
+                ("HERD_COMMANDS__RETENTION_DAYS", "4000"),
+            ]),
+            ..Sources::default()
+        };
+        let err = load(&sources).unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        let sources = Sources {
+            env: env(&[
+                ("HERD_COMMANDS__MAX_TTL_SECS", "0"),
+                ("HERD_COMMANDS__MAX_SYNC_WAITS", "5"),
+            ]),
+            ..Sources::default()
+        };
+        let c = load(&sources).unwrap();
+        assert_eq!((c.commands.limits.max_ttl_secs, c.commands.max_sync_waits), (0, 5));
+    }
+
+    #[test]
     fn mqtt_is_off_by_default_and_configurable() {
         let c = load(&Sources::default()).unwrap();
         assert_eq!(c.mqtt.listen, None);

@@ -24,6 +24,9 @@
 //!   `devices/{id}/`, such as `commands/#`) and hands what arrives to an [`Inbox`]: the hook through
 //!   which twins, commands, jobs and OTA updates reach the device.
 //!
+//! [`commands`] receives direct commands from that inbox, asks for the pending ones after each
+//! connection, skips repeats and answers them.
+//!
 //! A device Herd has never seen gets its credential first through [`provisioning`] (zero-touch:
 //! an enrollment group, a derived key or a claim code, over HTTPS).
 //!
@@ -49,6 +52,7 @@
 
 mod agent;
 mod backoff;
+pub mod commands;
 mod config;
 mod device;
 mod error;

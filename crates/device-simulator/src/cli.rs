@@ -73,6 +73,13 @@ pub struct Cli {
     /// Percentage of devices that drop offline once, between a quarter and a half of the run.
     #[arg(long, default_value_t = 0.0, value_name = "PERCENT")]
     pub offline_percent: f64,
+    /// Percentage of command answers that are `failed` instead of `succeeded` (seeded,
+    /// deterministic: see --seed).
+    #[arg(long, default_value_t = 0.0, value_name = "PERCENT")]
+    pub command_failure_pct: f64,
+    /// Milliseconds a device takes to answer a command.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub command_delay_ms: u64,
     /// Seconds a device that drops offline stays away (default: until the end of the run).
     #[arg(long, value_name = "SECS")]
     pub offline_secs: Option<f64>,
@@ -224,6 +231,8 @@ impl Cli {
         config.provision = !self.child;
         config.zero_touch = if self.child { None } else { self.zero_touch.clone() };
         config.register_concurrency = self.register_concurrency;
+        config.command_failure_pct = self.command_failure_pct;
+        config.command_delay = Duration::from_millis(self.command_delay_ms);
         Ok(config)
     }
 }
@@ -264,6 +273,8 @@ pub fn child_args(config: &SimConfig, shard: Shard, credentials: &Path, seed: u6
         format!("--seed={seed}"),
         format!("--credentials-file={}", credentials.display()),
         format!("--register-concurrency={}", config.register_concurrency),
+        format!("--command-failure-pct={}", config.command_failure_pct),
+        format!("--command-delay-ms={}", config.command_delay.as_millis()),
     ];
     if let Some(offline_for) = p.offline_for {
         args.push(format!("--offline-secs={}", secs(offline_for)));

@@ -60,6 +60,13 @@ pub struct SimConfig {
     pub zero_touch: Option<String>,
     /// Registrations in flight at once in a zero-touch run.
     pub register_concurrency: usize,
+    /// Percentage of command answers that are `failed` (the rest `succeeded`): answer `k` of the
+    /// device with global index `i` fails when `profile::selected(i, pct, salt(seed, k))` holds,
+    /// so a seeded run fails the same answers, and the first answers of a fleet fail for close to
+    /// that share of devices (a low-discrepancy sequence, not independent draws).
+    pub command_failure_pct: f64,
+    /// How long a device takes to answer a command.
+    pub command_delay: Duration,
 }
 
 impl SimConfig {
@@ -96,6 +103,8 @@ impl SimConfig {
             provision: true,
             zero_touch: None,
             register_concurrency: 64,
+            command_failure_pct: 0.0,
+            command_delay: Duration::ZERO,
         }
     }
 

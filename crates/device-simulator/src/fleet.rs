@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use device_agent::commands::{Answer, COMMANDS_SUBSCRIPTION, Commands, Received};
 use device_agent::{AgentError, Backoff, Device, DeviceConfig, DeviceHandle, Stopped};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -176,6 +177,8 @@ struct Slot {
     handle: DeviceHandle,
     task: JoinHandle<Result<(), AgentError>>,
     behaviour: JoinHandle<Behaved>,
+    /// Answers the device's direct commands; ends when the device task does.
+    answers: JoinHandle<()>,
     /// Seen connected (or with signs of having been) by a sample.
     ever_connected: bool,
 }
@@ -308,7 +311,7 @@ impl<'a> Fleet<'a> {
             return;
         };
         let config = self.device_config(device.index, device.id, token);
-        let (handle, task) = match Device::spawn(config) {
+        let (handle, inbox, task) = match Device::spawn_with_inbox(config, COMMAND_INBOX) {
             Ok(started) => started,
             Err(error) => {
                 tracing::warn!(%error, "device not started");
@@ -327,7 +330,17 @@ impl<'a> Fleet<'a> {
             Arc::clone(&self.live),
             self.cancel.clone(),
         ));
-        self.slots.push(Slot { handle, task, behaviour, ever_connected: false });
+        let answers = tokio::spawn(answer_commands(
+            Commands::new(handle.clone(), inbox),
+            CommandBehaviour {
+                index: device.index,
+                seed: self.seed,
+                failure_pct: self.config.command_failure_pct,
+                delay: self.config.command_delay,
+            },
+            self.cancel.clone(),
+        ));
+        self.slots.push(Slot { handle, task, behaviour, answers, ever_connected: false });
     }
 
     fn device_config(&self, index: u64, id: String, token: String) -> DeviceConfig {
@@ -346,6 +359,7 @@ impl<'a> Fleet<'a> {
             jitter: 0.5,
         };
         config.local_address = shard::source_address(index, self.source_addresses);
+        config.subscriptions = vec![COMMANDS_SUBSCRIPTION.to_owned()];
         config
     }
 
@@ -391,6 +405,7 @@ impl<'a> Fleet<'a> {
         let grace = Instant::now() + SHUTDOWN_GRACE;
         let mut behaved = Vec::with_capacity(self.slots.len());
         for slot in &mut self.slots {
+            slot.answers.abort();
             behaved.push(match tokio::time::timeout_at(grace, &mut slot.behaviour).await {
                 Ok(Ok(b)) => b,
                 Ok(Err(_)) | Err(_) => {
@@ -633,4 +648,63 @@ async fn check_loopback(host: &str, port: u16) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Commands a simulated device's inbox holds before the device task waits for it.
+const COMMAND_INBOX: NonZeroUsize = NonZeroUsize::MIN.saturating_add(7);
+
+/// How one simulated device answers direct commands.
+#[derive(Debug, Clone, Copy)]
+struct CommandBehaviour {
+    /// The device's global index.
+    index: u64,
+    /// The run's seed.
+    seed: u64,
+    /// Percentage of answers that are `failed`.
+    failure_pct: f64,
+    /// How long an answer takes.
+    delay: Duration,
+}
+
+impl CommandBehaviour {
+    /// Whether answer `k` (from 0) of this device fails: see `SimConfig::command_failure_pct`.
+    fn fails(&self, k: u64) -> bool {
+        crate::profile::selected(
+            self.index,
+            self.failure_pct,
+            crate::profile::salt(self.seed, 3_u64.wrapping_add(k)),
+        )
+    }
+}
+
+/// Answers every command the device gets: `ping` and anything else succeed with the payload as
+/// result, or fail as [`CommandBehaviour::fails`] says, after the configured delay.
+async fn answer_commands(mut commands: Commands, b: CommandBehaviour, cancel: CancellationToken) {
+    let mut answered = 0_u64;
+    loop {
+        let received = tokio::select! {
+            () = cancel.cancelled() => return,
+            received = commands.next() => received,
+        };
+        let command = match received {
+            Some(Received::Command(command)) => command,
+            Some(_) => continue,
+            None => return,
+        };
+        if !b.delay.is_zero() {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(b.delay) => {}
+            }
+        }
+        let answer = if b.fails(answered) {
+            Answer::failed("simulated", "herd-sim --command-failure-pct")
+        } else {
+            Answer::succeeded(command.payload.clone())
+        };
+        answered += 1;
+        if commands.answer(&command, &answer).await.is_err() {
+            return;
+        }
+    }
 }

@@ -383,6 +383,12 @@ fn round(x: f64, decimals: i32) -> f64 {
 
 /// A 64-bit mix of the run seed and a device index (SplitMix64's finaliser), so that the devices'
 /// generators do not start from related states.
+/// A salt for [`selected`] derived from the run's seed and a purpose number.
+#[must_use]
+pub fn salt(seed: u64, purpose: u64) -> u64 {
+    mix(seed, purpose)
+}
+
 fn mix(seed: u64, index: u64) -> u64 {
     let mut z = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

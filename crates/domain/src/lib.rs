@@ -20,11 +20,14 @@
 //! - [`JobSpec`] is a fleet job (a command or desired-state patch on a target, with rollout rate,
 //!   retries and abort criteria); [`JobState`], [`ExecutionState`] and [`JobCounters`] hold the
 //!   rules the store and the scheduler share (module `job`).
+//! - [`Command`] is a direct command to one device (RPC) with its delivery window and result;
+//!   [`CommandState::check_transition`] holds its state rules.
 //! - [`Mutation`] says who changes something and when; every write to the store carries one.
 
 pub mod agent;
 pub mod audit;
 pub mod certificate;
+pub mod command;
 pub mod credential;
 pub mod device;
 pub mod enrollment;
@@ -39,6 +42,10 @@ pub mod token;
 pub use agent::{AgentPayload, AgentPayloadError, AgentReport, AgentReportUpdate};
 pub use audit::{AuditRecord, NewAuditRecord};
 pub use certificate::{CertificateSerial, DeviceCertificate, NewDeviceCertificate};
+pub use command::{
+    Command, CommandError, CommandId, CommandName, CommandOutcome, CommandState, IdempotencyKey,
+    IllegalCommandTransition, NewCommand,
+};
 pub use credential::{
     AccessChangeReason, CredentialId, DeviceAccessChange, DeviceCredential, DeviceNotice,
     NewDeviceCredential,

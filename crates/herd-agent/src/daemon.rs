@@ -5,6 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use device_agent::commands::{Answer, DeviceCommand, answer_command};
 use device_agent::identity::{self, Rotate};
 use device_agent::{
     AgentError, Channel, Device, DeviceConfig, DeviceHandle, Inbox, OfflineJournal, Protocol,
@@ -74,9 +75,12 @@ pub fn device_config(settings: &Settings) -> anyhow::Result<DeviceConfig> {
         Scheme::Wss => Transport::WebSocket { path: server.path.clone(), tls: Some(tls()) },
     };
     config.protocol = if settings.v311 { Protocol::V311 } else { Protocol::V5 };
-    // Herd's answers to renewals, and its requests to renew.
-    config.subscriptions =
-        vec![identity::RESPONSE_SUBTOPIC.to_owned(), identity::ROTATE_SUBTOPIC.to_owned()];
+    // Herd's answers to renewals, its requests to renew, and direct commands.
+    config.subscriptions = vec![
+        identity::RESPONSE_SUBTOPIC.to_owned(),
+        identity::ROTATE_SUBTOPIC.to_owned(),
+        device_agent::commands::COMMANDS_SUBSCRIPTION.to_owned(),
+    ];
     config.keep_alive = settings.keep_alive;
     config.offline_journal = Some(OfflineJournal {
         dir: settings.data_dir.join("journal"),
@@ -117,7 +121,15 @@ pub async fn run(
     let (device, mut inbox, mut task) =
         Device::spawn_with_inbox(config, INBOX_CAPACITY).context("invalid device configuration")?;
     let mut cpu = CpuSampler::default();
-    let agent = Agent { device: &device, settings, facts_for: None, inbox: &mut inbox };
+    let agent = Agent {
+        device: &device,
+        settings,
+        facts_for: None,
+        pending_for: None,
+        inbox: &mut inbox,
+        running: tokio::task::JoinSet::new(),
+        seen: std::collections::VecDeque::new(),
+    };
     let outcome = match mode {
         Mode::Once { timeout } => {
             let once = agent.once(&mut cpu);
@@ -170,6 +182,12 @@ struct Agent<'a> {
     inbox: &'a mut Inbox,
     /// The connection (its reconnect count) the facts were last sent for.
     facts_for: Option<u64>,
+    /// The connection pending commands were last asked for on (once subscribed).
+    pending_for: Option<u64>,
+    /// Direct commands being carried out, each ending with its id and answer.
+    running: tokio::task::JoinSet<(String, Answer)>,
+    /// Ids of the last commands started, to skip repeats (Herd may send one again).
+    seen: std::collections::VecDeque<String>,
 }
 
 impl Agent<'_> {
@@ -198,8 +216,27 @@ impl Agent<'_> {
         let _ = cpu.sample();
         loop {
             let facts_for = self.facts_for;
+            let pending_for = self.pending_for;
             tokio::select! {
                 () = &mut shutdown => break,
+                stats = wait_for(self.device, move |s| {
+                    s.connected && s.subscribed && Some(s.reconnects) != pending_for
+                }) => {
+                    // A clean session subscribes after CONNACK: ask for what was sent before.
+                    self.pending_for = Some(stats?.reconnects);
+                    let channel = Channel::subtopic(device_agent::commands::PENDING_SUBTOPIC)
+                        .map_err(|e| RunError::Other(anyhow::anyhow!("{e}")))?;
+                    self.device
+                        .publish(channel, Vec::<u8>::new().into())
+                        .await
+                        .map_err(|_| RunError::Other(anyhow::anyhow!("the device task stopped")))?;
+                }
+                Some(done) = self.running.join_next(), if !self.running.is_empty() => {
+                    if let Ok((id, answer)) = done {
+                        tracing::info!(command_id = %id, status = answer.status, "command answered");
+                        let _ = answer_command(self.device, &id, &answer).await;
+                    }
+                }
                 _ = heartbeat.tick() => self.send_heartbeat(cpu).await?,
                 stats = wait_for(self.device, move |s| s.connected && Some(s.reconnects) != facts_for) => {
                     self.send_facts(stats?.reconnects).await?;
@@ -217,6 +254,8 @@ impl Agent<'_> {
                     let Some(incoming) = incoming else { continue };
                     if incoming.topic.ends_with(identity::ROTATE_SUBTOPIC) {
                         self.rotate(&incoming.payload).await;
+                    } else if let Some(command) = DeviceCommand::parse(&incoming) {
+                        self.start_command(command).await;
                     }
                 }
             }
@@ -235,6 +274,35 @@ impl Agent<'_> {
             );
         }
         Ok(())
+    }
+
+    /// Starts a direct command on its own task (answered when it ends), unless it is a repeat.
+    async fn start_command(&mut self, command: Result<DeviceCommand, String>) {
+        let command = match command {
+            Ok(command) => command,
+            Err(reason) => {
+                tracing::warn!(reason, "ignoring a command it cannot read");
+                return;
+            }
+        };
+        if self.seen.contains(&command.id) {
+            return;
+        }
+        if self.seen.len() == device_agent::commands::REMEMBERED_IDS {
+            self.seen.pop_front();
+        }
+        self.seen.push_back(command.id.clone());
+        if self.running.len() >= crate::commands::MAX_RUNNING {
+            let busy = Answer::rejected("busy", "too many commands are running");
+            let _ = answer_command(self.device, &command.id, &busy).await;
+            return;
+        }
+        tracing::info!(command_id = %command.id, name = %command.name, "running a command");
+        let handlers = self.settings.commands.clone();
+        self.running.spawn(async move {
+            let answer = crate::commands::execute(&handlers, &command).await;
+            (command.id, answer)
+        });
     }
 
     /// Renews what Herd asks for on `identity/rotate`.

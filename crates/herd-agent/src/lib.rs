@@ -6,8 +6,10 @@
 //! gracefully on SIGTERM or Ctrl-C ([`daemon`]). `herd-agent --once` sends the facts and one
 //! heartbeat and exits. It renews its client certificate before it ends, and its certificate or
 //! credential when Herd asks ([`renewal`]). A device without a credential yet registers itself
-//! through an enrollment group first (zero-touch, [`provision`]). Installing it is described in `docs/agent.md`.
+//! through an enrollment group first (zero-touch, [`provision`]). It answers Herd's direct
+//! commands with the executables of its `[commands]` section ([`commands`]). Installing it is described in `docs/agent.md`.
 
+pub mod commands;
 pub mod daemon;
 pub mod provision;
 pub mod renewal;

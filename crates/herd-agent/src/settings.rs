@@ -28,6 +28,7 @@
 //! derived_key_file = "/etc/herd/derived.key"  # or claim_code_file; mode 0600
 //! ```
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -90,6 +91,9 @@ pub struct ConfigFile {
     /// Zero-touch provisioning: register through an enrollment group on the first start.
     #[serde(default)]
     pub provisioning: Option<ProvisioningFile>,
+    /// `[commands.<name>]`: executables answering direct commands (see `crate::commands`).
+    #[serde(default)]
+    pub commands: BTreeMap<String, crate::commands::HandlerFile>,
 }
 
 /// The `[provisioning]` section, as written.
@@ -301,6 +305,8 @@ pub struct Settings {
     pub renewal_check_interval: Duration,
     /// Zero-touch provisioning, when configured.
     pub provisioning: Option<Provisioning>,
+    /// Direct command handlers by command name.
+    pub commands: crate::commands::Handlers,
 }
 
 impl Settings {
@@ -398,6 +404,7 @@ impl Settings {
             renew_before: Duration::from_secs(renew_before_days * 86_400),
             renewal_check_interval: Duration::from_secs(check),
             provisioning,
+            commands: crate::commands::handlers(std::mem::take(&mut file.commands))?,
         })
     }
 }

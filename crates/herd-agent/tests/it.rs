@@ -822,3 +822,50 @@ async fn zero_touch_with_a_csr_connects_over_mutual_tls() {
     let (_, group) = server.get("/api/v1/enrollment-groups/factory-c").await;
     assert_eq!(group["registrations"], 1, "{group}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_answers_commands_with_its_executables() {
+    let server = TestServer::start().await;
+    let token = server.active_device("gw-cmd").await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("echo.sh");
+    std::fs::write(&script, "printf '{\"got\":%s}' \"$(cat)\"\n").unwrap();
+    let url = format!("mqtt://{}", server.mqtt_addr);
+    let extra = format!(
+        "heartbeat_interval_secs = 1\n\n[commands.echo]\nprogram = \"/bin/sh\"\nargs = [{:?}]\ntimeout_secs = 10\n",
+        script.display().to_string()
+    );
+    let config = write_config(dir.path(), &url, "gw-cmd", &token, 0o600, &extra);
+    let child = spawn_daemon(&config);
+    heartbeats_after(&server, "gw-cmd", 0, 1).await;
+
+    let send = |body: serde_json::Value| {
+        let server = &server;
+        async move { server.post("/api/v1/devices/gw-cmd/commands", &body).await }
+    };
+    let (status, body) =
+        send(serde_json::json!({"name": "echo", "payload": {"x": 1}, "wait": true})).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("succeeded")), "{body}");
+    assert_eq!(body["result"], serde_json::json!({"got": {"x": 1}}));
+    let (_, body) = send(serde_json::json!({"name": "ping", "payload": [7], "wait": true})).await;
+    assert_eq!(
+        (body["state"].as_str(), &body["result"]),
+        (Some("succeeded"), &serde_json::json!([7]))
+    );
+    let (_, body) = send(serde_json::json!({"name": "reboot", "wait": true})).await;
+    assert_eq!(body["state"], "rejected", "{body}");
+    assert_eq!(body["error"]["code"], "unknown_command");
+
+    // Queued while the agent is away, carried out when it is back.
+    let stderr = stop_daemon(child).await;
+    assert!(stderr.contains("command answered"), "{stderr}");
+    server.device_until("gw-cmd", |d| d["connectivity"]["connected"] == false).await;
+    let (status, body) =
+        send(serde_json::json!({"name": "echo", "payload": "later", "ttl_secs": 600})).await;
+    assert_eq!((status, body["state"].as_str()), (202, Some("queued")), "{body}");
+    let path = format!("/api/v1/devices/gw-cmd/commands/{}", body["id"].as_str().unwrap());
+    let child = spawn_daemon(&config);
+    let done = until(&server, &path, |c| c["state"] == "succeeded").await;
+    assert_eq!(done["result"], serde_json::json!({"got": "later"}));
+    stop_daemon(child).await;
+}

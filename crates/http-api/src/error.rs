@@ -156,6 +156,28 @@ pub(crate) enum ApiError {
         /// Seconds until attempts are counted afresh (the `Retry-After` header).
         retry_after_secs: u64,
     },
+    /// The device has no command with this id.
+    #[error("command {0} not found")]
+    CommandNotFound(String),
+    /// A command without a delivery window (`ttl_secs` 0) for a device that is not connected.
+    #[error("{0}")]
+    DeviceOffline(String),
+    /// A synchronous command ended without the device's answer: `timed_out` (408
+    /// `command_timed_out`), `expired` (408 `command_expired`), `canceled` (409
+    /// `command_canceled`), or is still `queued`/`delivered` when the wait ends (408
+    /// `command_timed_out`). The command's members are added to the problem.
+    #[error("{detail}")]
+    CommandUnanswered {
+        /// The command's state.
+        state: domain::CommandState,
+        /// Why, for people.
+        detail: String,
+        /// The command as the API shows it (a JSON object).
+        command: Box<serde_json::Map<String, serde_json::Value>>,
+    },
+    /// As many synchronous command waits as `commands.max_sync_waits` are in progress.
+    #[error("too many synchronous command waits are in progress; retry, or send without wait")]
+    TooManyWaits,
     /// The store does not answer (`/readyz`).
     #[error("the store is not available")]
     StoreUnavailable,
@@ -180,6 +202,10 @@ impl ApiError {
             | Self::ClaimCodeExhausted
             | Self::ClaimCodeExpired => StatusCode::FORBIDDEN,
             Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::CommandUnanswered { state: domain::CommandState::Canceled, .. } => {
+                StatusCode::CONFLICT
+            }
+            Self::CommandUnanswered { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::EnrollmentGroupNotFound(_)
             | Self::RouteNotFound
             | Self::MetricsDisabled
@@ -187,7 +213,8 @@ impl ApiError {
             | Self::GroupNotFound(_)
             | Self::TokenNotFound(_)
             | Self::CredentialNotFound(_)
-            | Self::CertificateNotFound(_) => StatusCode::NOT_FOUND,
+            | Self::CertificateNotFound(_)
+            | Self::CommandNotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::MalformedJson(_)
             | Self::InvalidBody(_)
@@ -211,11 +238,13 @@ impl ApiError {
             | Self::DeviceRetired(_)
             | Self::SuccessorOutOfService(_)
             | Self::SuccessorAlreadyReplaces(_)
+            | Self::DeviceOffline(_)
             | Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Self::StoreUnavailable
             | Self::CaUnavailable
             | Self::GatewayUnavailable
+            | Self::TooManyWaits
             | Self::SecretsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -267,6 +296,14 @@ impl ApiError {
             Self::ClaimCodeExpired => "claim_code_expired",
             Self::DeviceConflict(_) => "device_conflict",
             Self::TooManyAttempts { .. } => "too_many_attempts",
+            Self::CommandNotFound(_) => "command_not_found",
+            Self::DeviceOffline(_) => "device_offline",
+            Self::CommandUnanswered { state, .. } => match state {
+                domain::CommandState::Expired => "command_expired",
+                domain::CommandState::Canceled => "command_canceled",
+                _ => "command_timed_out",
+            },
+            Self::TooManyWaits => "too_many_waits",
             Self::StoreUnavailable => "store_unavailable",
             Self::Internal(_) => "internal",
         }
@@ -295,12 +332,14 @@ impl IntoResponse for ApiError {
             Self::TooManyAttempts { retry_after_secs } => Some(*retry_after_secs),
             _ => None,
         };
-        let parts = ProblemParts {
-            status: self.status(),
-            code: self.code(),
-            detail: self.detail(),
-            retry_after,
+        let status = self.status();
+        let code = self.code();
+        let detail = self.detail();
+        let extensions = match self {
+            Self::CommandUnanswered { command, .. } => Some(command),
+            _ => None,
         };
+        let parts = ProblemParts { status, code, detail, retry_after, extensions };
         let mut response = parts.status.into_response();
         response.extensions_mut().insert(parts);
         response
@@ -315,6 +354,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { kind: "token", id } => Self::TokenNotFound(id),
             StoreError::NotFound { kind: "credential", id } => Self::CredentialNotFound(id),
             StoreError::NotFound { kind: "certificate", id } => Self::CertificateNotFound(id),
+            StoreError::NotFound { kind: "command", id } => Self::CommandNotFound(id),
             StoreError::NotFound { kind: "enrollment_group", id } => {
                 Self::EnrollmentGroupNotFound(id)
             }
@@ -373,6 +413,9 @@ pub(crate) struct ProblemParts {
     pub(crate) detail: String,
     /// Seconds for a `Retry-After` header (429 responses).
     pub(crate) retry_after: Option<u64>,
+    /// Extension members added to the problem (RFC 9457 §3.2), such as the command a
+    /// synchronous wait ended with. They never replace the standard members.
+    pub(crate) extensions: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl ProblemParts {
@@ -390,7 +433,7 @@ impl ProblemParts {
             _ => "internal",
         };
         let detail = status.canonical_reason().unwrap_or("error").to_lowercase();
-        Self { status, code, detail, retry_after: None }
+        Self { status, code, detail, retry_after: None, extensions: None }
     }
 
     /// Renders the problem+json response for the request `request_id`.
@@ -403,7 +446,15 @@ impl ProblemParts {
             code: self.code.to_owned(),
             request_id: request_id.to_owned(),
         };
-        let bytes = serde_json::to_vec(&body).expect("a problem always serializes");
+        let mut value = serde_json::to_value(&body).expect("a problem always serializes");
+        if let (Some(extensions), serde_json::Value::Object(members)) =
+            (self.extensions, &mut value)
+        {
+            for (key, member) in *extensions {
+                members.entry(key).or_insert(member);
+            }
+        }
+        let bytes = serde_json::to_vec(&value).expect("a problem always serializes");
         let mut response = (self.status, bytes).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(secs) = self.retry_after {

@@ -6,8 +6,11 @@
 //!   access-change channel and [`CertificateIssuer`]) every handler receives.
 //! - [`router`] builds the whole surface: health and metrics endpoints, the `/api/v1` resources
 //!   (one module each: `devices`, `replacement`, `credentials`, `certificates`, `inventory`, `import`, `groups`, `tokens`,
-//!   `audit`, `enrollment`), the device-facing `POST /provision/v1/register` (`provisioning`, no
+//!   `audit`, `enrollment`, `commands`), the device-facing `POST /provision/v1/register` (`provisioning`, no
 //!   operator token), the OpenAPI document and Swagger UI.
+//! - [`CommandDispatcher`] is what the server lends the API to reach devices with direct commands
+//!   ([`AppState::with_command_dispatcher`]); [`CommandWaiters`] holds the requests waiting for a
+//!   command's answer.
 //! - [`Provisioner`] is zero-touch provisioning without HTTP, for any transport; [`SecretBox`]
 //!   (module [`secrets`]) seals enrollment secrets with the server's master key
 //!   ([`AppState::with_secret_box`]).
@@ -23,6 +26,7 @@ pub mod auth;
 
 mod audit;
 mod certificates;
+mod commands;
 mod credentials;
 mod devices;
 mod enrollment;
@@ -43,6 +47,10 @@ mod state;
 mod tokens;
 
 pub use certificates::{CertificateIssuer, IssueError, IssuedCertificate};
+pub use commands::{
+    CommandDispatcher, CommandLimits, CommandWait, CommandWaiters, DispatchError,
+    IDEMPOTENCY_KEY_HEADER,
+};
 pub use provisioning::{
     FailureLimiter, Proof, ProvisionError, Provisioned, Provisioner, RegisterRequest,
 };
@@ -122,6 +130,9 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(certificates::expiring_certificates))
         .routes(routes!(rotation::rotate_device))
         .routes(routes!(rotation::rotate_group))
+        .routes(routes!(commands::create_command, commands::list_commands))
+        .routes(routes!(commands::get_command))
+        .routes(routes!(commands::cancel_command))
         .routes(routes!(import::import_devices))
         .routes(routes!(inventory::summary))
         .routes(routes!(inventory::connectivity))
@@ -156,7 +167,13 @@ pub fn problem(
     detail: impl Into<String>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    let parts = error::ProblemParts { status, code, detail: detail.into(), retry_after: None };
+    let parts = error::ProblemParts {
+        status,
+        code,
+        detail: detail.into(),
+        retry_after: None,
+        extensions: None,
+    };
     let mut response = status.into_response();
     response.extensions_mut().insert(parts);
     response

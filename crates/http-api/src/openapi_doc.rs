@@ -32,6 +32,7 @@ pub(crate) const BEARER: &str = "bearer";
         (name = "credentials", description = "Device credentials: the secrets devices connect with"),
         (name = "certificates", description = "Device certificates: issued by Herd's CA from a CSR, for mutual TLS"),
         (name = "import", description = "Bulk import of devices"),
+        (name = "commands", description = "Direct commands to one device, synchronous or queued"),
         (name = "groups", description = "Static and dynamic device groups"),
         (name = "tokens", description = "Operator API tokens"),
         (name = "audit", description = "The hash-chained audit log"),

@@ -35,6 +35,7 @@ use crate::error::ApiError;
 use tokio::sync::mpsc;
 
 use crate::CertificateIssuer;
+use crate::commands::CommandDispatcher;
 use crate::provisioning::{FailureLimiter, Provisioner};
 use crate::secrets::SecretBox;
 
@@ -124,6 +125,9 @@ pub struct AppState {
     /// Where messages to devices go (the MQTT gateway); `None`: requests that send one answer
     /// 503 `gateway_unavailable`.
     device_notices: Option<mpsc::Sender<DeviceNotice>>,
+    /// What reaches devices with commands; `None`: creating a command answers 503
+    /// `gateway_unavailable`.
+    command_dispatcher: Option<Arc<dyn CommandDispatcher>>,
     /// What seals enrollment group keys; `None`: symmetric-key enrollment answers 503
     /// `secrets_unavailable`.
     secret_box: Option<Arc<SecretBox>>,
@@ -140,6 +144,7 @@ impl fmt::Debug for AppState {
             .field("access_events", &self.access_events.is_some())
             .field("certificate_issuer", &self.certificate_issuer.is_some())
             .field("device_notices", &self.device_notices.is_some())
+            .field("command_dispatcher", &self.command_dispatcher.is_some())
             .field("secret_box", &self.secret_box.is_some())
             .finish_non_exhaustive()
     }
@@ -160,6 +165,7 @@ impl AppState {
             access_events: None,
             certificate_issuer: None,
             device_notices: None,
+            command_dispatcher: None,
             secret_box: None,
             provisioning_failures,
         }
@@ -202,6 +208,18 @@ impl AppState {
     pub fn with_device_notices(mut self, notices: mpsc::Sender<DeviceNotice>) -> Self {
         self.device_notices = Some(notices);
         self
+    }
+
+    /// Delivers direct commands to devices and wakes synchronous requests through `dispatcher`
+    /// (the server's MQTT side). Without it creating a command answers 503 `gateway_unavailable`.
+    #[must_use]
+    pub fn with_command_dispatcher(mut self, dispatcher: Arc<dyn CommandDispatcher>) -> Self {
+        self.command_dispatcher = Some(dispatcher);
+        self
+    }
+
+    pub(crate) fn command_dispatcher(&self) -> Option<&dyn CommandDispatcher> {
+        self.command_dispatcher.as_deref()
     }
 
     /// Hands `notice` to the MQTT gateway.

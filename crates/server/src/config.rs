@@ -53,6 +53,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// Device certificates: the CA and their lifetime.
     pub identity: IdentityConfig,
+    /// Direct commands to devices (`[commands]`).
+    pub commands: CommandsConfig,
     /// Log output.
     pub log: LogConfig,
     /// The first admin token's secret, when it is given rather than generated (`HERD_ADMIN_TOKEN`).
@@ -84,6 +86,20 @@ pub struct MqttConfig {
     /// Zero-touch provisioning over MQTT (the `$provision` bootstrap login, from the
     /// `[provisioning]` section); `None` when `provisioning.mqtt_enabled` is false.
     pub provisioning: Option<MqttProvisioningConfig>,
+}
+
+/// Direct commands to devices (`[commands]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandsConfig {
+    /// What requests are checked against (`commands.default_timeout_secs`, `max_timeout_secs`,
+    /// `max_ttl_secs`, `max_payload_bytes`, `max_result_bytes`, `idempotency_window_secs`).
+    pub limits: http_api::CommandLimits,
+    /// Most synchronous waits at once (`commands.max_sync_waits`).
+    pub max_sync_waits: usize,
+    /// How often overdue commands are expired or timed out (`commands.sweep_interval_secs`).
+    pub sweep_interval: Duration,
+    /// How long ended commands are kept (`commands.retention_days`).
+    pub retention: Duration,
 }
 
 /// Zero-touch provisioning over MQTT: who may log in as the bootstrap user `$provision`.
@@ -235,7 +251,22 @@ struct RawConfig {
     mqtt: RawMqtt,
     identity: RawIdentity,
     provisioning: RawProvisioning,
+    commands: RawCommands,
     log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommands {
+    default_timeout_secs: u64,
+    max_timeout_secs: u64,
+    max_ttl_secs: u64,
+    max_payload_bytes: u64,
+    max_result_bytes: u64,
+    max_sync_waits: u64,
+    sweep_interval_secs: u64,
+    retention_days: u64,
+    idempotency_window_secs: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -552,10 +583,42 @@ fn validate(
         p.max_derived_keys_per_request,
         100_000,
     );
+    let c = &raw.commands;
+    let max_timeout_secs = positive("commands.max_timeout_secs", c.max_timeout_secs, 86_400);
+    let default_timeout_secs =
+        positive("commands.default_timeout_secs", c.default_timeout_secs, max_timeout_secs);
+    let max_payload_bytes = positive("commands.max_payload_bytes", c.max_payload_bytes, 1 << 20);
+    let max_result_bytes = positive("commands.max_result_bytes", c.max_result_bytes, 1 << 20);
+    let max_sync_waits = positive("commands.max_sync_waits", c.max_sync_waits, 1_000_000);
+    let sweep_interval_secs = positive("commands.sweep_interval_secs", c.sweep_interval_secs, 3600);
+    let retention_days = positive("commands.retention_days", c.retention_days, 3650);
+    let idempotency_window_secs =
+        positive("commands.idempotency_window_secs", c.idempotency_window_secs, 604_800);
+    // Checked below, once `positive` no longer borrows `problems`.
+    let max_ttl_secs = c.max_ttl_secs.min(31_536_000);
+    let commands = CommandsConfig {
+        limits: http_api::CommandLimits {
+            default_timeout_secs: default_timeout_secs as u32,
+            max_timeout_secs: max_timeout_secs as u32,
+            max_ttl_secs: max_ttl_secs as u32,
+            max_payload_bytes: max_payload_bytes as usize,
+            max_result_bytes: max_result_bytes as usize,
+            idempotency_window_secs: idempotency_window_secs as u32,
+        },
+        max_sync_waits: max_sync_waits as usize,
+        sweep_interval: Duration::from_secs(sweep_interval_secs),
+        retention: Duration::from_secs(retention_days * 86_400),
+    };
     let sqlite_readers = positive("store.sqlite_readers", raw.store.sqlite_readers, 64);
     let postgres_max_connections =
         positive("store.postgres_max_connections", raw.store.postgres_max_connections, 1000);
 
+    if raw.commands.max_ttl_secs > 31_536_000 {
+        problems.push(format!(
+            "commands.max_ttl_secs must be between 0 and 31536000, got {}",
+            raw.commands.max_ttl_secs
+        ));
+    }
     let mut mqtt = validate_mqtt(&raw.mqtt, &mut problems);
     mqtt.provisioning = validate_mqtt_provisioning(&raw.provisioning, &mut problems);
     let identity = validate_identity(&raw.identity, &raw.server.data_dir, &mut problems);
@@ -674,6 +737,7 @@ fn validate(
         store,
         mqtt,
         identity,
+        commands,
         log: LogConfig { format, level: raw.log.level },
         bootstrap_admin_token,
     })
@@ -1167,6 +1231,47 @@ mod tests {
         };
         let err = load(&sources).unwrap_err();
         assert_eq!(err.0.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn command_limits_have_defaults_and_are_checked() {
+        let c = load(&Sources::default()).unwrap();
+        assert_eq!(c.commands.limits, http_api::CommandLimits::default());
+        assert_eq!(c.commands.max_sync_waits, 1000);
+        assert_eq!(c.commands.sweep_interval, Duration::from_secs(1));
+        assert_eq!(c.commands.retention, Duration::from_secs(30 * 86_400));
+        let sources = Sources {
+            env: env(&[
+                ("HERD_COMMANDS__MAX_TIMEOUT_SECS", "10"),
+                ("HERD_COMMANDS__MAX_TTL_SECS", "0"),
+                ("HERD_COMMANDS__MAX_SYNC_WAITS", "5"),
+            ]),
+            ..Sources::default()
+        };
+        // The default timeout (30) is above the new maximum.
+        let err = load(&sources).unwrap_err().to_string();
+        assert!(err.contains("commands.default_timeout_secs must be between 1 and 10"), "{err}");
+        let sources = Sources {
+            env: env(&[
+                ("HERD_COMMANDS__DEFAULT_TIMEOUT_SECS", "5"),
+                ("HERD_COMMANDS__MAX_TIMEOUT_SECS", "10"),
+                ("HERD_COMMANDS__MAX_TTL_SECS", "0"),
+                ("HERD_COMMANDS__SWEEP_INTERVAL_SECS", "0"),
+                ("HERD_COMMANDS__RETENTION_DAYS", "4000"),
+            ]),
+            ..Sources::default()
+        };
+        let err = load(&sources).unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        let sources = Sources {
+            env: env(&[
+                ("HERD_COMMANDS__MAX_TTL_SECS", "0"),
+                ("HERD_COMMANDS__MAX_SYNC_WAITS", "5"),
+            ]),
+            ..Sources::default()
+        };
+        let c = load(&sources).unwrap();
+        assert_eq!((c.commands.limits.max_ttl_secs, c.commands.max_sync_waits), (0, 5));
     }
 
     #[test]

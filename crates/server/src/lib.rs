@@ -9,6 +9,8 @@
 //!   per-device ACLs on top of `mqtt-broker`.
 //! - [`identity`] holds the device certificate authority (`identity::ca`), created on first start
 //!   or loaded from configured files.
+//! - [`commands`] delivers direct commands to devices over MQTT, reads their answers and expires
+//!   and times out the rest; it is the REST API's `CommandDispatcher`.
 //! - [`websocket`] serves MQTT over WebSocket at `/mqtt` on the HTTP listener.
 //! - [`mqtt_persist`] keeps the broker's persistent sessions and retained messages in the store, so
 //!   that they survive a restart.
@@ -16,6 +18,7 @@
 //!   REST API like any other client.
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod gateway;
 pub mod identity;

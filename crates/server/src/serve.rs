@@ -302,7 +302,13 @@ pub async fn run(
     ));
 
     let issuer = Arc::new(CaIssuer::new(Arc::clone(&ca), config.identity.certificate_lifetime));
+    let commands = Arc::new(crate::commands::MqttCommands::new(
+        Arc::clone(&store),
+        broker_handle.clone(),
+        &config.commands,
+    ));
     let state = http_api::AppState::new(Arc::clone(&store), config.api.clone())
+        .with_command_dispatcher(Arc::clone(&commands) as Arc<dyn http_api::CommandDispatcher>)
         .with_metrics(metrics_handle())
         .with_access_events(access_tx)
         .with_device_notices(notices_tx)
@@ -321,6 +327,8 @@ pub async fn run(
     );
     // Devices whose connection is recorded, announced to the features that catch them up.
     let arrivals = gateway::DeviceArrivals::new();
+    // Listening before the recorder runs, so that no arrival is missed.
+    let command_arrivals = arrivals.listen();
     presence.spawn(gateway::record_presence(
         events,
         Arc::clone(&store),
@@ -353,6 +361,19 @@ pub async fn run(
             issuer,
             max_per_device: config.identity.max_credentials_per_device,
         },
+        presence_stop.clone(),
+    ));
+    // Direct commands: answers and pending requests subscribed before any device can connect;
+    // arrivals, the sweep and retention on the same task, stopped like the recorders.
+    let command_feeds = crate::commands::CommandFeeds::subscribe(&broker_handle)
+        .await
+        .context("failed to subscribe to command answers")?;
+    presence.spawn(crate::commands::serve_commands(
+        command_feeds,
+        command_arrivals,
+        commands,
+        config.commands.sweep_interval,
+        config.commands.retention,
         presence_stop.clone(),
     ));
     // Devices provisioning themselves over MQTT (the `$provision` login); subscribed before any

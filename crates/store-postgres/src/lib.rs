@@ -9,7 +9,7 @@
 //! `enrollment` (enrollment groups, claim codes, the registration transaction),
 //! `presence`, `agent_reports` (what devices' agents report about themselves) and `mqtt`
 //! `presence`, `agent_reports` (what devices' agents report about themselves), `replacement`
-//! (replacing a device by another, RMA) and `mqtt`
+//! (replacing a device by another, RMA), `commands` (direct commands to devices) and `mqtt`
 //! (the broker's persistent sessions and retained messages) hold the queries, `audit` appends to the hash chain in the same transaction as each change, `filter_sql`
 //! turns device filters into index-backed SQL with bind parameters, and `rows` decodes stored rows
 //! back into validated domain values. Queries are built at run time with binds (`sqlx::query`), never by
@@ -25,6 +25,7 @@
 mod agent_reports;
 mod audit;
 mod certificates;
+mod commands;
 mod credentials;
 mod devices;
 mod enrollment;
@@ -45,20 +46,22 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{
-    AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, ClaimCode,
-    CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch,
+    AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, ClaimCode, Command,
+    CommandId, CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch,
     EnrollmentGroup, EnrollmentGroupName, EnrollmentGroupPatch, Group, GroupName, GroupPatch,
-    ImportRow, Mutation, NewDevice, NewDeviceCertificate, NewDeviceCredential, NewEnrollmentGroup,
-    NewGroup, NewToken, Presence, RegistrationRefusal, Replacement, Timestamp, TokenHash, TokenId,
+    ImportRow, Mutation, NewCommand, NewDevice, NewDeviceCertificate, NewDeviceCredential,
+    NewEnrollmentGroup, NewGroup, NewToken, Presence, RegistrationRefusal, Replacement, Timestamp,
+    TokenHash, TokenId,
 };
 use domain::{ExecutionState, Job, JobAction, JobExecution, JobId, JobSpec, JobState, JobTarget};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 use store::{
-    ConnectivitySummary, DeviceLogin, DeviceQuery, ImportMode, ImportOutcome, MqttOp, MqttSnapshot,
-    NewClaimCode, Page, PresenceEvent, Registered, Registration, RegistrationRefusalRecord,
-    StateCounts, Store, StoreError, StoreResult,
+    CommandProgress, CommandQuery, CommandUpdate, ConnectivitySummary, CreatedCommand, DeviceLogin,
+    DeviceQuery, ImportMode, ImportOutcome, MqttOp, MqttSnapshot, NewClaimCode, Page,
+    PresenceEvent, Registered, Registration, RegistrationRefusalRecord, StateCounts, Store,
+    StoreError, StoreResult,
 };
 use store::{ExecutionUpdate, ExecutionUpdated, TargetPreview};
 
@@ -473,6 +476,69 @@ impl Store for PostgresStore {
 
     async fn mqtt_apply(&self, ops: &[MqttOp]) -> StoreResult<()> {
         mqtt::apply(&self.pool, ops).await
+    }
+
+    async fn create_command(
+        &self,
+        new: &NewCommand,
+        idempotency_since: Timestamp,
+        m: &Mutation,
+    ) -> StoreResult<CreatedCommand> {
+        commands::create(&self.pool, new, idempotency_since, m).await
+    }
+
+    async fn command(&self, device: &DeviceId, id: &CommandId) -> StoreResult<Option<Command>> {
+        commands::read(&mut *self.pool.acquire().await.map_err(error::db)?, device, id).await
+    }
+
+    async fn list_commands(
+        &self,
+        device: &DeviceId,
+        q: &CommandQuery,
+    ) -> StoreResult<Page<Command>> {
+        commands::list(&mut *self.pool.acquire().await.map_err(error::db)?, device, q).await
+    }
+
+    async fn pending_commands(
+        &self,
+        device: &DeviceId,
+        now: Timestamp,
+        limit: NonZeroU32,
+    ) -> StoreResult<Vec<Command>> {
+        let limit = limit.get().min(store::MAX_PAGE_SIZE);
+        commands::pending(&mut *self.pool.acquire().await.map_err(error::db)?, device, now, limit)
+            .await
+    }
+
+    async fn advance_command(
+        &self,
+        device: &DeviceId,
+        id: &CommandId,
+        progress: &CommandProgress,
+        at: Timestamp,
+    ) -> StoreResult<CommandUpdate> {
+        commands::advance(&self.pool, device, id, progress, at).await
+    }
+
+    async fn cancel_command(
+        &self,
+        device: &DeviceId,
+        id: &CommandId,
+        m: &Mutation,
+    ) -> StoreResult<Command> {
+        commands::cancel(&self.pool, device, id, m).await
+    }
+
+    async fn expire_commands(
+        &self,
+        now: Timestamp,
+        limit: NonZeroU32,
+    ) -> StoreResult<Vec<Command>> {
+        commands::expire(&self.pool, now, limit.get().min(store::MAX_PAGE_SIZE)).await
+    }
+
+    async fn prune_commands(&self, before: Timestamp, limit: NonZeroU32) -> StoreResult<u64> {
+        commands::prune(&self.pool, before, limit.get()).await
     }
 
     async fn audit_records(&self, after: u64, limit: NonZeroU32) -> StoreResult<Vec<AuditRecord>> {

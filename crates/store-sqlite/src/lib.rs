@@ -22,11 +22,13 @@
 //! `replacement` replaces a device by another (RMA) in one transaction.
 //! `jobs` keeps fleet jobs and their per-device executions (counters on the job row); a job's
 //! target becomes one SQL condition shared by job creation and the dry run.
+//! `commands` keeps direct commands to devices (`device_commands`).
 
 mod agent_reports;
 mod audit_chain;
 mod bulk;
 mod certificates;
+mod commands;
 mod credentials;
 mod devices;
 mod enrollment;
@@ -45,11 +47,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{
-    AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, ClaimCode,
-    CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch,
+    AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, ClaimCode, Command,
+    CommandId, CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch,
     EnrollmentGroup, EnrollmentGroupName, EnrollmentGroupPatch, Group, GroupName, GroupPatch,
-    ImportRow, Mutation, NewDevice, NewDeviceCertificate, NewDeviceCredential, NewEnrollmentGroup,
-    NewGroup, NewToken, Presence, RegistrationRefusal, Replacement, Timestamp, TokenHash, TokenId,
+    ImportRow, Mutation, NewCommand, NewDevice, NewDeviceCertificate, NewDeviceCredential,
+    NewEnrollmentGroup, NewGroup, NewToken, Presence, RegistrationRefusal, Replacement, Timestamp,
+    TokenHash, TokenId,
 };
 use domain::{ExecutionState, Job, JobAction, JobExecution, JobId, JobSpec, JobState, JobTarget};
 use sqlx::sqlite::{
@@ -57,9 +60,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 use store::{
-    ConnectivitySummary, DeviceLogin, DeviceQuery, ImportMode, ImportOutcome, MqttOp, MqttSnapshot,
-    NewClaimCode, Page, PresenceEvent, Registered, Registration, RegistrationRefusalRecord,
-    StateCounts, Store, StoreError, StoreResult,
+    CommandProgress, CommandQuery, CommandUpdate, ConnectivitySummary, CreatedCommand, DeviceLogin,
+    DeviceQuery, ImportMode, ImportOutcome, MqttOp, MqttSnapshot, NewClaimCode, Page,
+    PresenceEvent, Registered, Registration, RegistrationRefusalRecord, StateCounts, Store,
+    StoreError, StoreResult,
 };
 use store::{ExecutionUpdate, ExecutionUpdated, TargetPreview};
 
@@ -624,6 +628,68 @@ impl Store for SqliteStore {
         limit: NonZeroU32,
     ) -> StoreResult<Page<DeviceId>> {
         jobs::target_ids(&mut *self.read().await?, target, after, limit).await
+    }
+
+    async fn create_command(
+        &self,
+        new: &NewCommand,
+        idempotency_since: Timestamp,
+        m: &Mutation,
+    ) -> StoreResult<CreatedCommand> {
+        commands::create(self, new, idempotency_since, m).await
+    }
+
+    async fn command(&self, device: &DeviceId, id: &CommandId) -> StoreResult<Option<Command>> {
+        commands::read(&mut *self.read().await?, device, id).await
+    }
+
+    async fn list_commands(
+        &self,
+        device: &DeviceId,
+        q: &CommandQuery,
+    ) -> StoreResult<Page<Command>> {
+        commands::list(&mut *self.read().await?, device, q).await
+    }
+
+    async fn pending_commands(
+        &self,
+        device: &DeviceId,
+        now: Timestamp,
+        limit: NonZeroU32,
+    ) -> StoreResult<Vec<Command>> {
+        let limit = limit.get().min(store::MAX_PAGE_SIZE);
+        commands::pending(&mut *self.read().await?, device, now, limit).await
+    }
+
+    async fn advance_command(
+        &self,
+        device: &DeviceId,
+        id: &CommandId,
+        progress: &CommandProgress,
+        at: Timestamp,
+    ) -> StoreResult<CommandUpdate> {
+        commands::advance(self, device, id, progress, at).await
+    }
+
+    async fn cancel_command(
+        &self,
+        device: &DeviceId,
+        id: &CommandId,
+        m: &Mutation,
+    ) -> StoreResult<Command> {
+        commands::cancel(self, device, id, m).await
+    }
+
+    async fn expire_commands(
+        &self,
+        now: Timestamp,
+        limit: NonZeroU32,
+    ) -> StoreResult<Vec<Command>> {
+        commands::expire(self, now, limit.get().min(store::MAX_PAGE_SIZE)).await
+    }
+
+    async fn prune_commands(&self, before: Timestamp, limit: NonZeroU32) -> StoreResult<u64> {
+        commands::prune(self, before, limit.get()).await
     }
 }
 

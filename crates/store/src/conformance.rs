@@ -25,6 +25,7 @@
 //!   `audit_summary()` of the resource; actions are `device.create|update|delete`,
 //!   `group.create|update|delete`, `group.members.add|remove`, `token.create|revoke`,
 //!   `device.credential.create|revoke`, `device.certificate.create|revoke`,
+//!   `device.command.create|cancel` (on the device; never the payload or result),
 //!   `enrollment_group.create|update|delete|derive_key|claim_codes.create` on
 //!   `enrollment_group/<name>`, `device.register` and `enrollment.register.refused` (an import writes
 //!   `device.create`/`device.update` per device; a replacement writes the records of each change it
@@ -50,6 +51,7 @@
 #![expect(clippy::unwrap_used, reason = "test code: an unexpected error fails the case")]
 
 mod certificates;
+mod commands;
 mod enrollment;
 mod jobs;
 mod mqtt;
@@ -68,6 +70,7 @@ use domain::{
 use serde_json::{Value, json};
 
 pub use crate::conformance::certificates::*;
+pub use crate::conformance::commands::*;
 pub use crate::conformance::enrollment::*;
 pub use crate::conformance::jobs::*;
 pub use crate::conformance::mqtt::*;
@@ -177,6 +180,11 @@ macro_rules! conformance_tests {
             job_lists_and_device_view,
             job_over_ten_thousand_devices,
             job_counters_stay_exact_under_random_reports,
+            create_read_and_list_commands,
+            create_command_is_idempotent,
+            command_transitions,
+            pending_and_expired_commands,
+            prune_and_cascade_commands,
         );
     };
     (@cases ($factory:expr) $($case:ident),+ $(,)?) => {

@@ -7,6 +7,7 @@
 //! The behaviour every backend must have is pinned by the conformance suite in [`conformance`]
 //! (feature `conformance`), which each backend's tests run against a fresh database.
 
+mod commands;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod enrollment;
@@ -18,15 +19,19 @@ use std::num::NonZeroU32;
 
 use async_trait::async_trait;
 use domain::{
-    AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, ClaimCode,
-    CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch,
+    AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, ClaimCode, Command,
+    CommandId, CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch,
     EnrollmentGroup, EnrollmentGroupName, EnrollmentGroupPatch, Filter, Group, GroupName,
-    GroupPatch, IllegalTransition, ImportRow, LifecycleState, Mutation, NewDevice,
+    GroupPatch, IllegalTransition, ImportRow, LifecycleState, Mutation, NewCommand, NewDevice,
     NewDeviceCertificate, NewDeviceCredential, NewEnrollmentGroup, NewGroup, NewToken, Presence,
     RegistrationRefusal, Replacement, ReplacementError, Timestamp, TokenHash, TokenId,
 };
 use domain::{ExecutionState, Job, JobAction, JobExecution, JobId, JobSpec, JobState, JobTarget};
 
+pub use crate::commands::{
+    CommandProgress, CommandQuery, CommandUpdate, CreatedCommand, command_after_cancel,
+    command_after_progress, command_after_sweep,
+};
 pub use crate::enrollment::{
     MAX_PROVISIONING_CREDENTIALS, NewClaimCode, Registered, Registration,
     RegistrationRefusalRecord, adopted_device, claim_codes_audit_summary, enrolled_device,
@@ -826,4 +831,85 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         after: Option<&DeviceId>,
         limit: NonZeroU32,
     ) -> StoreResult<Page<DeviceId>>;
+    // ---- commands ----
+    //
+    // Direct commands to devices (`domain::command`). Creating and canceling are operator changes,
+    // audited as `device.command.create|cancel` on `device/<id>` (with `Command::audit_summary`);
+    // delivery, answers, time-outs and expiry are observed state, written without an audit record.
+    // A device's commands are deleted with it. A command's id is unique across devices; every
+    // method that names one also names its device, and a command of another device is `NotFound`.
+
+    /// Creates a queued command with the next `seq` of its device. When `new` carries an
+    /// idempotency key that a command of the same device created at or after `idempotency_since`
+    /// holds already, nothing is written and that command comes back with `created: false`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (kind `device`) for an unknown device; [`StoreError::Conflict`]
+    /// when the key's command was created with another name or payload;
+    /// [`StoreError::AlreadyExists`] (kind `command`) for a taken id.
+    async fn create_command(
+        &self,
+        new: &NewCommand,
+        idempotency_since: Timestamp,
+        m: &Mutation,
+    ) -> StoreResult<CreatedCommand>;
+
+    /// Reads one command of a device.
+    async fn command(&self, device: &DeviceId, id: &CommandId) -> StoreResult<Option<Command>>;
+
+    /// One page of a device's commands, newest (highest `seq`) first. Index-backed.
+    async fn list_commands(
+        &self,
+        device: &DeviceId,
+        q: &CommandQuery,
+    ) -> StoreResult<Page<Command>>;
+
+    /// The commands a device should have: `queued` ones whose delivery window is still open at
+    /// `now` ([`Command::deliver_by`] after `now`) and `delivered` ones, oldest (lowest `seq`)
+    /// first, at most `limit`.
+    async fn pending_commands(
+        &self,
+        device: &DeviceId,
+        now: Timestamp,
+        limit: NonZeroU32,
+    ) -> StoreResult<Vec<Command>>;
+
+    /// Records what happened to a command at `at` when [`domain::CommandState::check_transition`]
+    /// allows it (delivery sets `delivered_at`; an answer or time-out sets `completed_at`, an
+    /// answer also `result` and `error`, a time-out the error `timed_out`), checking in the same
+    /// transaction that the state is still the one the change was checked against. Otherwise
+    /// nothing changes and the stored command comes back with `changed: false`. No audit record.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (kind `command`).
+    async fn advance_command(
+        &self,
+        device: &DeviceId,
+        id: &CommandId,
+        progress: &CommandProgress,
+        at: Timestamp,
+    ) -> StoreResult<CommandUpdate>;
+
+    /// Cancels a `queued` or `delivered` command (`completed_at` is the mutation's time, error
+    /// `canceled`). Audited as `device.command.cancel`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (kind `command`); [`StoreError::Conflict`] when it has ended.
+    async fn cancel_command(
+        &self,
+        device: &DeviceId,
+        id: &CommandId,
+        m: &Mutation,
+    ) -> StoreResult<Command>;
+
+    /// Ends overdue commands at `now`, in one transaction: `queued` ones whose delivery window
+    /// closed (`deliver_by` at or before `now`) become `expired`, `delivered` ones whose
+    /// timeout passed become `timed_out`. Returns the changed commands, at most `limit`
+    /// (call again while it returns `limit`). Index-backed; no audit record.
+    async fn expire_commands(&self, now: Timestamp, limit: NonZeroU32)
+    -> StoreResult<Vec<Command>>;
+
+    /// Deletes ended commands completed before `before`, at most `limit` of them; returns how
+    /// many. No audit record (their creation and cancel records stay).
+    async fn prune_commands(&self, before: Timestamp, limit: NonZeroU32) -> StoreResult<u64>;
 }

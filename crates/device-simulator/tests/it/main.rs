@@ -209,3 +209,53 @@ async fn fifty_devices_register_themselves_with_zero_touch() {
         .expect_err("refused");
     assert!(format!("{err:#}").contains("template"), "{err:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_devices_answer_commands_and_fail_the_seeded_share() {
+    let server = TestServer::start().await;
+    let mut config = config(&server, 10, "cmd-");
+    config.duration = Some(Duration::from_secs(60));
+    config.command_failure_pct = 30.0;
+    config.command_delay = Duration::from_millis(50);
+    let mut silent = device_simulator::Silent;
+    let fleet = device_simulator::run(&config, &mut silent, std::future::pending());
+    let commands = async {
+        let mut failed = Vec::new();
+        for index in 0..10_u64 {
+            let id = device_simulator::shard::device_id("cmd-", index);
+            let deadline = tokio::time::Instant::now() + WAIT;
+            // The device may not be provisioned or connected yet: until it is, Herd answers
+            // device_not_found or device_offline.
+            let body = loop {
+                let (status, body) = server
+                    .post(
+                        &format!("/api/v1/devices/{id}/commands"),
+                        &serde_json::json!({"name": "ping", "payload": {"i": index}, "wait": true}),
+                    )
+                    .await;
+                if status == 200 {
+                    break body;
+                }
+                let code = body["code"].as_str();
+                assert!(matches!(code, Some("device_offline" | "device_not_found")), "{body}");
+                assert!(tokio::time::Instant::now() < deadline, "{id} never connected");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            match body["state"].as_str() {
+                Some("succeeded") => assert_eq!(body["result"], serde_json::json!({"i": index})),
+                Some("failed") => failed.push(index),
+                _ => panic!("unexpected answer: {body}"),
+            }
+        }
+        failed
+    };
+    let failed = tokio::select! {
+        summary = fleet => panic!("the run ended first: {summary:?}"),
+        failed = commands => failed,
+    };
+    let salt = device_simulator::profile::salt(1, 3);
+    let expected: Vec<u64> =
+        (0..10).filter(|&i| device_simulator::profile::selected(i, 30.0, salt)).collect();
+    assert_eq!(failed, expected);
+    assert!(!failed.is_empty() && failed.len() < 10, "{failed:?}");
+}

@@ -5,6 +5,7 @@ mod api;
 mod audit;
 mod bad_input;
 mod certificates;
+mod commands;
 mod credentials;
 mod devices;
 mod enrollment;

@@ -5,6 +5,7 @@
 //! the server's message when a request fails.
 
 mod client;
+mod command;
 mod commands;
 mod enrollment;
 mod output;
@@ -17,6 +18,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Sources};
 
+pub use command::CommandCommand;
 pub use enrollment::{AttestationArg, ClaimCodesCommand, EnrollmentCommand};
 
 /// Herd: IoT device management in one binary.
@@ -48,6 +50,9 @@ pub enum Command {
     /// Manage enrollment groups: how unknown devices provision themselves (zero-touch).
     #[command(subcommand)]
     Enrollment(EnrollmentCommand),
+    /// Send direct commands to devices and follow them.
+    #[command(subcommand)]
+    Command(CommandCommand),
     /// Fleet totals: devices by lifecycle state, connected now, ever connected.
     Inventory {
         /// Server, token and output options.
@@ -552,6 +557,7 @@ pub fn execute(cli: Cli) -> ExitCode {
         Command::Token(cmd) => block_on(commands::token(cmd)),
         Command::Audit(cmd) => block_on(commands::audit(cmd)),
         Command::Enrollment(cmd) => block_on(enrollment::enrollment(cmd)),
+        Command::Command(cmd) => block_on(command::command(cmd)),
         Command::Inventory { client } => block_on(commands::inventory(client)),
     };
     match result {

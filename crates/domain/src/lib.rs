@@ -17,6 +17,8 @@
 //!   a group's one-time passwords, stored as hashes.
 //! - [`ReplacementPlan`] is what replacing a device (RMA) does to the two devices' registry
 //!   entries, with the rules it checks ([`ReplacementError`]); [`Replacement`] is its outcome.
+//! - [`DeviceTwin`] is a device's desired, reported and tags documents with versions and
+//!   per-property metadata (module [`twin`]: merge patch, delta, convergence, layers).
 //! - [`Mutation`] says who changes something and when; every write to the store carries one.
 
 pub mod agent;
@@ -31,6 +33,7 @@ pub mod presence;
 pub mod replacement;
 pub mod timestamp;
 pub mod token;
+pub mod twin;
 
 pub use agent::{AgentPayload, AgentPayloadError, AgentReport, AgentReportUpdate};
 pub use audit::{AuditRecord, NewAuditRecord};
@@ -53,6 +56,10 @@ pub use presence::Presence;
 pub use replacement::{Replacement, ReplacementError, ReplacementPlan};
 pub use timestamp::Timestamp;
 pub use token::{ApiToken, NewToken, Role, TokenHash, TokenId};
+pub use twin::{
+    Convergence, DeviceTwin, Layer, LayerSource, SectionName, TwinError, TwinEtag, TwinLimits,
+    TwinPolicy, TwinSection,
+};
 
 use std::fmt;
 

@@ -33,6 +33,7 @@ mod presence;
 mod replacement;
 mod rows;
 mod tokens;
+mod twins;
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -42,10 +43,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use domain::{
     AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, ClaimCode,
-    CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch,
+    CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch, DeviceTwin,
     EnrollmentGroup, EnrollmentGroupName, EnrollmentGroupPatch, Group, GroupName, GroupPatch,
     ImportRow, Mutation, NewDevice, NewDeviceCertificate, NewDeviceCredential, NewEnrollmentGroup,
     NewGroup, NewToken, Presence, RegistrationRefusal, Replacement, Timestamp, TokenHash, TokenId,
+    TwinError, TwinPolicy,
 };
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -53,7 +55,8 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 use store::{
     ConnectivitySummary, DeviceLogin, DeviceQuery, ImportMode, ImportOutcome, MqttOp, MqttSnapshot,
     NewClaimCode, Page, PresenceEvent, Registered, Registration, RegistrationRefusalRecord,
-    StateCounts, Store, StoreError, StoreResult,
+    StateCounts, Store, StoreError, StoreResult, TwinChange, TwinHistoryEntry, TwinHistoryQuery,
+    TwinUpdate,
 };
 
 pub use crate::error::PostgresError;
@@ -471,6 +474,38 @@ impl Store for PostgresStore {
 
     async fn audit_records(&self, after: u64, limit: NonZeroU32) -> StoreResult<Vec<AuditRecord>> {
         audit::records(&self.pool, after, limit).await
+    }
+
+    async fn device_twin(&self, id: &DeviceId) -> StoreResult<Option<DeviceTwin>> {
+        twins::get(&mut *self.pool.acquire().await.map_err(db)?, id).await
+    }
+
+    async fn update_twin(
+        &self,
+        id: &DeviceId,
+        update: &TwinUpdate,
+        policy: &TwinPolicy,
+        m: &Mutation,
+    ) -> StoreResult<Result<TwinChange, TwinError>> {
+        twins::update(&self.pool, id, update, policy, m).await
+    }
+
+    async fn report_twin(
+        &self,
+        id: &DeviceId,
+        patch: &serde_json::Value,
+        policy: &TwinPolicy,
+        at: Timestamp,
+    ) -> StoreResult<Result<TwinChange, TwinError>> {
+        twins::report(&self.pool, id, patch, policy, at).await
+    }
+
+    async fn twin_history(
+        &self,
+        id: &DeviceId,
+        q: &TwinHistoryQuery,
+    ) -> StoreResult<Page<TwinHistoryEntry>> {
+        twins::history(&self.pool, id, q).await
     }
 }
 

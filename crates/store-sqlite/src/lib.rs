@@ -35,6 +35,7 @@ mod presence;
 mod replacement;
 mod rows;
 mod tokens;
+mod twins;
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -43,10 +44,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use domain::{
     AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, ClaimCode,
-    CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch,
+    CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch, DeviceTwin,
     EnrollmentGroup, EnrollmentGroupName, EnrollmentGroupPatch, Group, GroupName, GroupPatch,
     ImportRow, Mutation, NewDevice, NewDeviceCertificate, NewDeviceCredential, NewEnrollmentGroup,
     NewGroup, NewToken, Presence, RegistrationRefusal, Replacement, Timestamp, TokenHash, TokenId,
+    TwinError, TwinPolicy,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -55,7 +57,8 @@ use sqlx::{Sqlite, Transaction};
 use store::{
     ConnectivitySummary, DeviceLogin, DeviceQuery, ImportMode, ImportOutcome, MqttOp, MqttSnapshot,
     NewClaimCode, Page, PresenceEvent, Registered, Registration, RegistrationRefusalRecord,
-    StateCounts, Store, StoreError, StoreResult,
+    StateCounts, Store, StoreError, StoreResult, TwinChange, TwinHistoryEntry, TwinHistoryQuery,
+    TwinUpdate,
 };
 
 use crate::rows::{AUDIT_COLUMNS, AuditRow, audit_from_row, db};
@@ -524,6 +527,38 @@ impl Store for SqliteStore {
         .await
         .map_err(db)?;
         rows.into_iter().map(audit_from_row).collect()
+    }
+
+    async fn device_twin(&self, id: &DeviceId) -> StoreResult<Option<DeviceTwin>> {
+        twins::get(&mut *self.read().await?, id).await
+    }
+
+    async fn update_twin(
+        &self,
+        id: &DeviceId,
+        update: &TwinUpdate,
+        policy: &TwinPolicy,
+        m: &Mutation,
+    ) -> StoreResult<Result<TwinChange, TwinError>> {
+        twins::update(self, id, update, policy, m).await
+    }
+
+    async fn report_twin(
+        &self,
+        id: &DeviceId,
+        patch: &serde_json::Value,
+        policy: &TwinPolicy,
+        at: Timestamp,
+    ) -> StoreResult<Result<TwinChange, TwinError>> {
+        twins::report(self, id, patch, policy, at).await
+    }
+
+    async fn twin_history(
+        &self,
+        id: &DeviceId,
+        q: &TwinHistoryQuery,
+    ) -> StoreResult<Page<TwinHistoryEntry>> {
+        twins::history(&mut *self.read().await?, id, q).await
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod conformance;
 mod enrollment;
 mod mqtt;
+mod twins;
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -18,11 +19,12 @@ use std::num::NonZeroU32;
 use async_trait::async_trait;
 use domain::{
     AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, ClaimCode,
-    CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch,
+    CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch, DeviceTwin,
     EnrollmentGroup, EnrollmentGroupName, EnrollmentGroupPatch, Filter, Group, GroupName,
     GroupPatch, IllegalTransition, ImportRow, LifecycleState, Mutation, NewDevice,
     NewDeviceCertificate, NewDeviceCredential, NewEnrollmentGroup, NewGroup, NewToken, Presence,
-    RegistrationRefusal, Replacement, ReplacementError, Timestamp, TokenHash, TokenId,
+    RegistrationRefusal, Replacement, ReplacementError, Timestamp, TokenHash, TokenId, TwinError,
+    TwinPolicy,
 };
 
 pub use crate::enrollment::{
@@ -32,6 +34,10 @@ pub use crate::enrollment::{
 };
 pub use crate::mqtt::{
     MqttMessage, MqttOp, MqttQueued, MqttSession, MqttSnapshot, MqttSubscription,
+};
+pub use crate::twins::{
+    NewTwinHistory, TWIN_UPDATE_ACTION, TwinChange, TwinHistoryEntry, TwinHistoryQuery, TwinUpdate,
+    TwinWrites, device_actor, plan_replacement, plan_report, plan_update, recompute_desired,
 };
 
 /// Largest page any list call returns.
@@ -281,6 +287,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// per revocation, one
     /// `device.update` per lifecycle step of `old`), then one `device.replace` on `device/<old>`
     /// with no `before` and [`Replacement::audit_summary`] as `after`.
+    ///
+    /// # Errors
+    /// The successor's twin takes the old device's own desired layer and tags section (its
+    /// effective desired document is recomputed), audited as `device.twin.update` on
+    /// `device/<new>` before `device.replace` when that changes it; history entries by
+    /// `replacement:<old>` (pruned by the next change of the twin).
     ///
     /// # Errors
     /// [`StoreError::NotFound`] (kind `device`) for an unknown `old`, [`StoreError::Replacement`]
@@ -670,4 +682,54 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Audit records with `seq > after`, oldest first.
     async fn audit_records(&self, after: u64, limit: NonZeroU32) -> StoreResult<Vec<AuditRecord>>;
+
+    // ---- twins ----
+    //
+    // A device's twin (see `domain::twin`): one row per device, created on its first change,
+    // deleted with the device. An operator's change is audited as `device.twin.update` on
+    // `device/<id>`; a device's report is observed state and is not. Every change of a section
+    // appends a history entry, and only the newest `history_per_device` entries of a device are
+    // kept (pruned in the same transaction). Read-modify-write happens in one transaction with
+    // the twin row locked. Replacing a device gives the successor the old device's own desired
+    // layer and tags (see `replace_device`).
+
+    /// A device's twin: `None` for an unknown device; a device whose twin never changed has an
+    /// empty one at versions 0. Reads one row by primary key.
+    async fn device_twin(&self, id: &DeviceId) -> StoreResult<Option<DeviceTwin>>;
+
+    /// Applies an operator's merge patches to the device's own desired layer and to the tags,
+    /// checked against `update.if_match`, recomputes the effective desired document and appends
+    /// history and one `device.twin.update` audit record (no `before`; `after`: versions and the
+    /// patches as applied). A change that changes nothing writes nothing and keeps the versions.
+    /// The inner `Err` is a refusal that wrote nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (kind `device`).
+    async fn update_twin(
+        &self,
+        id: &DeviceId,
+        update: &TwinUpdate,
+        policy: &TwinPolicy,
+        m: &Mutation,
+    ) -> StoreResult<Result<TwinChange, TwinError>>;
+
+    /// Applies a device's merge patch to its reported section at `at`, with history but no audit
+    /// record. The inner `Err` is a refusal that wrote nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (kind `device`).
+    async fn report_twin(
+        &self,
+        id: &DeviceId,
+        patch: &serde_json::Value,
+        policy: &TwinPolicy,
+        at: Timestamp,
+    ) -> StoreResult<Result<TwinChange, TwinError>>;
+
+    /// One page of a device's twin history, newest first (empty for an unknown device).
+    async fn twin_history(
+        &self,
+        id: &DeviceId,
+        q: &TwinHistoryQuery,
+    ) -> StoreResult<Page<TwinHistoryEntry>>;
 }

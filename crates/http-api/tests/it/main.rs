@@ -16,3 +16,4 @@ mod openapi;
 mod replacement;
 mod rotation;
 mod tokens;
+mod twins;

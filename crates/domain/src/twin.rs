@@ -491,7 +491,11 @@ pub fn check_limits(
 ) -> Result<(), TwinError> {
     let d = depth(doc);
     if d > limits.max_depth {
-        return Err(TwinError::TooDeep { section: section.as_str(), depth: d, limit: limits.max_depth });
+        return Err(TwinError::TooDeep {
+            section: section.as_str(),
+            depth: d,
+            limit: limits.max_depth,
+        });
     }
     let size = Value::Object(doc.clone()).to_string().len();
     if size > limits.max_section_bytes {
@@ -648,7 +652,12 @@ mod tests {
         let mut s = TwinSection::default();
         let limits = TwinLimits::default();
         let p = s
-            .apply_patch(SectionName::Desired, &json!({"led":{"color":"red","on":true}}), t(1), &limits)
+            .apply_patch(
+                SectionName::Desired,
+                &json!({"led":{"color":"red","on":true}}),
+                t(1),
+                &limits,
+            )
             .unwrap();
         assert_eq!(p, Some(json!({"led":{"color":"red","on":true}})));
         assert_eq!(s.version, 1);
@@ -656,7 +665,12 @@ mod tests {
         assert_eq!(s.metadata["/led/on"].version, 1);
 
         let p = s
-            .apply_patch(SectionName::Desired, &json!({"led":{"color":"blue","on":null}}), t(2), &limits)
+            .apply_patch(
+                SectionName::Desired,
+                &json!({"led":{"color":"blue","on":null}}),
+                t(2),
+                &limits,
+            )
             .unwrap();
         assert_eq!(p, Some(json!({"led":{"color":"blue","on":null}})));
         assert_eq!(s.version, 2);
@@ -715,15 +729,22 @@ mod tests {
         reported.apply_patch(SectionName::Reported, &json!({"b":4}), t(40), &limits).unwrap();
         assert_eq!(convergence(&desired, &reported), Convergence::Drifted { since: t(40) });
         // The nearest reported ancestor counts.
-        desired.apply_patch(SectionName::Desired, &json!({"b":null,"c":{"d":1}}), t(50), &limits).unwrap();
-        reported.apply_patch(SectionName::Reported, &json!({"b":null,"c":"off"}), t(60), &limits).unwrap();
+        desired
+            .apply_patch(SectionName::Desired, &json!({"b":null,"c":{"d":1}}), t(50), &limits)
+            .unwrap();
+        reported
+            .apply_patch(SectionName::Reported, &json!({"b":null,"c":"off"}), t(60), &limits)
+            .unwrap();
         assert_eq!(convergence(&desired, &reported), Convergence::Drifted { since: t(60) });
     }
 
     #[test]
     fn effective_desired_merges_layers_in_order() {
         let layers = [
-            Layer { source: LayerSource::Named("fleet".into()), document: obj(json!({"a":1,"b":{"c":1,"d":1}})) },
+            Layer {
+                source: LayerSource::Named("fleet".into()),
+                document: obj(json!({"a":1,"b":{"c":1,"d":1}})),
+            },
             Layer { source: LayerSource::Device, document: obj(json!({"b":{"c":2,"d":null}})) },
         ];
         let e = effective_desired(&layers);

@@ -30,6 +30,7 @@ mod agent_reports;
 mod mtls;
 mod provision;
 mod replacement;
+mod twin;
 
 /// How long a test waits for something that should happen.
 const WAIT: Duration = Duration::from_secs(20);

@@ -1,5 +1,6 @@
 //! Device replacement (RMA) end to end: the replaced device's live session is cut and it cannot
-//! come back, while its successor, with the old device's tags and groups, connects.
+//! come back, while its successor, with the old device's tags, groups and desired configuration
+//! (device twin), connects.
 
 use super::*;
 
@@ -15,6 +16,12 @@ async fn replacing_a_device_cuts_it_off_and_its_successor_takes_over() {
     let (status, body) =
         server.post("/api/v1/groups/pumps/members", &json!({"device_ids": ["pump-1"]})).await;
     assert_eq!(status, 204, "{body}");
+
+    // Its desired configuration (device twin), which the successor must take over.
+    let (status, body) = server
+        .patch("/api/v1/devices/pump-1/twin", &json!({"desired": {"flow": {"max": 40}}}))
+        .await;
+    assert_eq!(status, 200, "{body}");
 
     let mut live = Probe::connected(server.mqtt_addr, V5, "pump-1", &old_token).await;
     live.subscribe(&["devices/pump-1/#"]).await;
@@ -61,6 +68,12 @@ async fn replacing_a_device_cuts_it_off_and_its_successor_takes_over() {
         .filter_map(|d| d["id"].as_str())
         .collect();
     assert_eq!(ids, ["pump-2"]);
+
+    // The successor has the old device's desired configuration, and is sent it on arrival.
+    let (status, twin) = server.get("/api/v1/devices/pump-2/twin").await;
+    assert_eq!(status, 200, "{twin}");
+    assert_eq!(twin["desired"]["document"], json!({"flow": {"max": 40}}));
+    assert_eq!(twin["delta"], json!({"flow": {"max": 40}}));
 
     let (status, audit) = server.get("/api/v1/audit?limit=1000").await;
     assert_eq!(status, 200, "{audit}");

@@ -8,6 +8,7 @@ mod client;
 mod commands;
 mod enrollment;
 mod output;
+mod twin;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::{self, Sources};
 
 pub use enrollment::{AttestationArg, ClaimCodesCommand, EnrollmentCommand};
+pub use twin::{SectionArg, TwinCommand};
 
 /// Herd: IoT device management in one binary.
 #[derive(Debug, Parser)]
@@ -48,6 +50,9 @@ pub enum Command {
     /// Manage enrollment groups: how unknown devices provision themselves (zero-touch).
     #[command(subcommand)]
     Enrollment(EnrollmentCommand),
+    /// Read and change device twins: desired state, reported state, tags.
+    #[command(subcommand)]
+    Twin(TwinCommand),
     /// Fleet totals: devices by lifecycle state, connected now, ever connected.
     Inventory {
         /// Server, token and output options.
@@ -552,6 +557,7 @@ pub fn execute(cli: Cli) -> ExitCode {
         Command::Token(cmd) => block_on(commands::token(cmd)),
         Command::Audit(cmd) => block_on(commands::audit(cmd)),
         Command::Enrollment(cmd) => block_on(enrollment::enrollment(cmd)),
+        Command::Twin(cmd) => block_on(twin::twin(cmd)),
         Command::Inventory { client } => block_on(commands::inventory(client)),
     };
     match result {

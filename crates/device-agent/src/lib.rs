@@ -24,6 +24,9 @@
 //!   `devices/{id}/`, such as `commands/#`) and hands what arrives to an [`Inbox`]: the hook through
 //!   which twins, commands, jobs and OTA updates reach the device.
 //!
+//! [`twin`] reads the device twin, reports state and parses the desired states and deltas Herd
+//! pushes, over that inbox.
+//!
 //! A device Herd has never seen gets its credential first through [`provisioning`] (zero-touch:
 //! an enrollment group, a derived key or a claim code, over HTTPS).
 //!
@@ -60,6 +63,7 @@ mod offline_buffer;
 pub mod provisioning;
 mod telemetry;
 mod transport;
+pub mod twin;
 
 pub use crate::backoff::{Backoff, backoff_delay};
 pub use crate::config::{DeviceConfig, OfflineJournal, Protocol};

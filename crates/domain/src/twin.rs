@@ -559,10 +559,10 @@ pub fn convergence(desired: &TwinSection, reported: &TwinSection) -> Convergence
     for pointer in leaves(&delta).into_keys() {
         let Some(want) = desired.metadata.get(&pointer) else { continue };
         oldest = Some(oldest.map_or(want.updated_at, |o| o.min(want.updated_at)));
-        if let Some(seen) = reported_at(&reported.metadata, &pointer) {
-            if seen > want.updated_at {
-                drift = Some(drift.map_or(seen, |d| d.max(seen)));
-            }
+        if let Some(seen) = reported_at(&reported.metadata, &pointer)
+            && seen > want.updated_at
+        {
+            drift = Some(drift.map_or(seen, |d| d.max(seen)));
         }
     }
     match (drift, oldest) {

@@ -153,10 +153,10 @@ pub fn plan_update(
     m: &Mutation,
 ) -> Result<TwinWrites, TwinError> {
     let current = twin.etag();
-    if let Some(expected) = update.if_match {
-        if expected != current {
-            return Err(TwinError::EtagMismatch { expected, current });
-        }
+    if let Some(expected) = update.if_match
+        && expected != current
+    {
+        return Err(TwinError::EtagMismatch { expected, current });
     }
     let actor = m.actor.to_string();
     let mut writes = TwinWrites::default();
@@ -165,11 +165,11 @@ pub fn plan_update(
         layer_patch =
             twin.device_desired.apply_patch(SectionName::Desired, patch, m.at, &policy.limits)?;
     }
-    if layer_patch.is_some() {
-        if let Some(entry) = recompute_desired(twin, base_layers, policy, m.at, &actor)? {
-            writes.desired_changed = true;
-            writes.history.push(entry);
-        }
+    if layer_patch.is_some()
+        && let Some(entry) = recompute_desired(twin, base_layers, policy, m.at, &actor)?
+    {
+        writes.desired_changed = true;
+        writes.history.push(entry);
     }
     let mut tags_patch = None;
     if let Some(patch) = &update.tags {
@@ -239,15 +239,15 @@ pub fn plan_replacement(
     let mut writes = TwinWrites::default();
     let layer_patch =
         successor.device_desired.set_document(old.device_desired.document.clone(), at);
-    if layer_patch.is_some() {
-        let unlimited = TwinPolicy {
-            limits: domain::TwinLimits { max_section_bytes: usize::MAX, max_depth: usize::MAX },
-            history_per_device: 0,
-        };
-        if let Ok(Some(entry)) = recompute_desired(successor, base_layers, &unlimited, at, &actor) {
-            writes.desired_changed = true;
-            writes.history.push(entry);
-        }
+    let unlimited = TwinPolicy {
+        limits: domain::TwinLimits { max_section_bytes: usize::MAX, max_depth: usize::MAX },
+        history_per_device: 0,
+    };
+    if layer_patch.is_some()
+        && let Ok(Some(entry)) = recompute_desired(successor, base_layers, &unlimited, at, &actor)
+    {
+        writes.desired_changed = true;
+        writes.history.push(entry);
     }
     let tags_patch = successor.tags.set_document(old.tags.document.clone(), at);
     if let Some(p) = &tags_patch {

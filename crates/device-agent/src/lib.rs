@@ -26,6 +26,8 @@
 //!
 //! [`commands`] receives direct commands from that inbox, asks for the pending ones after each
 //! connection, skips repeats and answers them.
+//! [`twin`] reads the device twin, reports state and parses the desired states and deltas Herd
+//! pushes, over that inbox.
 //!
 //! A device Herd has never seen gets its credential first through [`provisioning`] (zero-touch:
 //! an enrollment group, a derived key or a claim code, over HTTPS).
@@ -64,6 +66,7 @@ mod offline_buffer;
 pub mod provisioning;
 mod telemetry;
 mod transport;
+pub mod twin;
 
 pub use crate::backoff::{Backoff, backoff_delay};
 pub use crate::config::{DeviceConfig, OfflineJournal, Protocol};

@@ -22,6 +22,8 @@
 //!   rules the store and the scheduler share (module `job`).
 //! - [`Command`] is a direct command to one device (RPC) with its delivery window and result;
 //!   [`CommandState::check_transition`] holds its state rules.
+//! - [`DeviceTwin`] is a device's desired, reported and tags documents with versions and
+//!   per-property metadata (module [`twin`]: merge patch, delta, convergence, layers).
 //! - [`Mutation`] says who changes something and when; every write to the store carries one.
 
 pub mod agent;
@@ -38,6 +40,7 @@ pub mod presence;
 pub mod replacement;
 pub mod timestamp;
 pub mod token;
+pub mod twin;
 
 pub use agent::{AgentPayload, AgentPayloadError, AgentReport, AgentReportUpdate};
 pub use audit::{AuditRecord, NewAuditRecord};
@@ -70,6 +73,10 @@ pub use presence::Presence;
 pub use replacement::{Replacement, ReplacementError, ReplacementPlan};
 pub use timestamp::Timestamp;
 pub use token::{ApiToken, NewToken, Role, TokenHash, TokenId};
+pub use twin::{
+    Convergence, DeviceTwin, Layer, LayerSource, SectionName, TwinError, TwinEtag, TwinLimits,
+    TwinPolicy, TwinSection,
+};
 
 use std::fmt;
 

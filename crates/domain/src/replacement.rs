@@ -93,8 +93,8 @@ impl ReplacementPlan {
     /// (a pre-provisioned device) and is created in state `registered` otherwise, so it onboards
     /// through the normal flow. Everything happens at `at`.
     ///
-    /// Desired configuration (issue 6) does not exist yet; when it does, it moves to the
-    /// successor here too, next to tags and attributes.
+    /// The device twin (the old device's own desired layer and twin tags) is not part of the
+    /// plan: the store moves it in the same transaction (`store::plan_replacement`).
     ///
     /// # Errors
     /// In this order: [`ReplacementError::SameDevice`], [`ReplacementError::AlreadyRetired`],

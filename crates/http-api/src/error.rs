@@ -78,6 +78,12 @@ pub(crate) enum ApiError {
     /// `If-Match` names another version than the current one.
     #[error("{0}")]
     PreconditionFailed(String),
+    /// A twin merge patch that is not a JSON object.
+    #[error("{0}")]
+    InvalidPatch(String),
+    /// A twin section would pass its size or depth limit.
+    #[error("{0}")]
+    TwinTooLarge(String),
     /// No device with this id.
     #[error("device {0} not found")]
     DeviceNotFound(String),
@@ -224,11 +230,14 @@ impl ApiError {
             | Self::InvalidCursor
             | Self::InvalidQuery(_)
             | Self::InvalidCsvHeader(_)
-            | Self::InvalidCsr(_) => StatusCode::BAD_REQUEST,
+            | Self::InvalidCsr(_)
+            | Self::InvalidPatch(_) => StatusCode::BAD_REQUEST,
             Self::ValidationFailed(_) | Self::ReplaceSameDevice(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Self::PayloadTooLarge(_) | Self::ImportTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge(_) | Self::ImportTooLarge(_) | Self::TwinTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::IllegalTransition(_)
             | Self::DeviceExists(_)
@@ -271,6 +280,8 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::IllegalTransition(_) => "illegal_transition",
             Self::PreconditionFailed(_) => "precondition_failed",
+            Self::InvalidPatch(_) => "invalid_patch",
+            Self::TwinTooLarge(_) => "twin_too_large",
             Self::DeviceNotFound(_) => "device_not_found",
             Self::GroupNotFound(_) => "group_not_found",
             Self::TokenNotFound(_) => "token_not_found",

@@ -5,7 +5,7 @@
 //!   of handles (the [`store::Store`], the config, the clock, the metrics handle, the optional
 //!   access-change channel and [`CertificateIssuer`]) every handler receives.
 //! - [`router`] builds the whole surface: health and metrics endpoints, the `/api/v1` resources
-//!   (one module each: `devices`, `replacement`, `credentials`, `certificates`, `inventory`, `import`, `groups`, `tokens`,
+//!   (one module each: `devices`, `replacement`, `credentials`, `certificates`, `twins`, `inventory`, `import`, `groups`, `tokens`,
 //!   `audit`, `enrollment`, `commands`), the device-facing `POST /provision/v1/register` (`provisioning`, no
 //!   operator token), the OpenAPI document and Swagger UI.
 //! - [`CommandDispatcher`] is what the server lends the API to reach devices with direct commands
@@ -45,6 +45,7 @@ mod rotation;
 pub mod secrets;
 mod state;
 mod tokens;
+mod twins;
 
 pub use certificates::{CertificateIssuer, IssueError, IssuedCertificate};
 pub use commands::{
@@ -123,6 +124,8 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(devices::create_device, devices::list_devices))
         .routes(routes!(devices::get_device, devices::update_device, devices::delete_device))
         .routes(routes!(replacement::replace_device))
+        .routes(routes!(twins::get_twin, twins::patch_twin))
+        .routes(routes!(twins::twin_history))
         .routes(routes!(credentials::create_credential, credentials::list_credentials))
         .routes(routes!(credentials::revoke_credential))
         .routes(routes!(certificates::create_certificate, certificates::list_certificates))

@@ -31,6 +31,7 @@ pub(crate) const BEARER: &str = "bearer";
         (name = "devices", description = "The device registry"),
         (name = "credentials", description = "Device credentials: the secrets devices connect with"),
         (name = "certificates", description = "Device certificates: issued by Herd's CA from a CSR, for mutual TLS"),
+        (name = "twins", description = "Device twins: desired state, reported state and tags, with merge patches, versions and history"),
         (name = "import", description = "Bulk import of devices"),
         (name = "commands", description = "Direct commands to one device, synchronous or queued"),
         (name = "groups", description = "Static and dynamic device groups"),

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use domain::{
     AccessChangeReason, Actor, ApiToken, DeviceAccessChange, DeviceId, DeviceNotice, Mutation,
-    Timestamp,
+    Timestamp, TwinPolicy,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use store::Store;
@@ -133,6 +133,11 @@ pub struct AppState {
     secret_box: Option<Arc<SecretBox>>,
     /// Failed registration attempts, shared by every request.
     provisioning_failures: Arc<FailureLimiter>,
+    /// Limits and history retention of device twins.
+    twin_policy: TwinPolicy,
+    /// Where the ids of devices whose effective desired state changed go (the server pushes it
+    /// to them); `None`: nowhere. See `twins` for the overload policy.
+    twin_changes: Option<mpsc::Sender<DeviceId>>,
 }
 
 impl fmt::Debug for AppState {
@@ -146,6 +151,8 @@ impl fmt::Debug for AppState {
             .field("device_notices", &self.device_notices.is_some())
             .field("command_dispatcher", &self.command_dispatcher.is_some())
             .field("secret_box", &self.secret_box.is_some())
+            .field("twin_policy", &self.twin_policy)
+            .field("twin_changes", &self.twin_changes.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -168,6 +175,38 @@ impl AppState {
             command_dispatcher: None,
             secret_box: None,
             provisioning_failures,
+            twin_policy: TwinPolicy::default(),
+            twin_changes: None,
+        }
+    }
+
+    /// Checks twin changes against `policy` (size limits, history kept per device) instead of
+    /// [`TwinPolicy::default`].
+    #[must_use]
+    pub fn with_twin_policy(mut self, policy: TwinPolicy) -> Self {
+        self.twin_policy = policy;
+        self
+    }
+
+    /// Sends the id of every device whose effective desired state a request changed to `tx`,
+    /// after the commit, so that the server pushes it to the device. A full channel holds the
+    /// request until there is room; without it nothing is sent.
+    #[must_use]
+    pub fn with_twin_changes(mut self, tx: mpsc::Sender<DeviceId>) -> Self {
+        self.twin_changes = Some(tx);
+        self
+    }
+
+    pub(crate) fn twin_policy(&self) -> &TwinPolicy {
+        &self.twin_policy
+    }
+
+    /// Reports that `device_id`'s effective desired state changed, after the commit. Waits for
+    /// room in the channel; logs and carries on when its receiver is gone.
+    pub(crate) async fn twin_changed(&self, device_id: DeviceId) {
+        let Some(tx) = &self.twin_changes else { return };
+        if let Err(e) = tx.send(device_id).await {
+            tracing::warn!(device_id = %e.0, "twin change not delivered: its receiver is gone");
         }
     }
 

@@ -55,6 +55,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// Direct commands to devices (`[commands]`).
     pub commands: CommandsConfig,
+    /// Device twins: limits and history (`[twin]`).
+    pub twin: TwinConfig,
     /// Log output.
     pub log: LogConfig,
     /// The first admin token's secret, when it is given rather than generated (`HERD_ADMIN_TOKEN`).
@@ -112,6 +114,16 @@ pub struct MqttProvisioningConfig {
     /// Most bootstrap clients whose address is remembered for rate limiting
     /// (`provisioning.mqtt_max_bootstrap_clients`); the oldest is forgotten when it is full.
     pub max_tracked_clients: usize,
+}
+
+/// Device twins (`[twin]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TwinConfig {
+    /// Section size and depth limits and history kept per device (`twin.max_section_bytes`,
+    /// `twin.max_depth`, `twin.history_per_device`).
+    pub policy: domain::TwinPolicy,
+    /// Largest MQTT twin request a device may publish (`twin.max_request_bytes`).
+    pub max_request_bytes: usize,
 }
 
 /// Device certificates (`[identity]`): which CA signs them and for how long.
@@ -252,6 +264,7 @@ struct RawConfig {
     identity: RawIdentity,
     provisioning: RawProvisioning,
     commands: RawCommands,
+    twin: RawTwin,
     log: RawLog,
 }
 
@@ -267,6 +280,15 @@ struct RawCommands {
     sweep_interval_secs: u64,
     retention_days: u64,
     idempotency_window_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTwin {
+    max_section_bytes: u64,
+    max_depth: u64,
+    history_per_device: u64,
+    max_request_bytes: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -622,6 +644,7 @@ fn validate(
     let mut mqtt = validate_mqtt(&raw.mqtt, &mut problems);
     mqtt.provisioning = validate_mqtt_provisioning(&raw.provisioning, &mut problems);
     let identity = validate_identity(&raw.identity, &raw.server.data_dir, &mut problems);
+    let twin = validate_twin(&raw.twin, &mut problems);
 
     let http_listen = match raw.http.listen.parse::<SocketAddr>() {
         Ok(a) => a,
@@ -738,6 +761,7 @@ fn validate(
         mqtt,
         identity,
         commands,
+        twin,
         log: LogConfig { format, level: raw.log.level },
         bootstrap_admin_token,
     })
@@ -1034,6 +1058,31 @@ fn validate_mqtt_tls(raw: &RawMqtt, problems: &mut Vec<String>) -> Option<MqttTl
     let cert_file = file("tls_cert_file", &raw.tls_cert_file, false);
     let key_file = file("tls_key_file", &raw.tls_key_file, true);
     Some(MqttTlsConfig { listen: listen?, cert_file: cert_file?, key_file: key_file? })
+}
+
+/// Validates `[twin]`, adding what is wrong to `problems`.
+fn validate_twin(raw: &RawTwin, problems: &mut Vec<String>) -> TwinConfig {
+    let mut within = |key: &str, value: u64, min: u64, max: u64| -> u64 {
+        if !(min..=max).contains(&value) {
+            problems.push(format!("twin.{key} must be between {min} and {max}, got {value}"));
+        }
+        value.clamp(min, max)
+    };
+    let max_section_bytes = within("max_section_bytes", raw.max_section_bytes, 1024, 1 << 20);
+    let max_depth = within("max_depth", raw.max_depth, 1, 32);
+    let history_per_device = within("history_per_device", raw.history_per_device, 1, 10_000);
+    let max_request_bytes = within("max_request_bytes", raw.max_request_bytes, 1024, 1 << 20);
+    let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    TwinConfig {
+        policy: domain::TwinPolicy {
+            limits: domain::TwinLimits {
+                max_section_bytes: size(max_section_bytes),
+                max_depth: size(max_depth),
+            },
+            history_per_device: u32::try_from(history_per_device).unwrap_or(100),
+        },
+        max_request_bytes: size(max_request_bytes),
+    }
 }
 
 /// Validates `[identity]`: an external CA needs both files, readable, the key only by its owner.

@@ -24,4 +24,5 @@ pub mod gateway;
 pub mod identity;
 pub mod mqtt_persist;
 pub mod serve;
+pub mod twin;
 pub mod websocket;

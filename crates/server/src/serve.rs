@@ -301,6 +301,8 @@ pub async fn run(
         broker_stop.clone(),
     ));
 
+    // Desired-state changes committed by REST requests, pushed to devices by the twin task.
+    let (twin_tx, twin_rx) = mpsc::channel(crate::twin::TWIN_CHANGES_CAPACITY);
     let issuer = Arc::new(CaIssuer::new(Arc::clone(&ca), config.identity.certificate_lifetime));
     let commands = Arc::new(crate::commands::MqttCommands::new(
         Arc::clone(&store),
@@ -313,7 +315,9 @@ pub async fn run(
         .with_access_events(access_tx)
         .with_device_notices(notices_tx)
         .with_certificate_issuer(Arc::clone(&issuer) as Arc<dyn http_api::CertificateIssuer>)
-        .with_secret_box(Arc::new(secret_box));
+        .with_secret_box(Arc::new(secret_box))
+        .with_twin_policy(config.twin.policy)
+        .with_twin_changes(twin_tx);
     let local = listener.local_addr().context("listener has no local address")?;
 
     let stop_accepting = CancellationToken::new();
@@ -329,6 +333,7 @@ pub async fn run(
     let arrivals = gateway::DeviceArrivals::new();
     // Listening before the recorder runs, so that no arrival is missed.
     let command_arrivals = arrivals.listen();
+    let twin_arrivals = arrivals.listen();
     presence.spawn(gateway::record_presence(
         events,
         Arc::clone(&store),
@@ -374,6 +379,23 @@ pub async fn run(
         commands,
         config.commands.sweep_interval,
         config.commands.retention,
+        presence_stop.clone(),
+    ));
+    // Device twins: requests, desired-state pushes and arrival catch-up; subscribed before any
+    // device can connect, stopped like the recorders.
+    let twin_feeds = crate::twin::TwinFeeds::subscribe(&broker_handle)
+        .await
+        .context("failed to subscribe to twin requests")?;
+    presence.spawn(crate::twin::serve_twins(
+        twin_feeds,
+        twin_rx,
+        twin_arrivals,
+        crate::twin::TwinService {
+            store: Arc::clone(&store),
+            broker: broker_handle.clone(),
+            policy: config.twin.policy,
+            max_request_bytes: config.twin.max_request_bytes,
+        },
         presence_stop.clone(),
     ));
     // Devices provisioning themselves over MQTT (the `$provision` login); subscribed before any

@@ -38,6 +38,7 @@ mod presence;
 mod replacement;
 mod rows;
 mod tokens;
+mod twins;
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -48,10 +49,10 @@ use async_trait::async_trait;
 use domain::{
     AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, ClaimCode, Command,
     CommandId, CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch,
-    EnrollmentGroup, EnrollmentGroupName, EnrollmentGroupPatch, Group, GroupName, GroupPatch,
-    ImportRow, Mutation, NewCommand, NewDevice, NewDeviceCertificate, NewDeviceCredential,
-    NewEnrollmentGroup, NewGroup, NewToken, Presence, RegistrationRefusal, Replacement, Timestamp,
-    TokenHash, TokenId,
+    DeviceTwin, EnrollmentGroup, EnrollmentGroupName, EnrollmentGroupPatch, Group, GroupName,
+    GroupPatch, ImportRow, Mutation, NewCommand, NewDevice, NewDeviceCertificate,
+    NewDeviceCredential, NewEnrollmentGroup, NewGroup, NewToken, Presence, RegistrationRefusal,
+    Replacement, Timestamp, TokenHash, TokenId, TwinError, TwinPolicy,
 };
 use domain::{ExecutionState, Job, JobAction, JobExecution, JobId, JobSpec, JobState, JobTarget};
 use sqlx::migrate::Migrator;
@@ -61,7 +62,7 @@ use store::{
     CommandProgress, CommandQuery, CommandUpdate, ConnectivitySummary, CreatedCommand, DeviceLogin,
     DeviceQuery, ImportMode, ImportOutcome, MqttOp, MqttSnapshot, NewClaimCode, Page,
     PresenceEvent, Registered, Registration, RegistrationRefusalRecord, StateCounts, Store,
-    StoreError, StoreResult,
+    StoreError, StoreResult, TwinChange, TwinHistoryEntry, TwinHistoryQuery, TwinUpdate,
 };
 use store::{ExecutionUpdate, ExecutionUpdated, TargetPreview};
 
@@ -639,6 +640,38 @@ impl Store for PostgresStore {
         limit: NonZeroU32,
     ) -> StoreResult<Page<DeviceId>> {
         jobs::target_ids(&self.pool, target, after, limit).await
+    }
+
+    async fn device_twin(&self, id: &DeviceId) -> StoreResult<Option<DeviceTwin>> {
+        twins::get(&mut *self.pool.acquire().await.map_err(db)?, id).await
+    }
+
+    async fn update_twin(
+        &self,
+        id: &DeviceId,
+        update: &TwinUpdate,
+        policy: &TwinPolicy,
+        m: &Mutation,
+    ) -> StoreResult<Result<TwinChange, TwinError>> {
+        twins::update(&self.pool, id, update, policy, m).await
+    }
+
+    async fn report_twin(
+        &self,
+        id: &DeviceId,
+        patch: &serde_json::Value,
+        policy: &TwinPolicy,
+        at: Timestamp,
+    ) -> StoreResult<Result<TwinChange, TwinError>> {
+        twins::report(&self.pool, id, patch, policy, at).await
+    }
+
+    async fn twin_history(
+        &self,
+        id: &DeviceId,
+        q: &TwinHistoryQuery,
+    ) -> StoreResult<Page<TwinHistoryEntry>> {
+        twins::history(&self.pool, id, q).await
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! The rules and the two devices' new registry entries come from [`ReplacementPlan`]; this module
 //! reads what the plan needs (the old device's row locked), applies it, moves static group
-//! memberships, revokes the old device's credentials and certificates, and appends every audit
+//! memberships, revokes the old device's credentials and certificates, gives the successor the
+//! old device's desired configuration and twin tags, and appends every audit
 //! record before it commits.
 
 use domain::{
@@ -16,7 +17,7 @@ use store::{StoreError, StoreResult};
 use crate::audit::{self, begin_write};
 use crate::devices::{self, resource};
 use crate::error::db;
-use crate::{certificates, credentials};
+use crate::{certificates, credentials, twins};
 
 /// Replaces `old` with `new`; see [`store::Store::replace_device`].
 pub(crate) async fn replace(
@@ -48,7 +49,10 @@ pub(crate) async fn replace(
             entries.push(devices::updated_record(before, &plan.successor, m));
         }
     }
-    // Desired configuration (issue 6) will move here as well, in this transaction.
+    // The successor takes the old device's own desired configuration and twin tags.
+    if let Some(after) = twins::replace(&mut tx, old, new, m.at).await? {
+        entries.push(audit::record(m, store::TWIN_UPDATE_ACTION, resource(new), None, Some(after)));
+    }
     let groups = move_group_memberships(&mut tx, old, new).await?;
     for (group, added) in &groups {
         if *added {

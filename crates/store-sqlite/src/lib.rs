@@ -40,6 +40,7 @@ mod presence;
 mod replacement;
 mod rows;
 mod tokens;
+mod twins;
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -49,10 +50,10 @@ use async_trait::async_trait;
 use domain::{
     AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, ClaimCode, Command,
     CommandId, CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch,
-    EnrollmentGroup, EnrollmentGroupName, EnrollmentGroupPatch, Group, GroupName, GroupPatch,
-    ImportRow, Mutation, NewCommand, NewDevice, NewDeviceCertificate, NewDeviceCredential,
-    NewEnrollmentGroup, NewGroup, NewToken, Presence, RegistrationRefusal, Replacement, Timestamp,
-    TokenHash, TokenId,
+    DeviceTwin, EnrollmentGroup, EnrollmentGroupName, EnrollmentGroupPatch, Group, GroupName,
+    GroupPatch, ImportRow, Mutation, NewCommand, NewDevice, NewDeviceCertificate,
+    NewDeviceCredential, NewEnrollmentGroup, NewGroup, NewToken, Presence, RegistrationRefusal,
+    Replacement, Timestamp, TokenHash, TokenId, TwinError, TwinPolicy,
 };
 use domain::{ExecutionState, Job, JobAction, JobExecution, JobId, JobSpec, JobState, JobTarget};
 use sqlx::sqlite::{
@@ -63,7 +64,7 @@ use store::{
     CommandProgress, CommandQuery, CommandUpdate, ConnectivitySummary, CreatedCommand, DeviceLogin,
     DeviceQuery, ImportMode, ImportOutcome, MqttOp, MqttSnapshot, NewClaimCode, Page,
     PresenceEvent, Registered, Registration, RegistrationRefusalRecord, StateCounts, Store,
-    StoreError, StoreResult,
+    StoreError, StoreResult, TwinChange, TwinHistoryEntry, TwinHistoryQuery, TwinUpdate,
 };
 use store::{ExecutionUpdate, ExecutionUpdated, TargetPreview};
 
@@ -690,6 +691,38 @@ impl Store for SqliteStore {
 
     async fn prune_commands(&self, before: Timestamp, limit: NonZeroU32) -> StoreResult<u64> {
         commands::prune(self, before, limit.get()).await
+    }
+
+    async fn device_twin(&self, id: &DeviceId) -> StoreResult<Option<DeviceTwin>> {
+        twins::get(&mut *self.read().await?, id).await
+    }
+
+    async fn update_twin(
+        &self,
+        id: &DeviceId,
+        update: &TwinUpdate,
+        policy: &TwinPolicy,
+        m: &Mutation,
+    ) -> StoreResult<Result<TwinChange, TwinError>> {
+        twins::update(self, id, update, policy, m).await
+    }
+
+    async fn report_twin(
+        &self,
+        id: &DeviceId,
+        patch: &serde_json::Value,
+        policy: &TwinPolicy,
+        at: Timestamp,
+    ) -> StoreResult<Result<TwinChange, TwinError>> {
+        twins::report(self, id, patch, policy, at).await
+    }
+
+    async fn twin_history(
+        &self,
+        id: &DeviceId,
+        q: &TwinHistoryQuery,
+    ) -> StoreResult<Page<TwinHistoryEntry>> {
+        twins::history(&mut *self.read().await?, id, q).await
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! The rules and the two devices' new registry entries come from [`ReplacementPlan`]; this module
 //! reads what the plan needs, applies it, moves static group memberships, revokes the old
-//! device's credentials and certificates, and appends every audit record before it commits.
+//! device's credentials and certificates, gives the successor the old device's desired
+//! configuration and twin tags, and appends every audit record before it commits.
 
 use domain::{
     DeviceCertificate, DeviceCredential, DeviceId, Mutation, NewAuditRecord, Replacement,
@@ -15,7 +16,7 @@ use store::StoreResult;
 use crate::audit_chain::{AuditChain, entry};
 use crate::devices::{self, resource};
 use crate::rows::db;
-use crate::{SqliteStore, certificates, credentials};
+use crate::{SqliteStore, certificates, credentials, twins};
 
 /// Replaces `old` with `new`; see [`store::Store::replace_device`].
 pub(crate) async fn replace(
@@ -55,7 +56,10 @@ pub(crate) async fn replace(
             ));
         }
     }
-    // Desired configuration (issue 6) will move here as well, in this transaction.
+    // The successor takes the old device's own desired configuration and twin tags.
+    if let Some(after) = twins::replace(&mut tx, old, new, m.at).await? {
+        entries.push(entry(m, store::TWIN_UPDATE_ACTION, resource(new), None, Some(after)));
+    }
     let groups = move_group_memberships(&mut tx, old, new).await?;
     for (group, added) in &groups {
         if *added {

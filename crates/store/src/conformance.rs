@@ -40,6 +40,9 @@
 //! - MQTT session state (`mqtt_apply`) appends no audit record and is independent of devices;
 //!   `mqtt_load` returns it in a fixed order (sessions by client id, subscriptions by filter,
 //!   messages by seq, retained messages by topic, all compared bytewise).
+//! - Twins (`update_twin`) are audited as `device.twin.update` on `device/<id>` (no `before`;
+//!   `after`: versions and patches), device reports (`report_twin`) are not; a no-op or refused
+//!   twin change writes nothing; deleting a device deletes its twin and its twin history.
 //! - Failed writes leave no trace, in the data nor in the audit log.
 //! - Timestamps are the `Mutation`'s; audit `seq` runs from 1 without gaps and
 //!   [`verify_chain`] holds after every case.
@@ -56,6 +59,7 @@ mod enrollment;
 mod jobs;
 mod mqtt;
 mod replacement;
+mod twins;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -75,6 +79,7 @@ pub use crate::conformance::enrollment::*;
 pub use crate::conformance::jobs::*;
 pub use crate::conformance::mqtt::*;
 pub use crate::conformance::replacement::*;
+pub use crate::conformance::twins::*;
 
 use crate::{
     ConnectivitySummary, DeviceLogin, DeviceQuery, ImportMode, ImportOutcome, MAX_PAGE_SIZE, Page,
@@ -185,6 +190,12 @@ macro_rules! conformance_tests {
             command_transitions,
             pending_and_expired_commands,
             prune_and_cascade_commands,
+            twin_of_unknown_and_new_devices,
+            twin_update_patches_versions_and_audits,
+            twin_report_converges_without_audit,
+            twin_history_pages_and_prunes,
+            delete_device_removes_twin,
+            replace_device_moves_the_twin,
         );
     };
     (@cases ($factory:expr) $($case:ident),+ $(,)?) => {

@@ -13,6 +13,7 @@ pub mod conformance;
 mod enrollment;
 pub mod jobs;
 mod mqtt;
+mod twins;
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -21,10 +22,11 @@ use async_trait::async_trait;
 use domain::{
     AgentReport, AgentReportUpdate, ApiToken, AuditRecord, CertificateSerial, ClaimCode, Command,
     CommandId, CredentialId, Device, DeviceCertificate, DeviceCredential, DeviceId, DevicePatch,
-    EnrollmentGroup, EnrollmentGroupName, EnrollmentGroupPatch, Filter, Group, GroupName,
-    GroupPatch, IllegalTransition, ImportRow, LifecycleState, Mutation, NewCommand, NewDevice,
-    NewDeviceCertificate, NewDeviceCredential, NewEnrollmentGroup, NewGroup, NewToken, Presence,
-    RegistrationRefusal, Replacement, ReplacementError, Timestamp, TokenHash, TokenId,
+    DeviceTwin, EnrollmentGroup, EnrollmentGroupName, EnrollmentGroupPatch, Filter, Group,
+    GroupName, GroupPatch, IllegalTransition, ImportRow, LifecycleState, Mutation, NewCommand,
+    NewDevice, NewDeviceCertificate, NewDeviceCredential, NewEnrollmentGroup, NewGroup, NewToken,
+    Presence, RegistrationRefusal, Replacement, ReplacementError, Timestamp, TokenHash, TokenId,
+    TwinError, TwinPolicy,
 };
 use domain::{ExecutionState, Job, JobAction, JobExecution, JobId, JobSpec, JobState, JobTarget};
 
@@ -40,6 +42,10 @@ pub use crate::enrollment::{
 pub use crate::jobs::{ExecutionUpdate, ExecutionUpdated, TargetPreview};
 pub use crate::mqtt::{
     MqttMessage, MqttOp, MqttQueued, MqttSession, MqttSnapshot, MqttSubscription,
+};
+pub use crate::twins::{
+    NewTwinHistory, TWIN_UPDATE_ACTION, TwinChange, TwinHistoryEntry, TwinHistoryQuery, TwinUpdate,
+    TwinWrites, device_actor, plan_replacement, plan_report, plan_update, recompute_desired,
 };
 
 /// Largest page any list call returns.
@@ -289,6 +295,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// per revocation, one
     /// `device.update` per lifecycle step of `old`), then one `device.replace` on `device/<old>`
     /// with no `before` and [`Replacement::audit_summary`] as `after`.
+    ///
+    /// # Errors
+    /// The successor's twin takes the old device's own desired layer and tags section (its
+    /// effective desired document is recomputed), audited as `device.twin.update` on
+    /// `device/<new>` before `device.replace` when that changes it; history entries by
+    /// `replacement:<old>` (pruned by the next change of the twin).
     ///
     /// # Errors
     /// [`StoreError::NotFound`] (kind `device`) for an unknown `old`, [`StoreError::Replacement`]
@@ -831,6 +843,7 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         after: Option<&DeviceId>,
         limit: NonZeroU32,
     ) -> StoreResult<Page<DeviceId>>;
+
     // ---- commands ----
     //
     // Direct commands to devices (`domain::command`). Creating and canceling are operator changes,
@@ -912,4 +925,53 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Deletes ended commands completed before `before`, at most `limit` of them; returns how
     /// many. No audit record (their creation and cancel records stay).
     async fn prune_commands(&self, before: Timestamp, limit: NonZeroU32) -> StoreResult<u64>;
+    // ---- twins ----
+    //
+    // A device's twin (see `domain::twin`): one row per device, created on its first change,
+    // deleted with the device. An operator's change is audited as `device.twin.update` on
+    // `device/<id>`; a device's report is observed state and is not. Every change of a section
+    // appends a history entry, and only the newest `history_per_device` entries of a device are
+    // kept (pruned in the same transaction). Read-modify-write happens in one transaction with
+    // the twin row locked. Replacing a device gives the successor the old device's own desired
+    // layer and tags (see `replace_device`).
+
+    /// A device's twin: `None` for an unknown device; a device whose twin never changed has an
+    /// empty one at versions 0. Reads one row by primary key.
+    async fn device_twin(&self, id: &DeviceId) -> StoreResult<Option<DeviceTwin>>;
+
+    /// Applies an operator's merge patches to the device's own desired layer and to the tags,
+    /// checked against `update.if_match`, recomputes the effective desired document and appends
+    /// history and one `device.twin.update` audit record (no `before`; `after`: versions and the
+    /// patches as applied). A change that changes nothing writes nothing and keeps the versions.
+    /// The inner `Err` is a refusal that wrote nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (kind `device`).
+    async fn update_twin(
+        &self,
+        id: &DeviceId,
+        update: &TwinUpdate,
+        policy: &TwinPolicy,
+        m: &Mutation,
+    ) -> StoreResult<Result<TwinChange, TwinError>>;
+
+    /// Applies a device's merge patch to its reported section at `at`, with history but no audit
+    /// record. The inner `Err` is a refusal that wrote nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (kind `device`).
+    async fn report_twin(
+        &self,
+        id: &DeviceId,
+        patch: &serde_json::Value,
+        policy: &TwinPolicy,
+        at: Timestamp,
+    ) -> StoreResult<Result<TwinChange, TwinError>>;
+
+    /// One page of a device's twin history, newest first (empty for an unknown device).
+    async fn twin_history(
+        &self,
+        id: &DeviceId,
+        q: &TwinHistoryQuery,
+    ) -> StoreResult<Page<TwinHistoryEntry>>;
 }

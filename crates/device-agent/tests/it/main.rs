@@ -7,6 +7,7 @@ mod channels;
 mod journal;
 mod renewal;
 mod transports;
+mod twin;
 mod watcher;
 
 use std::sync::Arc;

@@ -17,3 +17,4 @@ mod openapi;
 mod replacement;
 mod rotation;
 mod tokens;
+mod twins;

@@ -35,6 +35,14 @@ const ROUTES: &[(&str, &str, &str, Access)] = &[
     ("PATCH", "/api/v1/devices/{id}", "/api/v1/devices/dev-1", AtLeast(Operator)),
     ("DELETE", "/api/v1/devices/{id}", "/api/v1/devices/dev-1", AtLeast(Operator)),
     ("POST", "/api/v1/devices/{id}/replace", "/api/v1/devices/dev-1/replace", AtLeast(Operator)),
+    ("GET", "/api/v1/devices/{id}/twin", "/api/v1/devices/dev-1/twin", AtLeast(Viewer)),
+    ("PATCH", "/api/v1/devices/{id}/twin", "/api/v1/devices/dev-1/twin", AtLeast(Operator)),
+    (
+        "GET",
+        "/api/v1/devices/{id}/twin/history",
+        "/api/v1/devices/dev-1/twin/history",
+        AtLeast(Viewer),
+    ),
     (
         "POST",
         "/api/v1/devices/{id}/credentials",

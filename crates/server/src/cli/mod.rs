@@ -9,6 +9,7 @@ mod command;
 mod commands;
 mod enrollment;
 mod output;
+mod twin;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use crate::config::{self, Sources};
 
 pub use command::CommandCommand;
 pub use enrollment::{AttestationArg, ClaimCodesCommand, EnrollmentCommand};
+pub use twin::{SectionArg, TwinCommand};
 
 /// Herd: IoT device management in one binary.
 #[derive(Debug, Parser)]
@@ -53,6 +55,9 @@ pub enum Command {
     /// Send direct commands to devices and follow them.
     #[command(subcommand)]
     Command(CommandCommand),
+    /// Read and change device twins: desired state, reported state, tags.
+    #[command(subcommand)]
+    Twin(TwinCommand),
     /// Fleet totals: devices by lifecycle state, connected now, ever connected.
     Inventory {
         /// Server, token and output options.
@@ -558,6 +563,7 @@ pub fn execute(cli: Cli) -> ExitCode {
         Command::Audit(cmd) => block_on(commands::audit(cmd)),
         Command::Enrollment(cmd) => block_on(enrollment::enrollment(cmd)),
         Command::Command(cmd) => block_on(command::command(cmd)),
+        Command::Twin(cmd) => block_on(twin::twin(cmd)),
         Command::Inventory { client } => block_on(commands::inventory(client)),
     };
     match result {

@@ -11,6 +11,8 @@ use test_support::TestServer;
 
 use crate::{herd, stderr, stdout};
 
+mod twin;
+
 struct Cli<'a> {
     server: &'a TestServer,
 }

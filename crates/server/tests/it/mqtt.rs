@@ -31,6 +31,7 @@ mod commands;
 mod mtls;
 mod provision;
 mod replacement;
+mod twin;
 
 /// How long a test waits for something that should happen.
 const WAIT: Duration = Duration::from_secs(20);

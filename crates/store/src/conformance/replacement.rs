@@ -69,7 +69,8 @@ async fn snapshot(
 /// credentials and certificates are revoked (revoked ones keep their time, the successor's are
 /// untouched); the old device goes `decommissioned` then `retired`, one version each. Audited as
 /// each change would be (group member changes included, groups unchanged otherwise), then
-/// `device.replace` with the counts; presence stays.
+/// `device.replace` with the counts; presence stays. The old device's own desired configuration
+/// replaces the successor's (`device.twin.update` on the successor).
 pub async fn replace_device_moves_identity_and_retires_old(store: Arc<dyn Store>) {
     let old = rich_device(
         "old",
@@ -109,10 +110,29 @@ pub async fn replace_device_moves_identity_and_retires_old(store: Arc<dyn Store>
     store.record_connect(&id("old"), at(12).at, "192.0.2.1:1", "5").await.unwrap();
     let presence = store.presence(&id("old")).await.unwrap();
     assert!(presence.is_some());
+    // Desired configuration: the old device's own layer replaces the successor's.
+    let policy = domain::TwinPolicy::default();
+    let twin_update = |v: Value| crate::TwinUpdate { desired: Some(v), ..Default::default() };
+    store
+        .update_twin(&id("old"), &twin_update(json!({"led": "red", "rate": 5})), &policy, &at(13))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .update_twin(&id("new"), &twin_update(json!({"fan": 1, "rate": 1})), &policy, &at(14))
+        .await
+        .unwrap()
+        .unwrap();
     let seq = last_seq(&*store).await;
 
     let m = at(1_000);
     let r = store.replace_device(&id("old"), &id("new"), &m).await.unwrap();
+    let twin = store.device_twin(&id("new")).await.unwrap().unwrap();
+    assert_eq!(
+        twin.desired.document,
+        json!({"led": "red", "rate": 5}).as_object().unwrap().clone()
+    );
+    assert_eq!(twin.desired.version, 2);
 
     let successor = Device {
         tags: tags(&[("hw", "rev2"), ("rack", "4"), ("site", "berlin")]),
@@ -182,7 +202,7 @@ pub async fn replace_device_moves_identity_and_retires_old(store: Arc<dyn Store>
     assert_eq!(store.presence(&id("old")).await.unwrap(), presence, "history stays");
 
     let records = audit_since(&*store, seq).await;
-    assert_eq!(records.len(), 9, "{records:#?}");
+    assert_eq!(records.len(), 10, "{records:#?}");
     let summary = |d: &Device| Some(d.audit_summary());
     check_record(
         &records[0],
@@ -192,18 +212,24 @@ pub async fn replace_device_moves_identity_and_retires_old(store: Arc<dyn Store>
         summary(&new),
         summary(&successor),
     );
+    let twin_after = json!({
+        "versions": {"desired": 2, "device_desired": 2, "tags": 0},
+        "patch": {"desired": {"fan": null, "led": "red", "rate": 5}, "tags": null},
+        "from": "old",
+    });
+    check_record(&records[1], &m, "device.twin.update", "device/new", None, Some(twin_after));
     // Group records as adding and removing members would write them, groups by name; `new` was
     // in g2 already.
     let (added, removed) = (Some(json!({"added": ["new"]})), Some(json!({"removed": ["old"]})));
-    check_record(&records[1], &m, "group.members.add", "group/g1", None, added);
-    check_record(&records[2], &m, "group.members.remove", "group/g1", None, removed.clone());
-    check_record(&records[3], &m, "group.members.remove", "group/g2", None, removed);
+    check_record(&records[2], &m, "group.members.add", "group/g1", None, added);
+    check_record(&records[3], &m, "group.members.remove", "group/g1", None, removed.clone());
+    check_record(&records[4], &m, "group.members.remove", "group/g2", None, removed);
     let (before, after) = (Some(c1.audit_summary()), Some(c1_revoked.audit_summary()));
-    check_record(&records[4], &m, "device.credential.revoke", "device/old", before, after);
+    check_record(&records[5], &m, "device.credential.revoke", "device/old", before, after);
     let (before, after) = (Some(k1.audit_summary()), Some(k1_revoked.audit_summary()));
-    check_record(&records[5], &m, "device.certificate.revoke", "device/old", before, after);
+    check_record(&records[6], &m, "device.certificate.revoke", "device/old", before, after);
     check_record(
-        &records[6],
+        &records[7],
         &m,
         "device.update",
         "device/old",
@@ -211,7 +237,7 @@ pub async fn replace_device_moves_identity_and_retires_old(store: Arc<dyn Store>
         summary(&decommissioned),
     );
     check_record(
-        &records[7],
+        &records[8],
         &m,
         "device.update",
         "device/old",
@@ -219,7 +245,7 @@ pub async fn replace_device_moves_identity_and_retires_old(store: Arc<dyn Store>
         summary(&retired),
     );
     check_record(
-        &records[8],
+        &records[9],
         &m,
         "device.replace",
         "device/old",
@@ -231,7 +257,7 @@ pub async fn replace_device_moves_identity_and_retires_old(store: Arc<dyn Store>
             "revoked": {"credentials": 1, "certificates": 1},
         })),
     );
-    let linked: Value = serde_json::from_str(records[7].after.as_deref().unwrap()).unwrap();
+    let linked: Value = serde_json::from_str(records[8].after.as_deref().unwrap()).unwrap();
     assert_eq!(linked["replaced_by"], "new");
     check_chain(&*store).await;
 }

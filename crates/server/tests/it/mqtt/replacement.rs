@@ -1,5 +1,6 @@
 //! Device replacement (RMA) end to end: the replaced device's live session is cut and it cannot
-//! come back, while its successor, with the old device's tags and groups, connects.
+//! come back, while its successor, with the old device's tags, groups and desired configuration
+//! (device twin), connects.
 
 use super::*;
 
@@ -15,6 +16,12 @@ async fn replacing_a_device_cuts_it_off_and_its_successor_takes_over() {
     let (status, body) =
         server.post("/api/v1/groups/pumps/members", &json!({"device_ids": ["pump-1"]})).await;
     assert_eq!(status, 204, "{body}");
+
+    // Its desired configuration (device twin), which the successor must take over.
+    let (status, body) = server
+        .patch("/api/v1/devices/pump-1/twin", &json!({"desired": {"flow": {"max": 40}}}))
+        .await;
+    assert_eq!(status, 200, "{body}");
 
     let mut live = Probe::connected(server.mqtt_addr, V5, "pump-1", &old_token).await;
     live.subscribe(&["devices/pump-1/#"]).await;
@@ -48,7 +55,20 @@ async fn replacing_a_device_cuts_it_off_and_its_successor_takes_over() {
     let mut successor = Probe::connected(server.mqtt_addr, V5, "pump-2", &new_token).await;
     successor.subscribe(&["devices/pump-2/#"]).await;
     successor.publish("devices/pump-2/telemetry", "21.5").await;
-    assert_eq!(successor.next_message().await, ("devices/pump-2/telemetry".into(), "21.5".into()));
+    // Its own telemetry comes back, and (in either order) the delta of the desired configuration
+    // it took over, sent because it arrived with that configuration not applied.
+    let (mut telemetry, mut delta) = (None, None);
+    while telemetry.is_none() || delta.is_none() {
+        let (topic, payload) = successor.next_message().await;
+        match topic.as_str() {
+            "devices/pump-2/telemetry" => telemetry = Some(payload),
+            "devices/pump-2/twin/delta" => delta = Some(payload),
+            _ => {}
+        }
+    }
+    assert_eq!(telemetry.as_deref(), Some("21.5"));
+    let delta: serde_json::Value = serde_json::from_str(&delta.unwrap_or_default()).unwrap();
+    assert_eq!(delta["delta"], json!({"flow": {"max": 40}}));
 
     let new = server.device_until("pump-2", |d| d["connectivity"]["connected"] == true).await;
     assert_eq!((&new["tags"], &new["replaces"]), (&json!({"site": "berlin"}), &json!("pump-1")));
@@ -61,6 +81,12 @@ async fn replacing_a_device_cuts_it_off_and_its_successor_takes_over() {
         .filter_map(|d| d["id"].as_str())
         .collect();
     assert_eq!(ids, ["pump-2"]);
+
+    // The successor has the old device's desired configuration, and is sent it on arrival.
+    let (status, twin) = server.get("/api/v1/devices/pump-2/twin").await;
+    assert_eq!(status, 200, "{twin}");
+    assert_eq!(twin["desired"]["document"], json!({"flow": {"max": 40}}));
+    assert_eq!(twin["delta"], json!({"flow": {"max": 40}}));
 
     let (status, audit) = server.get("/api/v1/audit?limit=1000").await;
     assert_eq!(status, 200, "{audit}");

@@ -925,6 +925,7 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Deletes ended commands completed before `before`, at most `limit` of them; returns how
     /// many. No audit record (their creation and cancel records stay).
     async fn prune_commands(&self, before: Timestamp, limit: NonZeroU32) -> StoreResult<u64>;
+
     // ---- twins ----
     //
     // A device's twin (see `domain::twin`): one row per device, created on its first change,

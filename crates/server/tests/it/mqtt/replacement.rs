@@ -55,20 +55,30 @@ async fn replacing_a_device_cuts_it_off_and_its_successor_takes_over() {
     let mut successor = Probe::connected(server.mqtt_addr, V5, "pump-2", &new_token).await;
     successor.subscribe(&["devices/pump-2/#"]).await;
     successor.publish("devices/pump-2/telemetry", "21.5").await;
-    // Its own telemetry comes back, and (in either order) the delta of the desired configuration
-    // it took over, sent because it arrived with that configuration not applied.
+    // A clean-session device subscribes after its CONNACK, so the delta Herd pushes when it arrives
+    // may come before its subscription: it asks for its twin, as the protocol says.
+    successor.publish("devices/pump-2/twin/get", r#"{"request_id":"r1"}"#).await;
+    // Its own telemetry comes back, and (in any order) the delta of the desired configuration it
+    // took over: in the arrival push when it came after the subscription, and in the answer.
     let (mut telemetry, mut delta) = (None, None);
     while telemetry.is_none() || delta.is_none() {
         let (topic, payload) = successor.next_message().await;
         match topic.as_str() {
             "devices/pump-2/telemetry" => telemetry = Some(payload),
-            "devices/pump-2/twin/delta" => delta = Some(payload),
+            "devices/pump-2/twin/delta" => {
+                let body: serde_json::Value = serde_json::from_str(&payload).unwrap();
+                assert_eq!(body["delta"], json!({"flow": {"max": 40}}), "{body}");
+            }
+            "devices/pump-2/twin/response" => {
+                let body: serde_json::Value = serde_json::from_str(&payload).unwrap();
+                assert_eq!(body["request_id"], "r1", "{body}");
+                delta = Some(body["twin"]["delta"].clone());
+            }
             _ => {}
         }
     }
     assert_eq!(telemetry.as_deref(), Some("21.5"));
-    let delta: serde_json::Value = serde_json::from_str(&delta.unwrap_or_default()).unwrap();
-    assert_eq!(delta["delta"], json!({"flow": {"max": 40}}));
+    assert_eq!(delta, Some(json!({"flow": {"max": 40}})));
 
     let new = server.device_until("pump-2", |d| d["connectivity"]["connected"] == true).await;
     assert_eq!((&new["tags"], &new["replaces"]), (&json!({"site": "berlin"}), &json!("pump-1")));

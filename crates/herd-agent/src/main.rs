@@ -50,7 +50,12 @@ fn main() -> ExitCode {
     } else {
         Mode::Daemon
     };
-    match runtime.block_on(daemon::run(&settings, mode, shutdown_signal())) {
+    // Signals are handled from the start (see `shutdown_signal`).
+    let run = async {
+        let shutdown = shutdown_signal();
+        daemon::run(&settings, mode, shutdown).await
+    };
+    match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ (RunError::Refused(_) | RunError::RegistrationRefused(_))) => {
             fail(&e.to_string(), 3)
@@ -65,18 +70,25 @@ fn fail(message: &str, code: u8) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
+/// A future that completes on SIGTERM or SIGINT. The handlers are installed when this is called
+/// (inside the runtime), so a signal that comes before the future is first polled still stops the
+/// agent gracefully instead of killing it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt()).ok();
+    let terminate = signal(SignalKind::terminate()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
+        };
+        tokio::select! {
+            () = wait(interrupt) => {}
+            () = wait(terminate) => {}
         }
     }
 }

@@ -628,9 +628,11 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
+        // Signals are handled from here on, before anything starts (see `shutdown_signal`).
+        let shutdown = crate::serve::shutdown_signal();
         let listener = crate::serve::bind_http(config.http_listen).await?;
         let mqtt = crate::gateway::bind_mqtt_listeners(&config.mqtt).await?;
-        crate::serve::run(config, listener, mqtt, crate::serve::shutdown_signal()).await
+        crate::serve::run(config, listener, mqtt, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

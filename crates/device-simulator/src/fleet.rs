@@ -25,7 +25,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SimConfig;
-use crate::profile::{DeviceModel, Profile};
+use crate::profile::{DeviceModel, JobBehaviour, Profile};
 use crate::provision::{Api, CredentialCache, provision, zero_touch};
 use crate::shard;
 use crate::summary::{ErrorCounts, ErrorKind, Progress, Summary, ZeroTouch};
@@ -308,7 +308,21 @@ impl<'a> Fleet<'a> {
             return;
         };
         let config = self.device_config(device.index, device.id, token);
-        let (handle, task) = match Device::spawn(config) {
+        let started = match self.profile.jobs {
+            Some(jobs) => Device::spawn_with_inbox(config, JOB_INBOX).map(|(handle, inbox, task)| {
+                tokio::spawn(run_jobs(
+                    handle.clone(),
+                    inbox,
+                    jobs,
+                    self.seed,
+                    device.index,
+                    self.cancel.clone(),
+                ));
+                (handle, task)
+            }),
+            None => Device::spawn(config),
+        };
+        let (handle, task) = match started {
             Ok(started) => started,
             Err(error) => {
                 tracing::warn!(%error, "device not started");
@@ -346,6 +360,9 @@ impl<'a> Fleet<'a> {
             jitter: 0.5,
         };
         config.local_address = shard::source_address(index, self.source_addresses);
+        if self.profile.jobs.is_some() {
+            config.subscriptions = vec![device_agent::jobs::SUBSCRIPTION.to_owned()];
+        }
         config
     }
 
@@ -633,4 +650,60 @@ async fn check_loopback(host: &str, port: u16) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Messages a job-running device's inbox holds.
+const JOB_INBOX: NonZeroUsize = NonZeroUsize::new(64).expect("not zero");
+
+/// Runs the command jobs device `index` receives: each document is answered after the delay with
+/// `succeeded` or (as [`JobBehaviour::fails`] decides) `failed`; pending work is asked for after
+/// each connection.
+async fn run_jobs(
+    handle: DeviceHandle,
+    mut inbox: device_agent::Inbox,
+    jobs: JobBehaviour,
+    seed: u64,
+    index: u64,
+    cancel: CancellationToken,
+) {
+    use device_agent::jobs::{self, JobMessage, JobStatus};
+    let asker = tokio::spawn(jobs::request_pending_on_each_connection(handle.clone()));
+    // Attempts already run, so a document seen twice (notify, get) is run once.
+    let mut done: std::collections::HashSet<(String, u64)> = std::collections::HashSet::new();
+    loop {
+        let message = tokio::select! {
+            () = cancel.cancelled() => break,
+            m = inbox.recv() => match m {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let documents = match jobs::parse(&message) {
+            Some(JobMessage::Document(d)) => vec![d],
+            Some(JobMessage::PendingAnswer { documents, .. }) => documents,
+            _ => continue,
+        };
+        for d in documents {
+            if !done.insert((d.job_id.clone(), d.attempt)) {
+                continue;
+            }
+            if !jobs.delay.is_zero() {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(jobs.delay) => {}
+                }
+            }
+            let status = if jobs.fails(seed, index, &d.job_id, d.attempt) {
+                JobStatus::Failed
+            } else {
+                JobStatus::Succeeded
+            };
+            let mut details = serde_json::Map::new();
+            details.insert("simulated".to_owned(), serde_json::Value::Bool(true));
+            if jobs::report(&handle, &d.job_id, status, Some(details), None).await.is_err() {
+                break;
+            }
+        }
+    }
+    asker.abort();
 }

@@ -159,6 +159,18 @@ pub(crate) enum ApiError {
     /// The store does not answer (`/readyz`).
     #[error("the store is not available")]
     StoreUnavailable,
+    /// No job with this id.
+    #[error("job {0} not found")]
+    JobNotFound(String),
+    /// A job with this id exists already.
+    #[error("job {0} already exists")]
+    JobExists(String),
+    /// A job spec breaks the rules (the reason is shown).
+    #[error("invalid job spec: {0}")]
+    InvalidJobSpec(String),
+    /// The job's state does not allow the action.
+    #[error("{0}")]
+    IllegalJobTransition(String),
     /// A bug or a backend failure. Logged in full; the client sees a generic message.
     #[error("internal error: {0}")]
     Internal(Box<dyn StdError + Send + Sync>),
@@ -187,7 +199,10 @@ impl ApiError {
             | Self::GroupNotFound(_)
             | Self::TokenNotFound(_)
             | Self::CredentialNotFound(_)
-            | Self::CertificateNotFound(_) => StatusCode::NOT_FOUND,
+            | Self::CertificateNotFound(_)
+            | Self::JobNotFound(_) => StatusCode::NOT_FOUND,
+            Self::JobExists(_) | Self::IllegalJobTransition(_) => StatusCode::CONFLICT,
+            Self::InvalidJobSpec(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::MalformedJson(_)
             | Self::InvalidBody(_)
@@ -268,6 +283,10 @@ impl ApiError {
             Self::DeviceConflict(_) => "device_conflict",
             Self::TooManyAttempts { .. } => "too_many_attempts",
             Self::StoreUnavailable => "store_unavailable",
+            Self::JobNotFound(_) => "job_not_found",
+            Self::JobExists(_) => "job_exists",
+            Self::InvalidJobSpec(_) => "invalid_job_spec",
+            Self::IllegalJobTransition(_) => "illegal_job_transition",
             Self::Internal(_) => "internal",
         }
     }
@@ -322,6 +341,8 @@ impl From<StoreError> for ApiError {
                 Self::EnrollmentGroupExists(id)
             }
             StoreError::AlreadyExists { kind: "device", id } => Self::DeviceExists(id),
+            StoreError::NotFound { kind: "job", id } => Self::JobNotFound(id),
+            StoreError::AlreadyExists { kind: "job", id } => Self::JobExists(id),
             StoreError::AlreadyExists { kind: "group", id } => Self::GroupExists(id),
             StoreError::VersionMismatch { expected, current } => Self::PreconditionFailed(format!(
                 "If-Match names version {expected} but the current version is {current}"

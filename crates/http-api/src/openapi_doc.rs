@@ -33,6 +33,7 @@ pub(crate) const BEARER: &str = "bearer";
         (name = "certificates", description = "Device certificates: issued by Herd's CA from a CSR, for mutual TLS"),
         (name = "import", description = "Bulk import of devices"),
         (name = "groups", description = "Static and dynamic device groups"),
+        (name = "jobs", description = "Fleet jobs: a command or desired-state patch rolled out to many devices"),
         (name = "tokens", description = "Operator API tokens"),
         (name = "audit", description = "The hash-chained audit log"),
         (name = "enrollment", description = "Enrollment groups: how unknown devices provision themselves"),

@@ -53,6 +53,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// Device certificates: the CA and their lifetime.
     pub identity: IdentityConfig,
+    /// Fleet jobs: the scheduler's pace and limits (`[jobs]`).
+    pub jobs: crate::jobs::JobsConfig,
     /// Log output.
     pub log: LogConfig,
     /// The first admin token's secret, when it is given rather than generated (`HERD_ADMIN_TOKEN`).
@@ -235,7 +237,19 @@ struct RawConfig {
     mqtt: RawMqtt,
     identity: RawIdentity,
     provisioning: RawProvisioning,
+    jobs: RawJobs,
     log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJobs {
+    tick_ms: u64,
+    continuous_sync_secs: u64,
+    max_starts_per_tick: u64,
+    max_jobs_per_tick: u64,
+    timeout_batch: u64,
+    max_request_bytes: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -559,6 +573,37 @@ fn validate(
     let mut mqtt = validate_mqtt(&raw.mqtt, &mut problems);
     mqtt.provisioning = validate_mqtt_provisioning(&raw.provisioning, &mut problems);
     let identity = validate_identity(&raw.identity, &raw.server.data_dir, &mut problems);
+    let j = &raw.jobs;
+    let tick_ms = j.tick_ms;
+    if !(10..=60_000).contains(&tick_ms) {
+        problems.push(format!("jobs.tick_ms must be between 10 and 60000, got {tick_ms}"));
+    }
+    let mut positive = |what: &str, v: u64, max: u64| -> u64 {
+        if v == 0 || v > max {
+            problems.push(format!("{what} must be between 1 and {max}, got {v}"));
+            1
+        } else {
+            v
+        }
+    };
+    let jobs = crate::jobs::JobsConfig {
+        tick: Duration::from_millis(tick_ms.clamp(10, 60_000)),
+        continuous_sync: Duration::from_secs(positive(
+            "jobs.continuous_sync_secs",
+            j.continuous_sync_secs,
+            3600,
+        )),
+        max_starts_per_tick: positive("jobs.max_starts_per_tick", j.max_starts_per_tick, 100_000)
+            as u32,
+        max_jobs_per_tick: nonzero_u32(positive(
+            "jobs.max_jobs_per_tick",
+            j.max_jobs_per_tick,
+            10_000,
+        )),
+        timeout_batch: nonzero_u32(positive("jobs.timeout_batch", j.timeout_batch, 100_000)),
+        max_request_bytes: positive("jobs.max_request_bytes", j.max_request_bytes, 1_048_576)
+            as usize,
+    };
 
     let http_listen = match raw.http.listen.parse::<SocketAddr>() {
         Ok(a) => a,
@@ -674,6 +719,7 @@ fn validate(
         store,
         mqtt,
         identity,
+        jobs,
         log: LogConfig { format, level: raw.log.level },
         bootstrap_admin_token,
     })

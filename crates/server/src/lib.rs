@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod gateway;
 pub mod identity;
+pub mod jobs;
 pub mod mqtt_persist;
 pub mod serve;
 pub mod websocket;

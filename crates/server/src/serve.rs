@@ -355,6 +355,26 @@ pub async fn run(
         },
         presence_stop.clone(),
     ));
+    // Fleet jobs: devices' job requests (subscribed before any device can connect) and the
+    // scheduler that starts and delivers executions; both stop like the recorders.
+    let jobs = crate::jobs::Jobs {
+        store: Arc::clone(&store),
+        broker: broker_handle.clone(),
+        // Desired-patch jobs need device twins; until they are wired in, such executions fail
+        // with `twin_unavailable`.
+        patcher: Arc::new(crate::jobs::NoTwins),
+        config: config.jobs.clone(),
+    };
+    let job_feeds = crate::jobs::JobFeeds::subscribe(&broker_handle)
+        .await
+        .context("failed to subscribe to job requests")?;
+    presence.spawn(crate::jobs::serve_devices(
+        job_feeds,
+        arrivals.listen(),
+        jobs.clone(),
+        presence_stop.clone(),
+    ));
+    presence.spawn(crate::jobs::run_scheduler(jobs, presence_stop.clone()));
     // Devices provisioning themselves over MQTT (the `$provision` login); subscribed before any
     // client can connect, stopped like the recorders.
     if config.mqtt.provisioning.is_some() {

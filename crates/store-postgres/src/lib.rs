@@ -574,6 +574,10 @@ impl Store for PostgresStore {
     ) -> StoreResult<Page<DeviceId>> {
         jobs::target_ids(&self.pool, target, after, limit).await
     }
+
+    async fn sync_continuous_job(&self, job: &JobId, now: Timestamp) -> StoreResult<u64> {
+        jobs::sync_continuous(&self.pool, job, now).await
+    }
 }
 
 /// Accepts only names that need no quoting anywhere (`CREATE SCHEMA`, `search_path`).

@@ -625,6 +625,10 @@ impl Store for SqliteStore {
     ) -> StoreResult<Page<DeviceId>> {
         jobs::target_ids(&mut *self.read().await?, target, after, limit).await
     }
+
+    async fn sync_continuous_job(&self, job: &JobId, now: Timestamp) -> StoreResult<u64> {
+        jobs::sync_continuous(self, job, now).await
+    }
 }
 
 #[cfg(test)]

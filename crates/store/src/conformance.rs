@@ -177,6 +177,7 @@ macro_rules! conformance_tests {
             job_lists_and_device_view,
             job_over_ten_thousand_devices,
             job_counters_stay_exact_under_random_reports,
+            job_sync_continuous_reaches_every_new_device,
         );
     };
     (@cases ($factory:expr) $($case:ident),+ $(,)?) => {

@@ -7,6 +7,7 @@
 mod client;
 mod commands;
 mod enrollment;
+mod job;
 mod output;
 
 use std::future::Future;
@@ -18,6 +19,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::{self, Sources};
 
 pub use enrollment::{AttestationArg, ClaimCodesCommand, EnrollmentCommand};
+pub use job::{CreateArgs as JobCreateArgs, JobCommand};
 
 /// Herd: IoT device management in one binary.
 #[derive(Debug, Parser)]
@@ -48,6 +50,9 @@ pub enum Command {
     /// Manage enrollment groups: how unknown devices provision themselves (zero-touch).
     #[command(subcommand)]
     Enrollment(EnrollmentCommand),
+    /// Fleet jobs: a command rolled out to many devices at a bounded rate.
+    #[command(subcommand)]
+    Job(JobCommand),
     /// Fleet totals: devices by lifecycle state, connected now, ever connected.
     Inventory {
         /// Server, token and output options.
@@ -552,6 +557,7 @@ pub fn execute(cli: Cli) -> ExitCode {
         Command::Token(cmd) => block_on(commands::token(cmd)),
         Command::Audit(cmd) => block_on(commands::audit(cmd)),
         Command::Enrollment(cmd) => block_on(enrollment::enrollment(cmd)),
+        Command::Job(cmd) => block_on(job::job(cmd)),
         Command::Inventory { client } => block_on(commands::inventory(client)),
     };
     match result {

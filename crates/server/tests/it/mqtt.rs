@@ -27,6 +27,7 @@ use ProtocolVersion::{V5, V311};
 
 mod access;
 mod agent_reports;
+mod jobs;
 mod mtls;
 mod provision;
 mod replacement;

@@ -206,7 +206,8 @@ pub async fn report(
     expected_version: Option<u64>,
 ) -> Result<(), Stopped> {
     let channel = Channel::subtopic(format!("jobs/{job_id}/update")).map_err(|_| Stopped)?;
-    let mut body = json!({"request_id": format!("{job_id}-{}", status.as_str()), "status": status.as_str()});
+    let mut body =
+        json!({"request_id": format!("{job_id}-{}", status.as_str()), "status": status.as_str()});
     if let Some(details) = status_details {
         body["status_details"] = Value::Object(details);
     }
@@ -259,7 +260,8 @@ mod tests {
             d.operation,
             JobOperation::Command { name: "reboot".into(), payload: json!(1), timeout_secs: 9 }
         );
-        let notify = json!({"jobs": [{"job_id": "j1", "state": "queued", "attempt": 1, "version": 1}]});
+        let notify =
+            json!({"jobs": [{"job_id": "j1", "state": "queued", "attempt": 1, "version": 1}]});
         assert!(matches!(
             parse(&incoming("devices/d/jobs/notify", &notify)),
             Some(JobMessage::Pending(p)) if p.len() == 1

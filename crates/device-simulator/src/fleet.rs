@@ -309,17 +309,19 @@ impl<'a> Fleet<'a> {
         };
         let config = self.device_config(device.index, device.id, token);
         let started = match self.profile.jobs {
-            Some(jobs) => Device::spawn_with_inbox(config, JOB_INBOX).map(|(handle, inbox, task)| {
-                tokio::spawn(run_jobs(
-                    handle.clone(),
-                    inbox,
-                    jobs,
-                    self.seed,
-                    device.index,
-                    self.cancel.clone(),
-                ));
-                (handle, task)
-            }),
+            Some(jobs) => {
+                Device::spawn_with_inbox(config, JOB_INBOX).map(|(handle, inbox, task)| {
+                    tokio::spawn(run_jobs(
+                        handle.clone(),
+                        inbox,
+                        jobs,
+                        self.seed,
+                        device.index,
+                        self.cancel.clone(),
+                    ));
+                    (handle, task)
+                })
+            }
             None => Device::spawn(config),
         };
         let (handle, task) = match started {

@@ -341,7 +341,10 @@ pub(crate) async fn remove_member(
     State(state): State<AppState>,
     MemberPath(name, id): MemberPath,
 ) -> Result<StatusCode, ApiError> {
-    state.store().remove_group_members(&name, &[id.clone()], &state.mutation_by(&caller.token)).await?;
+    state
+        .store()
+        .remove_group_members(&name, &[id.clone()], &state.mutation_by(&caller.token))
+        .await?;
     crate::jobs::device_changed(&state, &id, true).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -403,15 +403,17 @@ impl JobSpecDto {
                 payload: c.payload,
                 timeout_secs: c.timeout_secs.unwrap_or(DEFAULT_COMMAND_TIMEOUT_SECS),
             },
-            OperationDto::DesiredPatch(JobDesiredPatch(patch)) => JobOperation::DesiredPatch { patch },
+            OperationDto::DesiredPatch(JobDesiredPatch(patch)) => {
+                JobOperation::DesiredPatch { patch }
+            }
         };
         let target = match self.target {
             TargetDto::Devices(ids) => JobTarget::Devices(
                 ids.into_iter().map(device_id).collect::<Result<Vec<DeviceId>, _>>()?,
             ),
-            TargetDto::Group(g) => JobTarget::Group(
-                GroupName::new(g.clone()).map_err(|_| ApiError::GroupNotFound(g))?,
-            ),
+            TargetDto::Group(g) => {
+                JobTarget::Group(GroupName::new(g.clone()).map_err(|_| ApiError::GroupNotFound(g))?)
+            }
             TargetDto::Filter(f) => JobTarget::Filter(Filter::parse(&f)?),
         };
         let rollout = match self.rollout {
@@ -530,7 +532,10 @@ impl From<&JobSpec> for JobSpecDto {
                 },
             }),
             in_progress_timeout_secs: p.in_progress_timeout_secs,
-            retry: Some(RetryDto { failed: rule(p.retry.failed), timed_out: rule(p.retry.timed_out) }),
+            retry: Some(RetryDto {
+                failed: rule(p.retry.failed),
+                timed_out: rule(p.retry.timed_out),
+            }),
             abort: p
                 .abort
                 .iter()
@@ -734,7 +739,10 @@ pub(crate) async fn job_executions(
     let after = cursor.as_deref().map(device_cursor).transpose()?;
     let page = state.store().job_executions(&id, st, after.as_ref(), page_limit(limit)).await?;
     let next_cursor = next_cursor(&page, |e| e.device_id.as_str());
-    Ok(Json(ExecutionPage { items: page.items.iter().map(ExecutionDto::from).collect(), next_cursor }))
+    Ok(Json(ExecutionPage {
+        items: page.items.iter().map(ExecutionDto::from).collect(),
+        next_cursor,
+    }))
 }
 
 async fn act(

@@ -195,8 +195,7 @@ impl Jobs {
                 if budget == 0 {
                     break;
                 }
-                let started = match self.store.start_next_executions(job.id(), budget, now).await
-                {
+                let started = match self.store.start_next_executions(job.id(), budget, now).await {
                     Ok(started) => started,
                     // Canceled or deleted in between: nothing to start.
                     Err(StoreError::NotFound { .. }) => continue,
@@ -419,7 +418,9 @@ impl Refused {
 impl From<StoreError> for Refused {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound { kind, id } => Self::new("not_found", format!("{kind} {id} not found")),
+            StoreError::NotFound { kind, id } => {
+                Self::new("not_found", format!("{kind} {id} not found"))
+            }
             StoreError::VersionMismatch { expected, current } => Self::new(
                 "version_mismatch",
                 format!("expected_version is {expected} but the execution is at {current}"),
@@ -538,7 +539,8 @@ impl Jobs {
     ) -> Result<(Value, bool), Refused> {
         let request: UpdateRequest = self.parse(payload)?;
         check_request_id(request.request_id.as_deref())?;
-        let job = JobId::new(job).map_err(|_| Refused::new("not_found", format!("job {job} not found")))?;
+        let job = JobId::new(job)
+            .map_err(|_| Refused::new("not_found", format!("job {job} not found")))?;
         let state = match request.status.as_str() {
             "in_progress" => ExecutionState::InProgress,
             "succeeded" => ExecutionState::Succeeded,
@@ -560,8 +562,7 @@ impl Jobs {
             .map_err(|e| Refused::new("invalid_request", format!("status_details: {e}")))?;
         let update =
             ExecutionUpdate { state, status_details, expected_version: request.expected_version };
-        let updated =
-            self.store.update_execution(&job, device, &update, Timestamp::now()).await?;
+        let updated = self.store.update_execution(&job, device, &update, Timestamp::now()).await?;
         let e = &updated.execution;
         let changed = e.state != ExecutionState::InProgress;
         let answer = json!({

@@ -629,11 +629,7 @@ pub(crate) async fn add_for(
     Ok(created)
 }
 
-pub(crate) async fn sync_continuous(
-    pool: &PgPool,
-    id: &JobId,
-    now: Timestamp,
-) -> StoreResult<u64> {
+pub(crate) async fn sync_continuous(pool: &PgPool, id: &JobId, now: Timestamp) -> StoreResult<u64> {
     let mut tx = begin_write(pool).await?;
     let mut job = get_existing(&mut tx, id).await?;
     if job.spec.selection() != Selection::Continuous

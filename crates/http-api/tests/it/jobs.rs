@@ -92,8 +92,7 @@ async fn create_read_and_list_jobs() {
     let page = api.get("/api/v1/jobs?limit=1").send().await.assert_status(200).json();
     assert_eq!(page["items"][0]["id"], "other");
     let cursor = page["next_cursor"].as_str().expect("a next page").to_owned();
-    let page =
-        api.get(&format!("/api/v1/jobs?limit=1&cursor={cursor}")).send().await.json();
+    let page = api.get(&format!("/api/v1/jobs?limit=1&cursor={cursor}")).send().await.json();
     assert_eq!(page["items"][0]["id"], "reboot");
     assert_eq!(page["next_cursor"], Value::Null);
     let page = api.get("/api/v1/jobs?state=paused").send().await.assert_status(200).json();
@@ -161,7 +160,8 @@ async fn bad_specs_get_clear_problems() {
         ),
     ];
     for (body, status, code) in cases {
-        let problem = api.post("/api/v1/jobs").json(&body).send().await.assert_problem(status, code);
+        let problem =
+            api.post("/api/v1/jobs").json(&body).send().await.assert_problem(status, code);
         assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()), "{problem}");
     }
     let page = api.get("/api/v1/jobs").send().await.json();
@@ -180,13 +180,8 @@ async fn dry_run_previews_exactly_the_devices_the_job_gets() {
     api.create_device(json!({"id": "a7", "tags": {"site": "berlin"}})).await;
     api.patch("/api/v1/devices/a7").json(&json!({"state": "decommissioned"})).send().await;
     let spec = command_job("preview", json!({"filter": "tags.site = 'berlin'"}));
-    let preview = api
-        .post("/api/v1/jobs?dry_run=true")
-        .json(&spec)
-        .send()
-        .await
-        .assert_status(200)
-        .json();
+    let preview =
+        api.post("/api/v1/jobs?dry_run=true").json(&spec).send().await.assert_status(200).json();
     assert_eq!(preview["total"], 5);
     assert_eq!(preview["by_state"], json!({"active": 4, "registered": 1}));
     assert_eq!(preview["online"], 0);
@@ -255,7 +250,10 @@ async fn continuous_jobs_reach_devices_created_or_changed_through_the_api() {
         .await
         .assert_status(200);
     let job = api.get("/api/v1/jobs/keep").send().await.json();
-    assert_eq!((job["counters"]["queued"].clone(), job["counters"]["removed"].clone()), (json!(2), json!(1)));
+    assert_eq!(
+        (job["counters"]["queued"].clone(), job["counters"]["removed"].clone()),
+        (json!(2), json!(1))
+    );
 
     // A static group target: members added through the API.
     api.post("/api/v1/groups").json(&json!({"name": "lab"})).send().await.assert_status(201);

@@ -136,7 +136,9 @@ pub(crate) async fn job(cmd: JobCommand) -> anyhow::Result<()> {
 /// The spec `herd job create`'s flags describe.
 fn spec_from_flags(a: &CreateArgs) -> anyhow::Result<Value> {
     let Some(command) = &a.command else {
-        bail!("give --file SPEC.json, or --command NAME with a target (--group, --filter or --devices)");
+        bail!(
+            "give --file SPEC.json, or --command NAME with a target (--group, --filter or --devices)"
+        );
     };
     let payload = match &a.payload {
         Some(p) => serde_json::from_str::<Value>(p).context("--payload is not JSON")?,

@@ -93,22 +93,44 @@ async fn a_device_runs_its_job_and_reports_progress_then_success() {
         "status_details": {"step": "downloading"}, "expected_version": version});
     probe.publish("devices/jd-1/jobs/reboot-1/update", &progress.to_string()).await;
     let answer = next_on(&mut probe, "devices/jd-1/jobs/response").await;
-    assert_eq!((answer["request_id"].clone(), answer["status"].clone()), (json!("u1"), json!("ok")));
+    assert_eq!(
+        (answer["request_id"].clone(), answer["status"].clone()),
+        (json!("u1"), json!("ok"))
+    );
     assert_eq!(answer["execution"]["state"], "in_progress");
     let (_, page) = server.get("/api/v1/jobs/reboot-1/executions").await;
     assert_eq!(page["items"][0]["status_details"], json!({"step": "downloading"}));
 
     // Refusals: a status devices may not set, a stale version, an unknown job.
     for (topic, body, code) in [
-        ("devices/jd-1/jobs/reboot-1/update", json!({"request_id": "e1", "status": "canceled"}), "invalid_status"),
-        ("devices/jd-1/jobs/reboot-1/update", json!({"request_id": "e2", "status": "succeeded", "expected_version": version}), "version_mismatch"),
-        ("devices/jd-1/jobs/ghost/update", json!({"request_id": "e3", "status": "succeeded"}), "not_found"),
-        ("devices/jd-1/jobs/reboot-1/update", json!({"request_id": "e4", "status": "succeeded", "colour": 1}), "invalid_request"),
+        (
+            "devices/jd-1/jobs/reboot-1/update",
+            json!({"request_id": "e1", "status": "canceled"}),
+            "invalid_status",
+        ),
+        (
+            "devices/jd-1/jobs/reboot-1/update",
+            json!({"request_id": "e2", "status": "succeeded", "expected_version": version}),
+            "version_mismatch",
+        ),
+        (
+            "devices/jd-1/jobs/ghost/update",
+            json!({"request_id": "e3", "status": "succeeded"}),
+            "not_found",
+        ),
+        (
+            "devices/jd-1/jobs/reboot-1/update",
+            json!({"request_id": "e4", "status": "succeeded", "colour": 1}),
+            "invalid_request",
+        ),
     ] {
         probe.publish(topic, &body.to_string()).await;
         let answer = next_on(&mut probe, "devices/jd-1/jobs/response").await;
         assert_eq!(answer["request_id"], body["request_id"], "{answer}");
-        assert_eq!((answer["status"].clone(), answer["code"].clone()), (json!("error"), json!(code)));
+        assert_eq!(
+            (answer["status"].clone(), answer["code"].clone()),
+            (json!("error"), json!(code))
+        );
     }
 
     // The result.
@@ -237,8 +259,12 @@ async fn a_continuous_job_reaches_devices_that_join_later() {
     let job = job_until(&server, "onboard", |j| j["counters"]["total"] == 2).await;
     assert_eq!(job["state"], "in_progress", "a continuous job keeps running");
     let (_, page) = server.get("/api/v1/jobs/onboard/executions").await;
-    let ids: Vec<&str> =
-        page["items"].as_array().expect("items").iter().filter_map(|e| e["device_id"].as_str()).collect();
+    let ids: Vec<&str> = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|e| e["device_id"].as_str())
+        .collect();
     assert_eq!(ids, ["imp-1", "late-1"]);
     server.stop().await;
 }

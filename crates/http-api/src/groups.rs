@@ -343,7 +343,7 @@ pub(crate) async fn remove_member(
 ) -> Result<StatusCode, ApiError> {
     state
         .store()
-        .remove_group_members(&name, &[id.clone()], &state.mutation_by(&caller.token))
+        .remove_group_members(&name, std::slice::from_ref(&id), &state.mutation_by(&caller.token))
         .await?;
     crate::jobs::device_changed(&state, &id, true).await;
     Ok(StatusCode::NO_CONTENT)

@@ -583,12 +583,14 @@ impl Jobs {
 fn error_answer(device: &DeviceId, request_id: Value, refused: &Refused) -> Value {
     metrics::counter!("job_requests_refused_total", "reason" => refused.code).increment(1);
     tracing::debug!(%device, code = refused.code, message = %refused.message, "job request refused");
-    json!({
-        "request_id": request_id,
+    let mut answer = json!({
+        "request_id": Value::Null,
         "status": "error",
         "code": refused.code,
         "message": refused.message,
-    })
+    });
+    answer["request_id"] = request_id;
+    answer
 }
 
 /// The `request_id` of a request, echoed in its answer; `null` when there is none to echo.

@@ -23,12 +23,14 @@ async fn fleet() -> TestApi {
 }
 
 fn command_job(id: &str, target: Value) -> Value {
-    json!({
+    let mut spec = json!({
         "id": id,
         "description": "reboot",
         "operation": {"command": {"name": "reboot", "payload": {"delay": 5}}},
-        "target": target,
-    })
+        "target": Value::Null,
+    });
+    spec["target"] = target;
+    spec
 }
 
 /// Every execution's device id, through pages of 2.

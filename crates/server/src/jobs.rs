@@ -308,6 +308,19 @@ impl Jobs {
         }
     }
 
+    /// Publishes the device's pending list when it has pending executions (on arrival: a device
+    /// with nothing to do is not disturbed).
+    pub async fn notify_if_pending(&self, device: &DeviceId) {
+        match self.pending(device).await {
+            Ok(pending) if pending.is_empty() => {}
+            Ok(pending) => {
+                let topic = format!("devices/{}/jobs/notify", device.as_str());
+                self.publish(&topic, &json!({"jobs": summaries(&pending)}), None).await;
+            }
+            Err(e) => tracing::warn!(%device, error = %e, "cannot read a device's pending jobs"),
+        }
+    }
+
     async fn publish(&self, topic: &str, payload: &Value, correlation: Option<Bytes>) {
         let Ok(topic) = TopicName::new(topic.to_owned()) else { return };
         let mut message = Message::new(topic, payload.to_string());
@@ -394,7 +407,7 @@ pub async fn serve_devices(
                 None => update_open = false,
             },
             d = arrivals.next(), if arrivals_open => match d {
-                Some(device) => jobs.notify(&device).await,
+                Some(device) => jobs.notify_if_pending(&device).await,
                 None => arrivals_open = false,
             },
         }

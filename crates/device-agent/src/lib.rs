@@ -59,6 +59,7 @@ mod config;
 mod device;
 mod error;
 pub mod identity;
+pub mod jobs;
 mod journal;
 mod link;
 mod message;

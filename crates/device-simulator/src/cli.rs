@@ -16,7 +16,7 @@ use device_agent::Protocol;
 use crate::config::SimConfig;
 use crate::fleet::{self, Report};
 use crate::processes::{self, ChildMessage};
-use crate::profile::{Metric, Profile};
+use crate::profile::{JobBehaviour, Metric, Profile};
 use crate::shard::Shard;
 use crate::summary::{Progress, Summary};
 
@@ -83,6 +83,13 @@ pub struct Cli {
     /// Seconds a device that drops offline stays away (default: until the end of the run).
     #[arg(long, value_name = "SECS")]
     pub offline_secs: Option<f64>,
+    /// Run fleet jobs: devices subscribe to their jobs and finish each command this many
+    /// milliseconds after receiving it (without this flag or --job-failure-pct they ignore jobs).
+    #[arg(long, value_name = "MS")]
+    pub job_delay_ms: Option<u64>,
+    /// Percentage of job executions that fail (decided by the seed, per device, job and attempt).
+    #[arg(long, value_name = "PERCENT")]
+    pub job_failure_pct: Option<f64>,
     /// MQTT version: 3.1.1 or 5.
     #[arg(long, default_value = "5", value_parser = ["3.1.1", "5"])]
     pub protocol: String,
@@ -170,9 +177,11 @@ impl Cli {
         if !(self.ramp_rate.is_finite() && self.ramp_rate > 0.0) {
             problems.push(format!("--ramp-rate must be more than zero, got {}", self.ramp_rate));
         }
-        for (name, v) in
-            [("flaky-percent", self.flaky_percent), ("offline-percent", self.offline_percent)]
-        {
+        for (name, v) in [
+            ("flaky-percent", self.flaky_percent),
+            ("offline-percent", self.offline_percent),
+            ("job-failure-pct", self.job_failure_pct.unwrap_or(0.0)),
+        ] {
             if !(0.0..=100.0).contains(&v) {
                 problems.push(format!("--{name} must be between 0 and 100, got {v}"));
             }
@@ -222,6 +231,12 @@ impl Cli {
             flaky_percent: self.flaky_percent,
             offline_percent: self.offline_percent,
             offline_for,
+            jobs: (self.job_delay_ms.is_some() || self.job_failure_pct.is_some()).then(|| {
+                JobBehaviour {
+                    delay: Duration::from_millis(self.job_delay_ms.unwrap_or(0)),
+                    failure_percent: self.job_failure_pct.unwrap_or(0.0),
+                }
+            }),
         };
         config.source_addresses = self.source_addresses;
         config.processes = self.processes;
@@ -278,6 +293,10 @@ pub fn child_args(config: &SimConfig, shard: Shard, credentials: &Path, seed: u6
     ];
     if let Some(offline_for) = p.offline_for {
         args.push(format!("--offline-secs={}", secs(offline_for)));
+    }
+    if let Some(jobs) = p.jobs {
+        args.push(format!("--job-delay-ms={}", jobs.delay.as_millis()));
+        args.push(format!("--job-failure-pct={}", jobs.failure_percent));
     }
     args
 }

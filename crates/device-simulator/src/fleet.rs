@@ -26,7 +26,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SimConfig;
-use crate::profile::{DeviceModel, Profile};
+use crate::profile::{DeviceModel, JobBehaviour, Profile};
 use crate::provision::{Api, CredentialCache, provision, zero_touch};
 use crate::shard;
 use crate::summary::{ErrorCounts, ErrorKind, Progress, Summary, ZeroTouch};
@@ -330,8 +330,22 @@ impl<'a> Fleet<'a> {
             Arc::clone(&self.live),
             self.cancel.clone(),
         ));
+        // Job messages come through the same inbox; the command answerer hands them on.
+        let jobs = self.profile.jobs.map(|jobs| {
+            let (tx, rx) = tokio::sync::mpsc::channel(JOB_INBOX.get());
+            tokio::spawn(run_jobs(
+                handle.clone(),
+                rx,
+                jobs,
+                self.seed,
+                device.index,
+                self.cancel.clone(),
+            ));
+            tx
+        });
         let answers = tokio::spawn(answer_commands(
             Commands::new(handle.clone(), inbox),
+            jobs,
             CommandBehaviour {
                 index: device.index,
                 seed: self.seed,
@@ -360,6 +374,9 @@ impl<'a> Fleet<'a> {
         };
         config.local_address = shard::source_address(index, self.source_addresses);
         config.subscriptions = vec![COMMANDS_SUBSCRIPTION.to_owned()];
+        if self.profile.jobs.is_some() {
+            config.subscriptions.push(device_agent::jobs::SUBSCRIPTION.to_owned());
+        }
         config
     }
 
@@ -679,7 +696,12 @@ impl CommandBehaviour {
 
 /// Answers every command the device gets: `ping` and anything else succeed with the payload as
 /// result, or fail as [`CommandBehaviour::fails`] says, after the configured delay.
-async fn answer_commands(mut commands: Commands, b: CommandBehaviour, cancel: CancellationToken) {
+async fn answer_commands(
+    mut commands: Commands,
+    jobs: Option<tokio::sync::mpsc::Sender<device_agent::Incoming>>,
+    b: CommandBehaviour,
+    cancel: CancellationToken,
+) {
     let mut answered = 0_u64;
     loop {
         let received = tokio::select! {
@@ -688,6 +710,13 @@ async fn answer_commands(mut commands: Commands, b: CommandBehaviour, cancel: Ca
         };
         let command = match received {
             Some(Received::Command(command)) => command,
+            Some(Received::Other(message)) => {
+                if let Some(jobs) = &jobs {
+                    // The job runner has stopped only when the run is being cancelled.
+                    let _ = jobs.send(message).await;
+                }
+                continue;
+            }
             Some(_) => continue,
             None => return,
         };
@@ -707,4 +736,60 @@ async fn answer_commands(mut commands: Commands, b: CommandBehaviour, cancel: Ca
             return;
         }
     }
+}
+
+/// Messages waiting for a job-running device's job runner.
+const JOB_INBOX: NonZeroUsize = NonZeroUsize::new(64).expect("not zero");
+
+/// Runs the command jobs device `index` receives: each document is answered after the delay with
+/// `succeeded` or (as [`JobBehaviour::fails`] decides) `failed`; pending work is asked for after
+/// each connection.
+async fn run_jobs(
+    handle: DeviceHandle,
+    mut inbox: tokio::sync::mpsc::Receiver<device_agent::Incoming>,
+    jobs: JobBehaviour,
+    seed: u64,
+    index: u64,
+    cancel: CancellationToken,
+) {
+    use device_agent::jobs::{self, JobMessage, JobStatus};
+    let asker = tokio::spawn(jobs::request_pending_on_each_connection(handle.clone()));
+    // Attempts already run, so a document seen twice (notify, get) is run once.
+    let mut done: std::collections::HashSet<(String, u64)> = std::collections::HashSet::new();
+    loop {
+        let message = tokio::select! {
+            () = cancel.cancelled() => break,
+            m = inbox.recv() => match m {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let documents = match jobs::parse(&message) {
+            Some(JobMessage::Document(d)) => vec![d],
+            Some(JobMessage::PendingAnswer { documents, .. }) => documents,
+            _ => continue,
+        };
+        for d in documents {
+            if !done.insert((d.job_id.clone(), d.attempt)) {
+                continue;
+            }
+            if !jobs.delay.is_zero() {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(jobs.delay) => {}
+                }
+            }
+            let status = if jobs.fails(seed, index, &d.job_id, d.attempt) {
+                JobStatus::Failed
+            } else {
+                JobStatus::Succeeded
+            };
+            let mut details = serde_json::Map::new();
+            details.insert("simulated".to_owned(), serde_json::Value::Bool(true));
+            if jobs::report(&handle, &d.job_id, status, Some(details), None).await.is_err() {
+                break;
+            }
+        }
+    }
+    asker.abort();
 }

@@ -110,6 +110,43 @@ pub struct Profile {
     pub offline_percent: f64,
     /// How long a device dropping offline stays away; `None`: until the end of the run.
     pub offline_for: Option<Duration>,
+    /// Fleet jobs: how devices run command jobs; `None`: they do not subscribe to jobs.
+    pub jobs: Option<JobBehaviour>,
+}
+
+/// How simulated devices run the command jobs they receive (`devices/{id}/jobs/…`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JobBehaviour {
+    /// How long a command takes before its result is reported.
+    pub delay: Duration,
+    /// The percentage of executions that fail, decided from the run's seed, the device, the job
+    /// and the attempt: the same run with the same seed fails the same executions.
+    pub failure_percent: f64,
+}
+
+impl JobBehaviour {
+    /// Whether device `index`'s attempt `attempt` of `job` fails, for `seed`.
+    #[must_use]
+    pub fn fails(&self, seed: u64, index: u64, job: &str, attempt: u64) -> bool {
+        let mut h = seed ^ 0x9e37_79b9_7f4a_7c15;
+        for v in [index, attempt] {
+            h = splitmix(h ^ v);
+        }
+        for b in job.bytes() {
+            h = splitmix(h ^ u64::from(b));
+        }
+        // Basis points: 0..10000.
+        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "0..=10000")]
+        let threshold = (self.failure_percent.clamp(0.0, 100.0) * 100.0).round() as u64;
+        h % 10_000 < threshold
+    }
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Default for Profile {
@@ -123,6 +160,7 @@ impl Default for Profile {
             flaky_percent: 0.0,
             offline_percent: 0.0,
             offline_for: None,
+            jobs: None,
         }
     }
 }

@@ -326,6 +326,7 @@ pub(crate) async fn create_device(
         state: initial,
     };
     let device = state.store().create_device(&new, &state.mutation_by(&caller.token)).await?;
+    crate::jobs::device_changed(&state, &device.id, false).await;
     Ok(device_response(StatusCode::CREATED, &device))
 }
 
@@ -422,6 +423,9 @@ pub(crate) async fn update_device(
         .store()
         .update_device(&id, &patch, if_match.expected(), &state.mutation_by(&caller.token))
         .await?;
+    if patch.tags.is_some() || patch.state.is_some() {
+        crate::jobs::device_changed(&state, &id, true).await;
+    }
     if patch.state.is_some_and(|s| s != LifecycleState::Active) {
         state.access_changed(id, AccessChangeReason::NotActive).await;
     }
@@ -455,6 +459,7 @@ pub(crate) async fn delete_device(
         .store()
         .delete_device(&id, if_match.expected(), &state.mutation_by(&caller.token))
         .await?;
+    crate::jobs::device_changed(&state, &id, true).await;
     state.access_changed(id, AccessChangeReason::Deleted).await;
     Ok(StatusCode::NO_CONTENT)
 }

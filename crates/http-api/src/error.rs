@@ -187,6 +187,18 @@ pub(crate) enum ApiError {
     /// The store does not answer (`/readyz`).
     #[error("the store is not available")]
     StoreUnavailable,
+    /// No job with this id.
+    #[error("job {0} not found")]
+    JobNotFound(String),
+    /// A job with this id exists already.
+    #[error("job {0} already exists")]
+    JobExists(String),
+    /// A job spec breaks the rules (the reason is shown).
+    #[error("invalid job spec: {0}")]
+    InvalidJobSpec(String),
+    /// The job's state does not allow the action.
+    #[error("{0}")]
+    IllegalJobTransition(String),
     /// A bug or a backend failure. Logged in full; the client sees a generic message.
     #[error("internal error: {0}")]
     Internal(Box<dyn StdError + Send + Sync>),
@@ -221,6 +233,9 @@ impl ApiError {
             | Self::CredentialNotFound(_)
             | Self::CertificateNotFound(_)
             | Self::CommandNotFound(_) => StatusCode::NOT_FOUND,
+            Self::JobNotFound(_) => StatusCode::NOT_FOUND,
+            Self::JobExists(_) | Self::IllegalJobTransition(_) => StatusCode::CONFLICT,
+            Self::InvalidJobSpec(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::MalformedJson(_)
             | Self::InvalidBody(_)
@@ -316,6 +331,10 @@ impl ApiError {
             },
             Self::TooManyWaits => "too_many_waits",
             Self::StoreUnavailable => "store_unavailable",
+            Self::JobNotFound(_) => "job_not_found",
+            Self::JobExists(_) => "job_exists",
+            Self::InvalidJobSpec(_) => "invalid_job_spec",
+            Self::IllegalJobTransition(_) => "illegal_job_transition",
             Self::Internal(_) => "internal",
         }
     }
@@ -373,6 +392,8 @@ impl From<StoreError> for ApiError {
                 Self::EnrollmentGroupExists(id)
             }
             StoreError::AlreadyExists { kind: "device", id } => Self::DeviceExists(id),
+            StoreError::NotFound { kind: "job", id } => Self::JobNotFound(id),
+            StoreError::AlreadyExists { kind: "job", id } => Self::JobExists(id),
             StoreError::AlreadyExists { kind: "group", id } => Self::GroupExists(id),
             StoreError::VersionMismatch { expected, current } => Self::PreconditionFailed(format!(
                 "If-Match names version {expected} but the current version is {current}"

@@ -313,6 +313,9 @@ pub(crate) async fn add_members(
     }
     let ids = body.device_ids.into_iter().map(device_id).collect::<Result<Vec<DeviceId>, _>>()?;
     state.store().add_group_members(&name, &ids, &state.mutation_by(&caller.token)).await?;
+    for id in &ids {
+        crate::jobs::device_changed(&state, id, false).await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -338,7 +341,11 @@ pub(crate) async fn remove_member(
     State(state): State<AppState>,
     MemberPath(name, id): MemberPath,
 ) -> Result<StatusCode, ApiError> {
-    state.store().remove_group_members(&name, &[id], &state.mutation_by(&caller.token)).await?;
+    state
+        .store()
+        .remove_group_members(&name, std::slice::from_ref(&id), &state.mutation_by(&caller.token))
+        .await?;
+    crate::jobs::device_changed(&state, &id, true).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -37,6 +37,7 @@ mod health;
 mod import;
 mod instrument;
 mod inventory;
+mod jobs;
 mod openapi_doc;
 mod paging;
 mod provisioning;
@@ -158,6 +159,13 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(enrollment::derive_keys))
         .routes(routes!(enrollment::create_claim_codes, enrollment::list_claim_codes))
         .routes(routes!(provisioning::register))
+        .routes(routes!(jobs::create_job, jobs::list_jobs))
+        .routes(routes!(jobs::get_job))
+        .routes(routes!(jobs::job_executions))
+        .routes(routes!(jobs::pause_job))
+        .routes(routes!(jobs::resume_job))
+        .routes(routes!(jobs::cancel_job))
+        .routes(routes!(jobs::device_jobs))
         .split_for_parts();
     (router, openapi_doc::finish(doc))
 }

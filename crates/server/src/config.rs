@@ -57,6 +57,8 @@ pub struct Config {
     pub commands: CommandsConfig,
     /// Device twins: limits and history (`[twin]`).
     pub twin: TwinConfig,
+    /// Fleet jobs: the scheduler's pace and limits (`[jobs]`).
+    pub jobs: crate::jobs::JobsConfig,
     /// Log output.
     pub log: LogConfig,
     /// The first admin token's secret, when it is given rather than generated (`HERD_ADMIN_TOKEN`).
@@ -265,6 +267,7 @@ struct RawConfig {
     provisioning: RawProvisioning,
     commands: RawCommands,
     twin: RawTwin,
+    jobs: RawJobs,
     log: RawLog,
 }
 
@@ -288,6 +291,17 @@ struct RawTwin {
     max_section_bytes: u64,
     max_depth: u64,
     history_per_device: u64,
+    max_request_bytes: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJobs {
+    tick_ms: u64,
+    continuous_sync_secs: u64,
+    max_starts_per_tick: u64,
+    max_jobs_per_tick: u64,
+    timeout_batch: u64,
     max_request_bytes: u64,
 }
 
@@ -645,6 +659,37 @@ fn validate(
     mqtt.provisioning = validate_mqtt_provisioning(&raw.provisioning, &mut problems);
     let identity = validate_identity(&raw.identity, &raw.server.data_dir, &mut problems);
     let twin = validate_twin(&raw.twin, &mut problems);
+    let j = &raw.jobs;
+    let tick_ms = j.tick_ms;
+    if !(10..=60_000).contains(&tick_ms) {
+        problems.push(format!("jobs.tick_ms must be between 10 and 60000, got {tick_ms}"));
+    }
+    let mut positive = |what: &str, v: u64, max: u64| -> u64 {
+        if v == 0 || v > max {
+            problems.push(format!("{what} must be between 1 and {max}, got {v}"));
+            1
+        } else {
+            v
+        }
+    };
+    let jobs = crate::jobs::JobsConfig {
+        tick: Duration::from_millis(tick_ms.clamp(10, 60_000)),
+        continuous_sync: Duration::from_secs(positive(
+            "jobs.continuous_sync_secs",
+            j.continuous_sync_secs,
+            3600,
+        )),
+        max_starts_per_tick: positive("jobs.max_starts_per_tick", j.max_starts_per_tick, 100_000)
+            as u32,
+        max_jobs_per_tick: nonzero_u32(positive(
+            "jobs.max_jobs_per_tick",
+            j.max_jobs_per_tick,
+            10_000,
+        )),
+        timeout_batch: nonzero_u32(positive("jobs.timeout_batch", j.timeout_batch, 100_000)),
+        max_request_bytes: positive("jobs.max_request_bytes", j.max_request_bytes, 1_048_576)
+            as usize,
+    };
 
     let http_listen = match raw.http.listen.parse::<SocketAddr>() {
         Ok(a) => a,
@@ -762,6 +807,7 @@ fn validate(
         identity,
         commands,
         twin,
+        jobs,
         log: LogConfig { format, level: raw.log.level },
         bootstrap_admin_token,
     })

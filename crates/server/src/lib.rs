@@ -22,6 +22,7 @@ pub mod commands;
 pub mod config;
 pub mod gateway;
 pub mod identity;
+pub mod jobs;
 pub mod mqtt_persist;
 pub mod serve;
 pub mod twin;

@@ -303,6 +303,7 @@ pub async fn run(
 
     // Desired-state changes committed by REST requests, pushed to devices by the twin task.
     let (twin_tx, twin_rx) = mpsc::channel(crate::twin::TWIN_CHANGES_CAPACITY);
+    let twin_job_tx = twin_tx.clone();
     let issuer = Arc::new(CaIssuer::new(Arc::clone(&ca), config.identity.certificate_lifetime));
     let commands = Arc::new(crate::commands::MqttCommands::new(
         Arc::clone(&store),
@@ -334,6 +335,7 @@ pub async fn run(
     // Listening before the recorder runs, so that no arrival is missed.
     let command_arrivals = arrivals.listen();
     let twin_arrivals = arrivals.listen();
+    let job_arrivals = arrivals.listen();
     presence.spawn(gateway::record_presence(
         events,
         Arc::clone(&store),
@@ -398,6 +400,29 @@ pub async fn run(
         },
         presence_stop.clone(),
     ));
+    // Fleet jobs: devices' job requests (subscribed before any device can connect) and the
+    // scheduler that starts and delivers executions; both stop like the recorders.
+    let jobs = crate::jobs::Jobs {
+        store: Arc::clone(&store),
+        broker: broker_handle.clone(),
+        // Desired-patch jobs change the device layer of each device's twin.
+        patcher: Arc::new(crate::jobs::TwinPatcher {
+            store: Arc::clone(&store),
+            policy: config.twin.policy,
+            changes: twin_job_tx,
+        }),
+        config: config.jobs.clone(),
+    };
+    let job_feeds = crate::jobs::JobFeeds::subscribe(&broker_handle)
+        .await
+        .context("failed to subscribe to job requests")?;
+    presence.spawn(crate::jobs::serve_devices(
+        job_feeds,
+        job_arrivals,
+        jobs.clone(),
+        presence_stop.clone(),
+    ));
+    presence.spawn(crate::jobs::run_scheduler(jobs, presence_stop.clone()));
     // Devices provisioning themselves over MQTT (the `$provision` login); subscribed before any
     // client can connect, stopped like the recorders.
     if config.mqtt.provisioning.is_some() {

@@ -629,6 +629,40 @@ pub(crate) async fn add_for(
     Ok(created)
 }
 
+pub(crate) async fn sync_continuous(pool: &PgPool, id: &JobId, now: Timestamp) -> StoreResult<u64> {
+    let mut tx = begin_write(pool).await?;
+    let mut job = get_existing(&mut tx, id).await?;
+    if job.spec.selection() != Selection::Continuous
+        || !matches!(job.state, JobState::InProgress | JobState::Paused)
+    {
+        return Ok(0);
+    }
+    let Some(target) = target_of(&mut tx, job.spec.target()).await? else { return Ok(0) };
+    let mut qb = QueryBuilder::new(
+        "INSERT INTO job_executions (job_id, device_id, state, attempt, not_before, \
+         created_at, updated_at, version, status_details) SELECT ",
+    );
+    qb.push_bind(id.as_str().to_owned())
+        .push(", d.id, 'queued', 1, ")
+        .push_bind(now.millis())
+        .push(", ")
+        .push_bind(now.millis())
+        .push(", ")
+        .push_bind(now.millis())
+        .push(", 1, '{}' FROM devices d WHERE ");
+    push_target(&mut qb, &target);
+    qb.push(" ON CONFLICT (job_id, device_id) DO NOTHING");
+    let done = qb.build().persistent(false).execute(&mut *tx).await.map_err(db)?;
+    let n = done.rows_affected();
+    if n == 0 {
+        return Ok(0);
+    }
+    job.counters = job.counters.add(ExecutionState::Queued, n);
+    write_job(&mut tx, &job).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(n)
+}
+
 pub(crate) async fn remove_for(
     pool: &PgPool,
     device: &DeviceId,

@@ -673,6 +673,10 @@ impl Store for PostgresStore {
     ) -> StoreResult<Page<TwinHistoryEntry>> {
         twins::history(&self.pool, id, q).await
     }
+
+    async fn sync_continuous_job(&self, job: &JobId, now: Timestamp) -> StoreResult<u64> {
+        jobs::sync_continuous(&self.pool, job, now).await
+    }
 }
 
 /// Accepts only names that need no quoting anywhere (`CREATE SCHEMA`, `search_path`).

@@ -629,6 +629,43 @@ pub(crate) async fn add_for(
     Ok(created)
 }
 
+pub(crate) async fn sync_continuous(
+    s: &SqliteStore,
+    id: &JobId,
+    now: Timestamp,
+) -> StoreResult<u64> {
+    let mut tx = s.begin_write().await?;
+    let mut job = get_existing(&mut tx, id).await?;
+    if job.spec.selection() != Selection::Continuous
+        || !matches!(job.state, JobState::InProgress | JobState::Paused)
+    {
+        return Ok(0);
+    }
+    let Some(cond) = target_condition(&mut tx, job.spec.target()).await? else { return Ok(0) };
+    let at = now.millis();
+    let sql = compose(
+        "INSERT INTO job_executions (job_id, device_id, state, attempt, not_before, \
+         created_at, updated_at, version, status_details) \
+         SELECT ?, d.id, 'queued', 1, ?, ?, ?, 1, '{}' FROM devices d WHERE ",
+        vec![Arg::Text(id.as_str().to_owned()), Arg::Int(at), Arg::Int(at), Arg::Int(at)],
+        &cond,
+        " AND NOT EXISTS (SELECT 1 FROM job_executions e WHERE e.job_id = ? AND e.device_id = d.id)",
+        vec![Arg::Text(id.as_str().to_owned())],
+    );
+    let done = bind_args!(sqlx::query(sqlx::AssertSqlSafe(sql.text)), sql.args)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    let n = done.rows_affected();
+    if n == 0 {
+        return Ok(0);
+    }
+    job.counters = job.counters.add(ExecutionState::Queued, n);
+    write_job(&mut tx, &job).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(n)
+}
+
 pub(crate) async fn remove_for(
     s: &SqliteStore,
     device: &DeviceId,

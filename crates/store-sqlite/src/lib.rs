@@ -724,6 +724,10 @@ impl Store for SqliteStore {
     ) -> StoreResult<Page<TwinHistoryEntry>> {
         twins::history(&mut *self.read().await?, id, q).await
     }
+
+    async fn sync_continuous_job(&self, job: &JobId, now: Timestamp) -> StoreResult<u64> {
+        jobs::sync_continuous(self, job, now).await
+    }
 }
 
 #[cfg(test)]

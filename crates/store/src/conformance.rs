@@ -196,6 +196,7 @@ macro_rules! conformance_tests {
             twin_history_pages_and_prunes,
             delete_device_removes_twin,
             replace_device_moves_the_twin,
+            job_sync_continuous_reaches_every_new_device,
         );
     };
     (@cases ($factory:expr) $($case:ident),+ $(,)?) => {

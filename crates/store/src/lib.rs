@@ -975,4 +975,15 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         id: &DeviceId,
         q: &TwinHistoryQuery,
     ) -> StoreResult<Page<TwinHistoryEntry>>;
+    /// For a continuous job that is running or paused: creates a `queued` execution (attempt 1,
+    /// `not_before = now`) for every device in service its target includes now and that has none
+    /// for it yet, with one set-based `INSERT … SELECT`, and counts them on the job in the same
+    /// transaction. Returns how many were created: 0 for a snapshot or finished job and for a group
+    /// target whose group no longer exists. The scheduler calls it periodically, so devices that
+    /// joined the target by any path (created, imported, tagged, added to a group) are reached
+    /// even when no [`Store::add_job_executions_for`] call was made. Not audited.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (kind `job`).
+    async fn sync_continuous_job(&self, job: &JobId, now: Timestamp) -> StoreResult<u64>;
 }

@@ -2,6 +2,8 @@
 //! with the test server's admin token connect, send telemetry and are counted in the summary;
 //! a second run with the same prefix reuses them. Also the binary's `--help`.
 
+mod jobs;
+
 use std::time::Duration;
 
 use device_simulator::{Progress, Report, SimConfig, Summary};

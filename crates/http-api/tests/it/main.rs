@@ -12,6 +12,7 @@ mod enrollment;
 mod groups;
 mod health;
 mod import;
+mod jobs;
 mod matrix;
 mod openapi;
 mod replacement;

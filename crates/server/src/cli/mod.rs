@@ -8,6 +8,7 @@ mod client;
 mod command;
 mod commands;
 mod enrollment;
+mod job;
 mod output;
 mod twin;
 
@@ -21,6 +22,7 @@ use crate::config::{self, Sources};
 
 pub use command::CommandCommand;
 pub use enrollment::{AttestationArg, ClaimCodesCommand, EnrollmentCommand};
+pub use job::{CreateArgs as JobCreateArgs, JobCommand};
 pub use twin::{SectionArg, TwinCommand};
 
 /// Herd: IoT device management in one binary.
@@ -58,6 +60,9 @@ pub enum Command {
     /// Read and change device twins: desired state, reported state, tags.
     #[command(subcommand)]
     Twin(TwinCommand),
+    /// Fleet jobs: a command rolled out to many devices at a bounded rate.
+    #[command(subcommand)]
+    Job(JobCommand),
     /// Fleet totals: devices by lifecycle state, connected now, ever connected.
     Inventory {
         /// Server, token and output options.
@@ -564,6 +569,7 @@ pub fn execute(cli: Cli) -> ExitCode {
         Command::Enrollment(cmd) => block_on(enrollment::enrollment(cmd)),
         Command::Command(cmd) => block_on(command::command(cmd)),
         Command::Twin(cmd) => block_on(twin::twin(cmd)),
+        Command::Job(cmd) => block_on(job::job(cmd)),
         Command::Inventory { client } => block_on(commands::inventory(client)),
     };
     match result {

@@ -17,6 +17,8 @@
 //! - **identity requests** (`devices/{id}/identity/…`, a device asking for a new certificate or
 //!   credential) are published by the device itself only: no rule lets another client publish
 //!   there, so nobody obtains a credential for a device by speaking for it.
+//! - **job reports** (`devices/{id}/jobs/{job}/update`, `devices/{id}/jobs/get`) are likewise
+//!   published by the device itself only, so no other client reports a job's outcome for it.
 //! - **Herd's own topics** (`$herd/…`, the bootstrap topics of provisioning over MQTT, whose
 //!   answers carry a device's new secret) are out of reach of every rule: no rule lets a client
 //!   publish there or subscribe to a filter that could match a topic there, whatever it names.
@@ -34,6 +36,10 @@ const DEVICE_SUBTREE: &str = "devices/#";
 
 /// The topics of devices' identity requests, which only the device itself may publish to.
 const IDENTITY_REQUESTS: &str = "devices/+/identity/#";
+
+/// The topics where devices report on their job executions and ask for their pending jobs, which
+/// only the device itself may publish to (see `crate::jobs`).
+const JOB_REQUESTS: [&str; 2] = ["devices/+/jobs/+/update", "devices/+/jobs/get"];
 
 /// Herd's own topics (provisioning over MQTT), which no rule opens.
 const HERD_TOPICS: &str = "$herd/#";
@@ -165,6 +171,7 @@ impl Acl for TopicRules {
     fn may_publish(&self, topic: &TopicName) -> bool {
         let topic = topic.as_str();
         if filter_covers(IDENTITY_REQUESTS, topic)
+            || JOB_REQUESTS.iter().any(|f| filter_covers(f, topic))
             || filter_covers(HERD_TOPICS, topic)
             || self.deny.iter().any(|d| filter_covers(d, topic))
         {
@@ -345,6 +352,15 @@ mod tests {
         check_publish(&r, "devices/d1/identity", false);
         // Herd's answers may be read: they hold no secret.
         check_subscribe(&r, "devices/+/identity/response", true);
+    }
+
+    #[test]
+    fn only_devices_report_on_their_jobs() {
+        let r = rules(&["devices/#"], &["devices/#"], &[]);
+        check_publish(&r, "devices/d1/jobs/j1/update", false);
+        check_publish(&r, "devices/d1/jobs/get", false);
+        check_publish(&r, "devices/d1/jobs/notify", true);
+        check_subscribe(&r, "devices/+/jobs/+", true);
     }
 
     #[test]

@@ -28,6 +28,7 @@ use ProtocolVersion::{V5, V311};
 mod access;
 mod agent_reports;
 mod commands;
+mod jobs;
 mod mtls;
 mod provision;
 mod replacement;

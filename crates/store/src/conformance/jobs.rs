@@ -774,3 +774,66 @@ pub async fn job_counters_stay_exact_under_random_reports(store: Arc<dyn Store>)
     assert_eq!(job.counters.total(), 30);
     check_chain(&*store).await;
 }
+
+/// `sync_continuous_job` reaches, set-based, every in-service device that joined a continuous
+/// job's target by any path (no `add_job_executions_for` call), once; snapshot and finished jobs
+/// take none; an unknown job is not found.
+pub async fn job_sync_continuous_reaches_every_new_device(store: Arc<dyn Store>) {
+    device_with(&*store, "s1", LifecycleState::Active, &[("site", "berlin")]).await;
+    store.create_group(&static_group("lab"), &at(1)).await.unwrap();
+    let mut p = parts("cont", filter_target("tags.site = 'berlin'"));
+    p.selection = Selection::Continuous;
+    store.create_job(&spec(p), &at(2)).await.unwrap();
+    let mut p = parts("cont-lab", JobTarget::Group(group_name("lab")));
+    p.selection = Selection::Continuous;
+    store.create_job(&spec(p), &at(3)).await.unwrap();
+    store
+        .create_job(&spec(parts("snap", filter_target("tags.site = 'berlin'"))), &at(4))
+        .await
+        .unwrap();
+    assert_eq!(store.sync_continuous_job(&job_id("cont"), ts(5)).await.unwrap(), 0);
+
+    // New devices by several paths: created with tags, tagged later, out of service, elsewhere.
+    device_with(&*store, "s2", LifecycleState::Active, &[("site", "berlin")]).await;
+    device_with(&*store, "s3", LifecycleState::Registered, &[]).await;
+    let patch = DevicePatch { tags: Some(tags(&[("site", "berlin")])), ..DevicePatch::default() };
+    store.update_device(&id("s3"), &patch, None, &at(6)).await.unwrap();
+    device_with(&*store, "s4", LifecycleState::Decommissioned, &[("site", "berlin")]).await;
+    device_with(&*store, "s5", LifecycleState::Active, &[("site", "paris")]).await;
+    store.add_group_members(&group_name("lab"), &[id("s5")], &at(7)).await.unwrap();
+
+    let seq = last_seq(&*store).await;
+    assert_eq!(store.sync_continuous_job(&job_id("cont"), ts(10)).await.unwrap(), 2);
+    assert_eq!(store.sync_continuous_job(&job_id("cont"), ts(11)).await.unwrap(), 0, "once");
+    assert_eq!(store.sync_continuous_job(&job_id("cont-lab"), ts(12)).await.unwrap(), 1);
+    assert_eq!(store.sync_continuous_job(&job_id("snap"), ts(13)).await.unwrap(), 0);
+    assert_eq!(last_seq(&*store).await, seq, "not audited");
+    let cont = all_executions(&*store, "cont").await;
+    assert_eq!(execution_ids(&cont), ["s1", "s2", "s3"]);
+    let new = cont.iter().find(|e| e.device_id.as_str() == "s2").unwrap();
+    assert_eq!((new.state, new.attempt, new.not_before), (ExecutionState::Queued, 1, ts(10)));
+    assert_eq!(execution_ids(&all_executions(&*store, "cont-lab").await), ["s5"]);
+    assert_eq!(execution_ids(&all_executions(&*store, "snap").await), ["s1"]);
+    assert_eq!(check_counters(&*store, "cont").await.counters.queued, 3);
+    check_counters(&*store, "cont-lab").await;
+    check_counters(&*store, "snap").await;
+    // What the sync created is what the target resolves to now.
+    assert_eq!(
+        all_target_ids(&*store, &filter_target("tags.site = 'berlin'")).await,
+        execution_ids(&cont)
+    );
+
+    // A paused job still takes devices; a canceled one does not.
+    store.set_job_state(&job_id("cont"), JobAction::Pause, &at(20)).await.unwrap();
+    device_with(&*store, "s6", LifecycleState::Active, &[("site", "berlin")]).await;
+    assert_eq!(store.sync_continuous_job(&job_id("cont"), ts(21)).await.unwrap(), 1);
+    store.set_job_state(&job_id("cont"), JobAction::Cancel, &at(22)).await.unwrap();
+    device_with(&*store, "s7", LifecycleState::Active, &[("site", "berlin")]).await;
+    assert_eq!(store.sync_continuous_job(&job_id("cont"), ts(23)).await.unwrap(), 0);
+    check_counters(&*store, "cont").await;
+    assert!(matches!(
+        store.sync_continuous_job(&job_id("nope"), ts(24)).await,
+        Err(StoreError::NotFound { kind: "job", .. })
+    ));
+    check_chain(&*store).await;
+}

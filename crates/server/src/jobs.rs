@@ -93,8 +93,9 @@ impl Default for JobsConfig {
 /// Why a desired patch was not applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatchError {
-    /// This server has no device twins to patch.
-    #[error("device twins are not available")]
+    /// The twin could not be read or written now (the store failed); the execution fails with
+    /// `twin_unavailable` and the job's retry policy for `failed` applies.
+    #[error("the device twin is not available now")]
     Unavailable,
     /// The twin refused the patch (the reason is shown).
     #[error("{0}")]
@@ -152,7 +153,8 @@ impl DesiredPatcher for TwinPatcher {
             }
             Ok(Err(refused)) => Err(PatchError::Refused(refused.to_string())),
             Err(error) => {
-                Err(PatchError::Refused(format!("the twin could not be changed: {error}")))
+                tracing::warn!(device = %device, job = %job.as_str(), %error, "a desired-patch job could not change a twin");
+                Err(PatchError::Unavailable)
             }
         }
     }

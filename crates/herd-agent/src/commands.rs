@@ -69,20 +69,23 @@ pub type Handlers = BTreeMap<String, Handler>;
 /// A relative program path or a zero timeout, naming the command.
 pub fn handlers(file: BTreeMap<String, HandlerFile>) -> anyhow::Result<Handlers> {
     file.into_iter()
-        .map(|(name, h)| {
-            ensure!(
-                h.program.is_absolute(),
-                "commands.{name}.program must be an absolute path, got {}",
-                h.program.display()
-            );
-            let timeout = h.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
-            ensure!(timeout > 0, "commands.{name}.timeout_secs must be at least 1");
-            Ok((
-                name,
-                Handler { program: h.program, args: h.args, timeout: Duration::from_secs(timeout) },
-            ))
-        })
+        .map(|(name, h)| Ok((name.clone(), handler(&format!("commands.{name}"), h)?)))
         .collect()
+}
+
+/// Validates one handler table; `section` names it in errors.
+///
+/// # Errors
+/// A relative program path or a zero timeout.
+pub fn handler(section: &str, h: HandlerFile) -> anyhow::Result<Handler> {
+    ensure!(
+        h.program.is_absolute(),
+        "{section}.program must be an absolute path, got {}",
+        h.program.display()
+    );
+    let timeout = h.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
+    ensure!(timeout > 0, "{section}.timeout_secs must be at least 1");
+    Ok(Handler { program: h.program, args: h.args, timeout: Duration::from_secs(timeout) })
 }
 
 /// Runs `command` with its handler and returns the answer to send.
@@ -97,7 +100,8 @@ pub async fn execute(handlers: &Handlers, command: &DeviceCommand) -> Answer {
     }
 }
 
-async fn run(handler: &Handler, command: &DeviceCommand) -> Answer {
+/// Runs `handler` for `command`.
+pub(crate) async fn run(handler: &Handler, command: &DeviceCommand) -> Answer {
     let mut child = match tokio::process::Command::new(&handler.program)
         .args(&handler.args)
         .env("HERD_COMMAND_ID", &command.id)

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use device_agent::commands::{Answer, DeviceCommand, answer_command};
 use device_agent::identity::{self, Rotate};
+use device_agent::twin::{self, TwinMessage};
 use device_agent::{
     AgentError, Channel, Device, DeviceConfig, DeviceHandle, Inbox, OfflineJournal, Protocol,
     Stats, TlsOptions, Transport,
@@ -15,11 +16,13 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::desired::{self, Applied};
 use crate::renewal::Renewer;
 use crate::settings::{Scheme, Settings};
 
-/// Messages from Herd waiting for the agent: answers to renewals and requests to renew.
-const INBOX_CAPACITY: std::num::NonZeroUsize = std::num::NonZeroUsize::new(16).expect("not zero");
+/// Messages from Herd waiting for the agent: answers to renewals, requests to renew, commands and
+/// twin messages.
+const INBOX_CAPACITY: std::num::NonZeroUsize = std::num::NonZeroUsize::new(32).expect("not zero");
 use crate::system::{self, CpuSampler};
 
 /// How the agent runs.
@@ -80,6 +83,7 @@ pub fn device_config(settings: &Settings) -> anyhow::Result<DeviceConfig> {
         identity::RESPONSE_SUBTOPIC.to_owned(),
         identity::ROTATE_SUBTOPIC.to_owned(),
         device_agent::commands::COMMANDS_SUBSCRIPTION.to_owned(),
+        twin::SUBSCRIPTION.to_owned(),
     ];
     config.keep_alive = settings.keep_alive;
     config.offline_journal = Some(OfflineJournal {
@@ -121,9 +125,14 @@ pub async fn run(
     let (device, mut inbox, mut task) =
         Device::spawn_with_inbox(config, INBOX_CAPACITY).context("invalid device configuration")?;
     let mut cpu = CpuSampler::default();
+    let mut own = settings.clone();
+    let applied = Applied::load(settings);
+    own.heartbeat_interval = applied.heartbeat_interval;
+    own.renew_before = applied.renew_before;
     let agent = Agent {
         device: &device,
-        settings,
+        settings: own,
+        desired: DesiredState::default(),
         facts_for: None,
         pending_for: None,
         inbox: &mut inbox,
@@ -177,7 +186,10 @@ async fn wait_for(
 
 struct Agent<'a> {
     device: &'a DeviceHandle,
-    settings: &'a Settings,
+    /// The configuration, with the settings desired state changed applied.
+    settings: Settings,
+    /// Where applying desired state stands.
+    desired: DesiredState,
     /// Herd's answers to renewals and its requests to renew.
     inbox: &'a mut Inbox,
     /// The connection (its reconnect count) the facts were last sent for.
@@ -188,6 +200,20 @@ struct Agent<'a> {
     running: tokio::task::JoinSet<(String, Answer)>,
     /// Ids of the last commands started, to skip repeats (Herd may send one again).
     seen: std::collections::VecDeque<String>,
+}
+
+/// Where applying desired state stands.
+#[derive(Default)]
+struct DesiredState {
+    /// The desired version last applied on this connection (deltas at or below it are repeats).
+    version: Option<u64>,
+    /// The hook, while it runs: it ends with the desired version and the reported patch or why
+    /// it failed.
+    hook: tokio::task::JoinSet<(u64, Result<Value, String>)>,
+    /// The newest delta for the hook that arrived while it ran (it supersedes older ones).
+    next: Option<(Map<String, Value>, u64)>,
+    /// Numbers the agent's twin requests.
+    requests: u64,
 }
 
 impl Agent<'_> {
@@ -230,6 +256,12 @@ impl Agent<'_> {
                         .publish(channel, Vec::<u8>::new().into())
                         .await
                         .map_err(|_| RunError::Other(anyhow::anyhow!("the device task stopped")))?;
+                    self.sync_twin().await?;
+                }
+                Some(done) = self.desired.hook.join_next(), if !self.desired.hook.is_empty() => {
+                    if let Ok((version, outcome)) = done {
+                        self.hook_done(version, outcome).await?;
+                    }
                 }
                 Some(done) = self.running.join_next(), if !self.running.is_empty() => {
                     if let Ok((id, answer)) = done {
@@ -242,7 +274,7 @@ impl Agent<'_> {
                     self.send_facts(stats?.reconnects).await?;
                 }
                 _ = renewal_check.tick(), if self.settings.client_cert.is_some() => {
-                    let renewer = Renewer { device: self.device, settings: self.settings };
+                    let renewer = Renewer { device: self.device, settings: &self.settings };
                     if renewer.certificate_due() {
                         tracing::info!("the client certificate ends soon; renewing it");
                         if let Err(e) = renewer.renew_certificate(self.inbox).await {
@@ -256,11 +288,24 @@ impl Agent<'_> {
                         self.rotate(&incoming.payload).await;
                     } else if let Some(command) = DeviceCommand::parse(&incoming) {
                         self.start_command(command).await;
+                    } else if let Some(message) = TwinMessage::parse(&incoming) {
+                        let every = self.settings.heartbeat_interval;
+                        self.on_twin(message).await?;
+                        if self.settings.heartbeat_interval != every {
+                            heartbeat = tokio::time::interval_at(
+                                tokio::time::Instant::now() + self.settings.heartbeat_interval,
+                                self.settings.heartbeat_interval,
+                            );
+                            heartbeat.set_missed_tick_behavior(
+                                tokio::time::MissedTickBehavior::Delay,
+                            );
+                        }
                     }
                 }
             }
         }
         tracing::info!("shutting down");
+        self.desired.hook.shutdown().await;
         let grace = self.settings.shutdown_grace;
         let drained = tokio::time::timeout(
             grace,
@@ -307,7 +352,7 @@ impl Agent<'_> {
 
     /// Renews what Herd asks for on `identity/rotate`.
     async fn rotate(&mut self, request: &[u8]) {
-        let renewer = Renewer { device: self.device, settings: self.settings };
+        let renewer = Renewer { device: self.device, settings: &self.settings };
         let renewed = match Rotate::parse(request) {
             Some(Rotate::Certificate) => renewer.renew_certificate(self.inbox).await,
             Some(Rotate::Credential) => renewer.renew_credential(self.inbox).await,
@@ -320,6 +365,144 @@ impl Agent<'_> {
             Ok(()) => tracing::info!("renewed on Herd's request"),
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "renewal on Herd's request failed"),
         }
+    }
+
+    /// After every (re)subscription: report the agent settings it runs with, then ask for the
+    /// twin (its answer carries the delta; the delta Herd pushes on arrival may have come before
+    /// the subscription).
+    async fn sync_twin(&mut self) -> Result<(), RunError> {
+        self.desired.version = None;
+        let applied = self.applied();
+        self.report(json!({ desired::AGENT_KEY: applied.to_json() })).await?;
+        self.desired.requests += 1;
+        let request = json!({"request_id": format!("agent-get-{}", self.desired.requests)});
+        self.publish(twin_channel("twin/get")?, &request).await
+    }
+
+    fn applied(&self) -> Applied {
+        Applied {
+            heartbeat_interval: self.settings.heartbeat_interval,
+            renew_before: self.settings.renew_before,
+        }
+    }
+
+    /// A twin message: a delta pushed, or the answer to the agent's `twin/get` (its delta).
+    async fn on_twin(&mut self, message: TwinMessage) -> Result<(), RunError> {
+        let (delta, version) = match message {
+            TwinMessage::Delta { version, delta } => (delta, version),
+            TwinMessage::Answer(answer) => {
+                if answer.get("status").and_then(Value::as_str) == Some("error") {
+                    tracing::warn!(%answer, "Herd refused a twin request");
+                    return Ok(());
+                }
+                let Some(twin) = answer.get("twin") else { return Ok(()) };
+                let delta = twin.get("delta").and_then(Value::as_object).cloned();
+                let version = twin["versions"].get("desired").and_then(Value::as_u64);
+                let (Some(delta), Some(version)) = (delta, version) else { return Ok(()) };
+                (delta, version)
+            }
+            TwinMessage::Desired { .. } => return Ok(()),
+        };
+        if self.desired.version.is_some_and(|v| v >= version) || delta.is_empty() {
+            return Ok(());
+        }
+        self.desired.version = Some(version);
+        self.apply_delta(delta, version).await
+    }
+
+    /// Applies the agent's settings at once and reports them; hands the rest to the hook.
+    async fn apply_delta(
+        &mut self,
+        delta: Map<String, Value>,
+        version: u64,
+    ) -> Result<(), RunError> {
+        let split = desired::split(delta);
+        let mut errors = split.errors;
+        if !split.agent.is_empty() {
+            let mut applied = self.applied();
+            let refused = applied.apply(&split.agent);
+            for key in split.agent.keys() {
+                let pointer = format!("/{}/{key}", desired::AGENT_KEY);
+                errors.entry(pointer).or_insert(Value::Null);
+            }
+            errors.extend(refused);
+            if applied != self.applied() {
+                tracing::info!(settings = %applied.to_json(), "applying desired agent settings");
+                self.settings.heartbeat_interval = applied.heartbeat_interval;
+                self.settings.renew_before = applied.renew_before;
+                if let Err(e) = applied.save(&self.settings.data_dir) {
+                    tracing::warn!(error = %e, "cannot keep the desired agent settings");
+                }
+            }
+            let errors = std::mem::take(&mut errors);
+            self.report(json!({
+                desired::AGENT_KEY: applied.to_json(),
+                desired::ERRORS_KEY: errors,
+            }))
+            .await?;
+        } else if !errors.is_empty() {
+            self.report(json!({ desired::ERRORS_KEY: errors })).await?;
+        }
+        if split.rest.is_empty() {
+            return Ok(());
+        }
+        let Some(hook) = self.settings.desired_hook.clone() else {
+            tracing::debug!("no desired_hook: leaving the other desired properties alone");
+            return Ok(());
+        };
+        if self.desired.hook.is_empty() {
+            let rest = split.rest;
+            self.desired
+                .hook
+                .spawn(async move { (version, desired::run_hook(&hook, rest, version).await) });
+        } else {
+            self.desired.next = Some((split.rest, version));
+        }
+        Ok(())
+    }
+
+    /// The hook ended: report what it applied (or why it could not), start the next one.
+    async fn hook_done(
+        &mut self,
+        version: u64,
+        outcome: Result<Value, String>,
+    ) -> Result<(), RunError> {
+        let hook_error = "/hook";
+        match outcome {
+            Ok(reported) => {
+                tracing::info!(version, "the desired_hook applied the desired state");
+                let mut patch = match reported {
+                    Value::Object(m) => m,
+                    _ => Map::new(),
+                };
+                patch.insert(desired::ERRORS_KEY.to_owned(), json!({ hook_error: null }));
+                self.report(Value::Object(patch)).await?;
+            }
+            Err(message) => {
+                tracing::warn!(version, message, "the desired_hook failed");
+                self.report(json!({ desired::ERRORS_KEY: { hook_error: message } })).await?;
+                // Tried again with the next delta or connection.
+                self.desired.version = None;
+            }
+        }
+        if let Some((rest, version)) = self.desired.next.take()
+            && let Some(hook) = self.settings.desired_hook.clone()
+        {
+            self.desired
+                .hook
+                .spawn(async move { (version, desired::run_hook(&hook, rest, version).await) });
+        }
+        Ok(())
+    }
+
+    /// Publishes a merge patch of the reported state (its answer is only logged).
+    async fn report(&mut self, reported: Value) -> Result<(), RunError> {
+        self.desired.requests += 1;
+        let request = json!({
+            "request_id": format!("agent-report-{}", self.desired.requests),
+            "reported": reported,
+        });
+        self.publish(twin_channel("twin/reported")?, &request).await
     }
 
     async fn wait_stats(&self, condition: impl FnMut(&Stats) -> bool) -> Result<Stats, RunError> {
@@ -351,4 +534,8 @@ impl Agent<'_> {
             .await
             .map_err(|_| RunError::Other(anyhow::anyhow!("the device task stopped")))
     }
+}
+
+fn twin_channel(subtopic: &str) -> Result<Channel, RunError> {
+    Channel::subtopic(subtopic).map_err(|e| RunError::Other(anyhow::anyhow!("{e}")))
 }

@@ -7,10 +7,13 @@
 //! heartbeat and exits. It renews its client certificate before it ends, and its certificate or
 //! credential when Herd asks ([`renewal`]). A device without a credential yet registers itself
 //! through an enrollment group first (zero-touch, [`provision`]). It answers Herd's direct
-//! commands with the executables of its `[commands]` section ([`commands`]). Installing it is described in `docs/agent.md`.
+//! commands with the executables of its `[commands]` section ([`commands`]), and applies its desired
+//! state: its own settings under `agent`, the rest through an optional hook ([`desired`]).
+//! Installing it is described in `docs/agent.md`.
 
 pub mod commands;
 pub mod daemon;
+pub mod desired;
 pub mod provision;
 pub mod renewal;
 pub mod settings;

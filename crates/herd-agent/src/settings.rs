@@ -94,6 +94,10 @@ pub struct ConfigFile {
     /// `[commands.<name>]`: executables answering direct commands (see `crate::commands`).
     #[serde(default)]
     pub commands: BTreeMap<String, crate::commands::HandlerFile>,
+    /// `[desired_hook]`: an executable applying desired state beyond the agent's own settings
+    /// (see `crate::desired`).
+    #[serde(default)]
+    pub desired_hook: Option<crate::commands::HandlerFile>,
 }
 
 /// The `[provisioning]` section, as written.
@@ -307,6 +311,8 @@ pub struct Settings {
     pub provisioning: Option<Provisioning>,
     /// Direct command handlers by command name.
     pub commands: crate::commands::Handlers,
+    /// The executable applying desired state beyond the agent's settings.
+    pub desired_hook: Option<crate::commands::Handler>,
 }
 
 impl Settings {
@@ -405,6 +411,11 @@ impl Settings {
             renewal_check_interval: Duration::from_secs(check),
             provisioning,
             commands: crate::commands::handlers(std::mem::take(&mut file.commands))?,
+            desired_hook: file
+                .desired_hook
+                .take()
+                .map(|h| crate::commands::handler("desired_hook", h))
+                .transpose()?,
         })
     }
 }

@@ -869,3 +869,60 @@ async fn the_daemon_answers_commands_with_its_executables() {
     assert_eq!(done["result"], serde_json::json!({"got": "later"}));
     stop_daemon(child).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_applies_its_desired_state_and_the_twin_converges() {
+    let server = TestServer::start().await;
+    let token = server.active_device("gw-twin").await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("hook-input.json");
+    let script = dir.path().join("apply.sh");
+    std::fs::write(&script, format!("cat > {:?}\n", input.display().to_string())).unwrap();
+    // Desired before the agent ever connects: it gets the delta with its twin on connecting.
+    let (status, body) = server
+        .patch(
+            "/api/v1/devices/gw-twin/twin",
+            &serde_json::json!({"desired": {
+                "agent": {"heartbeat_interval_secs": 1},
+                "app": {"mode": "eco"},
+            }}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let url = format!("mqtt://{}", server.mqtt_addr);
+    let extra = format!(
+        "heartbeat_interval_secs = 3600\n\n[desired_hook]\nprogram = \"/bin/sh\"\nargs = [{:?}]\n",
+        script.display().to_string()
+    );
+    let config = write_config(dir.path(), &url, "gw-twin", &token, 0o600, &extra);
+    let child = spawn_daemon(&config);
+    let twin =
+        until(&server, "/api/v1/devices/gw-twin/twin", |t| t["status"]["state"] == "in_sync").await;
+    assert_eq!(twin["reported"]["document"]["agent"]["heartbeat_interval_secs"], 1, "{twin:#}");
+    assert_eq!(twin["reported"]["document"]["app"], serde_json::json!({"mode": "eco"}));
+    let got: serde_json::Value = serde_json::from_slice(&std::fs::read(&input).unwrap()).unwrap();
+    assert_eq!(got["delta"], serde_json::json!({"app": {"mode": "eco"}}), "{got}");
+    // The configured hour between heartbeats became a second.
+    heartbeats_after(&server, "gw-twin", 0, 3).await;
+
+    // A value it cannot apply is explained, and the twin stays pending.
+    let (status, _) = server
+        .patch(
+            "/api/v1/devices/gw-twin/twin",
+            &serde_json::json!({"desired": {"agent": {"heartbeat_interval_secs": "fast"}}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let twin = until(&server, "/api/v1/devices/gw-twin/twin", |t| {
+        t["reported"]["document"]["agent_errors"]["/agent/heartbeat_interval_secs"].is_string()
+    })
+    .await;
+    assert_ne!(twin["status"]["state"], "in_sync", "{twin:#}");
+    let stderr = stop_daemon(child).await;
+    assert!(stderr.contains("applying desired agent settings"), "{stderr}");
+    let kept: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("data").join("desired-agent.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(kept["heartbeat_interval_secs"], 1);
+}

@@ -16,7 +16,7 @@ use device_agent::Protocol;
 use crate::config::SimConfig;
 use crate::fleet::{self, Report};
 use crate::processes::{self, ChildMessage};
-use crate::profile::{JobBehaviour, Metric, Profile};
+use crate::profile::{JobBehaviour, Metric, Profile, TwinBehaviour};
 use crate::shard::Shard;
 use crate::summary::{Progress, Summary};
 
@@ -90,6 +90,14 @@ pub struct Cli {
     /// Percentage of job executions that fail (decided by the seed, per device, job and attempt).
     #[arg(long, value_name = "PERCENT")]
     pub job_failure_pct: Option<f64>,
+    /// Follow desired state: devices ask for their twin after each connection and report every
+    /// delta as applied this many milliseconds after receiving it (without this flag or
+    /// --twin-drift-pct they ignore their twin).
+    #[arg(long, value_name = "MS")]
+    pub twin_delay_ms: Option<u64>,
+    /// Percentage of devices that report something else than their desired state (drifted).
+    #[arg(long, value_name = "PERCENT")]
+    pub twin_drift_pct: Option<f64>,
     /// MQTT version: 3.1.1 or 5.
     #[arg(long, default_value = "5", value_parser = ["3.1.1", "5"])]
     pub protocol: String,
@@ -181,6 +189,7 @@ impl Cli {
             ("flaky-percent", self.flaky_percent),
             ("offline-percent", self.offline_percent),
             ("job-failure-pct", self.job_failure_pct.unwrap_or(0.0)),
+            ("twin-drift-pct", self.twin_drift_pct.unwrap_or(0.0)),
         ] {
             if !(0.0..=100.0).contains(&v) {
                 problems.push(format!("--{name} must be between 0 and 100, got {v}"));
@@ -235,6 +244,12 @@ impl Cli {
                 JobBehaviour {
                     delay: Duration::from_millis(self.job_delay_ms.unwrap_or(0)),
                     failure_percent: self.job_failure_pct.unwrap_or(0.0),
+                }
+            }),
+            twin: (self.twin_delay_ms.is_some() || self.twin_drift_pct.is_some()).then(|| {
+                TwinBehaviour {
+                    delay: Duration::from_millis(self.twin_delay_ms.unwrap_or(0)),
+                    drift_percent: self.twin_drift_pct.unwrap_or(0.0),
                 }
             }),
         };
@@ -297,6 +312,10 @@ pub fn child_args(config: &SimConfig, shard: Shard, credentials: &Path, seed: u6
     if let Some(jobs) = p.jobs {
         args.push(format!("--job-delay-ms={}", jobs.delay.as_millis()));
         args.push(format!("--job-failure-pct={}", jobs.failure_percent));
+    }
+    if let Some(twin) = p.twin {
+        args.push(format!("--twin-delay-ms={}", twin.delay.as_millis()));
+        args.push(format!("--twin-drift-pct={}", twin.drift_percent));
     }
     args
 }

@@ -330,7 +330,18 @@ impl<'a> Fleet<'a> {
             Arc::clone(&self.live),
             self.cancel.clone(),
         ));
-        // Job messages come through the same inbox; the command answerer hands them on.
+        // Job and twin messages come through the same inbox; the command answerer hands them on.
+        let twin = self.profile.twin.map(|twin| {
+            let (tx, rx) = tokio::sync::mpsc::channel(TWIN_INBOX.get());
+            tokio::spawn(follow_twin(
+                handle.clone(),
+                rx,
+                twin.delay,
+                twin.drifts(self.seed, device.index),
+                self.cancel.clone(),
+            ));
+            tx
+        });
         let jobs = self.profile.jobs.map(|jobs| {
             let (tx, rx) = tokio::sync::mpsc::channel(JOB_INBOX.get());
             tokio::spawn(run_jobs(
@@ -345,7 +356,7 @@ impl<'a> Fleet<'a> {
         });
         let answers = tokio::spawn(answer_commands(
             Commands::new(handle.clone(), inbox),
-            jobs,
+            Others { jobs, twin },
             CommandBehaviour {
                 index: device.index,
                 seed: self.seed,
@@ -376,6 +387,9 @@ impl<'a> Fleet<'a> {
         config.subscriptions = vec![COMMANDS_SUBSCRIPTION.to_owned()];
         if self.profile.jobs.is_some() {
             config.subscriptions.push(device_agent::jobs::SUBSCRIPTION.to_owned());
+        }
+        if self.profile.twin.is_some() {
+            config.subscriptions.push(device_agent::twin::SUBSCRIPTION.to_owned());
         }
         config
     }
@@ -698,7 +712,7 @@ impl CommandBehaviour {
 /// result, or fail as [`CommandBehaviour::fails`] says, after the configured delay.
 async fn answer_commands(
     mut commands: Commands,
-    jobs: Option<tokio::sync::mpsc::Sender<device_agent::Incoming>>,
+    others: Others,
     b: CommandBehaviour,
     cancel: CancellationToken,
 ) {
@@ -711,9 +725,14 @@ async fn answer_commands(
         let command = match received {
             Some(Received::Command(command)) => command,
             Some(Received::Other(message)) => {
-                if let Some(jobs) = &jobs {
-                    // The job runner has stopped only when the run is being cancelled.
-                    let _ = jobs.send(message).await;
+                let to = if message.subtopic().starts_with("twin/") {
+                    others.twin.as_ref()
+                } else {
+                    others.jobs.as_ref()
+                };
+                if let Some(to) = to {
+                    // A runner has stopped only when the run is being cancelled.
+                    let _ = to.send(message).await;
                 }
                 continue;
             }
@@ -733,6 +752,98 @@ async fn answer_commands(
         };
         answered += 1;
         if commands.answer(&command, &answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Where a device's messages other than commands go.
+struct Others {
+    /// Job messages, for the job runner.
+    jobs: Option<tokio::sync::mpsc::Sender<device_agent::Incoming>>,
+    /// Twin messages, for [`follow_twin`].
+    twin: Option<tokio::sync::mpsc::Sender<device_agent::Incoming>>,
+}
+
+/// Twin messages waiting for a device's [`follow_twin`].
+const TWIN_INBOX: NonZeroUsize = NonZeroUsize::new(16).expect("not zero");
+
+/// Follows a device's desired state: asks for the twin after every connection, and reports each
+/// new delta (pushed, or in the answer) after `delay` — as it is, or, for a drifting device,
+/// with every property set to `"simulated-drift"`. Reports are not waited for: the next delta
+/// or connection brings whatever is still missing.
+async fn follow_twin(
+    handle: DeviceHandle,
+    mut inbox: tokio::sync::mpsc::Receiver<device_agent::Incoming>,
+    delay: Duration,
+    drifts: bool,
+    cancel: CancellationToken,
+) {
+    use device_agent::twin::TwinMessage;
+    use serde_json::{Value, json};
+    let asker = tokio::spawn(ask_for_the_twin_on_each_connection(handle.clone()));
+    // The newest desired version reported on the current connection.
+    let mut reported: Option<(u64, u64)> = None;
+    let mut n = 0_u64;
+    loop {
+        let message = tokio::select! {
+            () = cancel.cancelled() => break,
+            m = inbox.recv() => match m {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let (delta, version) = match TwinMessage::parse(&message) {
+            Some(TwinMessage::Delta { delta, version }) => (delta, version),
+            Some(TwinMessage::Answer(answer)) => {
+                let twin = &answer["twin"];
+                match (twin["delta"].as_object(), twin["versions"]["desired"].as_u64()) {
+                    (Some(d), Some(v)) => (d.clone(), v),
+                    _ => continue,
+                }
+            }
+            _ => continue,
+        };
+        let connection = handle.stats().reconnects;
+        if delta.is_empty() || reported.is_some_and(|(c, v)| c == connection && v >= version) {
+            continue;
+        }
+        reported = Some((connection, version));
+        if !delay.is_zero() {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        let body: Value = if drifts {
+            delta.keys().map(|k| (k.clone(), json!("simulated-drift"))).collect()
+        } else {
+            Value::Object(delta)
+        };
+        n += 1;
+        let request = json!({"request_id": format!("sim-report-{n}"), "reported": body});
+        let Ok(channel) = device_agent::Channel::subtopic("twin/reported") else { break };
+        if handle.publish(channel, request.to_string().into()).await.is_err() {
+            break;
+        }
+    }
+    asker.abort();
+}
+
+/// Publishes `twin/get` whenever the device has (re)connected and subscribed.
+async fn ask_for_the_twin_on_each_connection(handle: DeviceHandle) {
+    let mut n = 0_u64;
+    loop {
+        if handle.wait_for_stats(|s| s.connected && s.subscribed).await.is_err() {
+            return;
+        }
+        n += 1;
+        let request = serde_json::json!({"request_id": format!("sim-get-{n}")});
+        let Ok(channel) = device_agent::Channel::subtopic("twin/get") else { return };
+        if handle.publish(channel, request.to_string().into()).await.is_err() {
+            return;
+        }
+        if handle.wait_for_stats(|s| !s.connected).await.is_err() {
             return;
         }
     }

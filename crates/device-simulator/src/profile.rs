@@ -112,6 +112,27 @@ pub struct Profile {
     pub offline_for: Option<Duration>,
     /// Fleet jobs: how devices run command jobs; `None`: they do not subscribe to jobs.
     pub jobs: Option<JobBehaviour>,
+    /// Device twins: how devices follow their desired state; `None`: they ignore it.
+    pub twin: Option<TwinBehaviour>,
+}
+
+/// How simulated devices follow their desired state (`devices/{id}/twin/…`): they ask for their
+/// twin after every connection and report every delta as applied after a delay, except drifting
+/// devices, which report something else (their twin shows `drifted`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TwinBehaviour {
+    /// How long applying a delta takes.
+    pub delay: Duration,
+    /// The percentage of devices that drift, decided from the run's seed and the device.
+    pub drift_percent: f64,
+}
+
+impl TwinBehaviour {
+    /// Whether device `index` drifts, for `seed`.
+    #[must_use]
+    pub fn drifts(&self, seed: u64, index: u64) -> bool {
+        selected(index, self.drift_percent, salt(seed, 0x7717))
+    }
 }
 
 /// How simulated devices run the command jobs they receive (`devices/{id}/jobs/…`).
@@ -161,6 +182,7 @@ impl Default for Profile {
             offline_percent: 0.0,
             offline_for: None,
             jobs: None,
+            twin: None,
         }
     }
 }

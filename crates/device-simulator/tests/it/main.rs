@@ -261,3 +261,62 @@ async fn simulated_devices_answer_commands_and_fail_the_seeded_share() {
     assert_eq!(failed, expected);
     assert!(!failed.is_empty() && failed.len() < 10, "{failed:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_devices_follow_their_desired_state_and_the_seeded_share_drifts() {
+    let server = TestServer::start().await;
+    let mut config = config(&server, 20, "tw-");
+    config.duration = Some(Duration::from_secs(120));
+    config.profile.telemetry_interval = Duration::from_secs(3600);
+    config.profile.event_rate_per_hour = 0.0;
+    let behaviour = device_simulator::profile::TwinBehaviour {
+        delay: Duration::from_millis(20),
+        drift_percent: 25.0,
+    };
+    config.profile.twin = Some(behaviour);
+    let mut silent = device_simulator::Silent;
+    let fleet = device_simulator::run(&config, &mut silent, std::future::pending());
+    let converge = async {
+        // Desired state for the whole fleet, with devices arriving meanwhile: a continuous
+        // desired-patch job reaches each one as it is created.
+        let (status, job) = server
+            .post(
+                "/api/v1/jobs",
+                &serde_json::json!({
+                    "id": "fleet-config",
+                    "operation": {"desired_patch": {"sampling": {"interval_s": 5}}},
+                    "target": {"filter": "id startswith 'tw-'"},
+                    "selection": "continuous",
+                }),
+            )
+            .await;
+        assert_eq!(status, 201, "{job}");
+        let mut states = Vec::new();
+        for index in 0..20_u64 {
+            let id = device_simulator::shard::device_id("tw-", index);
+            let deadline = tokio::time::Instant::now() + WAIT;
+            let twin = loop {
+                let (status, twin) = server.get(&format!("/api/v1/devices/{id}/twin")).await;
+                let state = twin["status"]["state"].as_str().unwrap_or("");
+                if status == 200 && twin["desired"]["version"] != 0 && state != "pending" {
+                    break twin;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{id} never settled: {twin:#}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let expected = if behaviour.drifts(1, index) { "drifted" } else { "in_sync" };
+            assert_eq!(twin["status"]["state"], expected, "{id}: {twin:#}");
+            if expected == "in_sync" {
+                assert_eq!(twin["reported"]["document"]["sampling"]["interval_s"], 5, "{twin:#}");
+            }
+            states.push(expected);
+        }
+        states
+    };
+    let states = tokio::select! {
+        summary = fleet => panic!("the run ended first: {summary:?}"),
+        states = converge => states,
+    };
+    let drifted = states.iter().filter(|s| **s == "drifted").count();
+    assert!(drifted > 0 && drifted < 20, "{states:?}");
+}

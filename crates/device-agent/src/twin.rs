@@ -139,6 +139,58 @@ impl TwinMessage {
     }
 }
 
+impl TwinMessage {
+    /// The delta to apply and the desired version it was computed from: a pushed delta, or the
+    /// delta in the answer to a `twin/get`; `None` for other messages.
+    #[must_use]
+    pub fn into_delta(self) -> Option<(Map<String, Value>, u64)> {
+        match self {
+            Self::Delta { version, delta } => Some((delta, version)),
+            Self::Answer(answer) => {
+                let twin = answer.get("twin")?;
+                let delta = twin.get("delta")?.as_object()?.clone();
+                Some((delta, twin.get("versions")?.get("desired")?.as_u64()?))
+            }
+            Self::Desired { .. } => None,
+        }
+    }
+}
+
+/// Publishes `twin/get` (request ids `<prefix>-1`, `-2`, …) whenever the device has (re)connected
+/// and subscribed, without waiting for the answer: for a device that reads its messages in one
+/// loop and applies the answer's delta as it comes ([`TwinMessage::into_delta`]). Ends when the
+/// device task does.
+pub async fn request_on_each_connection(device: DeviceHandle, prefix: &'static str) {
+    let mut n = 0_u64;
+    loop {
+        if device.wait_for_stats(|s| s.connected && s.subscribed).await.is_err() {
+            return;
+        }
+        n += 1;
+        let payload = Bytes::from(json!({"request_id": format!("{prefix}-{n}")}).to_string());
+        if device.publish(channel("twin/get"), payload).await.is_err() {
+            return;
+        }
+        if device.wait_for_stats(|s| !s.connected).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Publishes a merge patch of the reported state on `twin/reported` with request id
+/// `request_id`, without waiting for the answer.
+///
+/// # Errors
+/// [`TwinError::Stopped`].
+pub async fn report_without_waiting(
+    device: &DeviceHandle,
+    reported: Value,
+    request_id: &str,
+) -> Result<(), TwinError> {
+    let payload = Bytes::from(json!({"request_id": request_id, "reported": reported}).to_string());
+    device.publish(channel("twin/reported"), payload).await.map_err(|_| TwinError::Stopped)
+}
+
 fn request_id() -> String {
     let bytes: [u8; 8] = rand::rng().random();
     format!("twin-{}", hex::encode(bytes))

@@ -779,10 +779,10 @@ async fn follow_twin(
     drifts: bool,
     cancel: CancellationToken,
 ) {
-    use device_agent::twin::TwinMessage;
+    use device_agent::twin::{self, TwinMessage};
     use serde_json::{Value, json};
-    let asker = tokio::spawn(ask_for_the_twin_on_each_connection(handle.clone()));
-    // The newest desired version reported on the current connection.
+    let asker = tokio::spawn(twin::request_on_each_connection(handle.clone(), "sim-get"));
+    // The connection and the newest desired version reported on it.
     let mut reported: Option<(u64, u64)> = None;
     let mut n = 0_u64;
     loop {
@@ -793,16 +793,9 @@ async fn follow_twin(
                 None => break,
             },
         };
-        let (delta, version) = match TwinMessage::parse(&message) {
-            Some(TwinMessage::Delta { delta, version }) => (delta, version),
-            Some(TwinMessage::Answer(answer)) => {
-                let twin = &answer["twin"];
-                match (twin["delta"].as_object(), twin["versions"]["desired"].as_u64()) {
-                    (Some(d), Some(v)) => (d.clone(), v),
-                    _ => continue,
-                }
-            }
-            _ => continue,
+        let Some((delta, version)) = TwinMessage::parse(&message).and_then(TwinMessage::into_delta)
+        else {
+            continue;
         };
         let connection = handle.stats().reconnects;
         if delta.is_empty() || reported.is_some_and(|(c, v)| c == connection && v >= version) {
@@ -821,32 +814,11 @@ async fn follow_twin(
             Value::Object(delta)
         };
         n += 1;
-        let request = json!({"request_id": format!("sim-report-{n}"), "reported": body});
-        let Ok(channel) = device_agent::Channel::subtopic("twin/reported") else { break };
-        if handle.publish(channel, request.to_string().into()).await.is_err() {
+        if twin::report_without_waiting(&handle, body, &format!("sim-report-{n}")).await.is_err() {
             break;
         }
     }
     asker.abort();
-}
-
-/// Publishes `twin/get` whenever the device has (re)connected and subscribed.
-async fn ask_for_the_twin_on_each_connection(handle: DeviceHandle) {
-    let mut n = 0_u64;
-    loop {
-        if handle.wait_for_stats(|s| s.connected && s.subscribed).await.is_err() {
-            return;
-        }
-        n += 1;
-        let request = serde_json::json!({"request_id": format!("sim-get-{n}")});
-        let Ok(channel) = device_agent::Channel::subtopic("twin/get") else { return };
-        if handle.publish(channel, request.to_string().into()).await.is_err() {
-            return;
-        }
-        if handle.wait_for_stats(|s| !s.connected).await.is_err() {
-            return;
-        }
-    }
 }
 
 /// Messages waiting for a job-running device's job runner.

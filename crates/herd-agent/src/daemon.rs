@@ -388,21 +388,13 @@ impl Agent<'_> {
 
     /// A twin message: a delta pushed, or the answer to the agent's `twin/get` (its delta).
     async fn on_twin(&mut self, message: TwinMessage) -> Result<(), RunError> {
-        let (delta, version) = match message {
-            TwinMessage::Delta { version, delta } => (delta, version),
-            TwinMessage::Answer(answer) => {
-                if answer.get("status").and_then(Value::as_str) == Some("error") {
-                    tracing::warn!(%answer, "Herd refused a twin request");
-                    return Ok(());
-                }
-                let Some(twin) = answer.get("twin") else { return Ok(()) };
-                let delta = twin.get("delta").and_then(Value::as_object).cloned();
-                let version = twin["versions"].get("desired").and_then(Value::as_u64);
-                let (Some(delta), Some(version)) = (delta, version) else { return Ok(()) };
-                (delta, version)
-            }
-            TwinMessage::Desired { .. } => return Ok(()),
-        };
+        if let TwinMessage::Answer(answer) = &message
+            && answer.get("status").and_then(Value::as_str) == Some("error")
+        {
+            tracing::warn!(%answer, "Herd refused a twin request");
+            return Ok(());
+        }
+        let Some((delta, version)) = message.into_delta() else { return Ok(()) };
         if self.desired.version.is_some_and(|v| v >= version) || delta.is_empty() {
             return Ok(());
         }
@@ -498,11 +490,10 @@ impl Agent<'_> {
     /// Publishes a merge patch of the reported state (its answer is only logged).
     async fn report(&mut self, reported: Value) -> Result<(), RunError> {
         self.desired.requests += 1;
-        let request = json!({
-            "request_id": format!("agent-report-{}", self.desired.requests),
-            "reported": reported,
-        });
-        self.publish(twin_channel("twin/reported")?, &request).await
+        let id = format!("agent-report-{}", self.desired.requests);
+        twin::report_without_waiting(self.device, reported, &id)
+            .await
+            .map_err(|_| RunError::Other(anyhow::anyhow!("the device task stopped")))
     }
 
     async fn wait_stats(&self, condition: impl FnMut(&Stats) -> bool) -> Result<Stats, RunError> {

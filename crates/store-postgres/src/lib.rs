@@ -677,6 +677,77 @@ impl Store for PostgresStore {
     async fn sync_continuous_job(&self, job: &JobId, now: Timestamp) -> StoreResult<u64> {
         jobs::sync_continuous(&self.pool, job, now).await
     }
+
+    // ---- configuration profiles ---- (STUB: replaced by the profiles-store branch)
+
+    async fn create_profile(
+        &self,
+        _new: &domain::NewProfile,
+        _m: &Mutation,
+    ) -> StoreResult<domain::ConfigProfile> {
+        todo!("profiles store")
+    }
+
+    async fn profile(
+        &self,
+        _name: &domain::ProfileName,
+    ) -> StoreResult<Option<domain::ConfigProfile>> {
+        todo!("profiles store")
+    }
+
+    async fn list_profiles(
+        &self,
+        _q: &store::ProfileQuery,
+    ) -> StoreResult<Page<domain::ConfigProfile>> {
+        todo!("profiles store")
+    }
+
+    async fn update_profile(
+        &self,
+        _name: &domain::ProfileName,
+        _patch: &domain::ProfilePatch,
+        _m: &Mutation,
+    ) -> StoreResult<domain::ConfigProfile> {
+        todo!("profiles store")
+    }
+
+    async fn delete_profile(
+        &self,
+        _name: &domain::ProfileName,
+        _expected_version: Option<u64>,
+        _m: &Mutation,
+    ) -> StoreResult<()> {
+        todo!("profiles store")
+    }
+
+    async fn desired_layers(&self, _device: &Device) -> StoreResult<Vec<domain::twin::Layer>> {
+        todo!("profiles store")
+    }
+
+    async fn preview_profile_target(
+        &self,
+        _target: &domain::ProfileTarget,
+        _sample: u32,
+    ) -> StoreResult<store::TargetPreview> {
+        todo!("profiles store")
+    }
+
+    async fn recompute_pending(&self, _id: &DeviceId) -> StoreResult<bool> {
+        todo!("profiles store")
+    }
+
+    async fn recompute_queue_len(&self) -> StoreResult<u64> {
+        todo!("profiles store")
+    }
+
+    async fn recompute_twins(
+        &self,
+        _limit: NonZeroU32,
+        _policy: &TwinPolicy,
+        _at: Timestamp,
+    ) -> StoreResult<store::Recomputed> {
+        todo!("profiles store")
+    }
 }
 
 /// Accepts only names that need no quoting anywhere (`CREATE SCHEMA`, `search_path`).

@@ -11,6 +11,7 @@ use test_support::TestServer;
 
 use crate::{herd, stderr, stdout};
 
+mod profiles;
 mod twin;
 
 struct Cli<'a> {

@@ -30,6 +30,7 @@ mod agent_reports;
 mod commands;
 mod jobs;
 mod mtls;
+mod profiles;
 mod provision;
 mod replacement;
 mod twin;

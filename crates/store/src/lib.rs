@@ -1026,7 +1026,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     ) -> StoreResult<Page<domain::ConfigProfile>>;
 
     /// Applies `patch` (checked against `patch.expected_version`), bumps the version and queues
-    /// the devices of the old and the new target. A patch that changes nothing writes nothing.
+    /// the devices of the old and the new target. A patch that changes nothing writes nothing; one
+    /// that changes only the description queues nothing (no device's layers change).
     ///
     /// # Errors
     /// [`StoreError::NotFound`] (kind `config_profile`, or `group` for a new target that does not

@@ -10,12 +10,14 @@ use std::collections::BTreeSet;
 use std::num::NonZeroU32;
 
 use domain::profile::profile_layers;
-use domain::twin::Layer;
+use domain::twin::{Document, Layer};
 use domain::{
-    ConfigProfile, Device, DeviceTwin, GroupKind, GroupName, ProfileName, ProfileTarget, Timestamp,
-    TwinError, TwinPolicy,
+    ConfigProfile, Device, DeviceTwin, GroupKind, GroupName, NewProfile, ProfileName, ProfilePatch,
+    ProfileTarget, Timestamp, TwinError, TwinPolicy,
 };
+use serde_json::Value;
 
+use crate::StoreError;
 use crate::twins::{NewTwinHistory, recompute_desired};
 
 /// The actor of twin history entries written when profiles change a device's desired document.
@@ -31,6 +33,91 @@ pub const PROFILE_DELETE_ACTION: &str = "config_profile.delete";
 /// The audit resource of a profile.
 pub fn profile_resource(name: &ProfileName) -> String {
     format!("config_profile/{name}")
+}
+
+/// The profile `new` describes, at version 1, created at `at`.
+pub fn new_profile(new: &NewProfile, at: Timestamp) -> ConfigProfile {
+    ConfigProfile {
+        name: new.name.clone(),
+        description: new.description.clone(),
+        target: new.target.clone(),
+        priority: new.priority,
+        document: new.document.clone(),
+        created_at: at,
+        updated_at: at,
+        version: 1,
+    }
+}
+
+/// Checks the version a caller expects (`None`: unconditional).
+///
+/// # Errors
+/// [`StoreError::VersionMismatch`].
+pub fn check_version(profile: &ConfigProfile, expected: Option<u64>) -> Result<(), StoreError> {
+    match expected {
+        Some(expected) if expected != profile.version => {
+            Err(StoreError::VersionMismatch { expected, current: profile.version })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `current` with `patch` applied at `at`, its version bumped; `None` when the patch changes
+/// nothing (the backend then writes nothing).
+///
+/// # Errors
+/// [`StoreError::VersionMismatch`] when `patch.expected_version` is not the current version.
+pub fn plan_profile_update(
+    current: &ConfigProfile,
+    patch: &ProfilePatch,
+    at: Timestamp,
+) -> Result<Option<ConfigProfile>, StoreError> {
+    check_version(current, patch.expected_version)?;
+    let mut new = patch.apply(current);
+    if new == *current {
+        return Ok(None);
+    }
+    new.version = current.version + 1;
+    new.updated_at = at;
+    Ok(Some(new))
+}
+
+/// Whether changing `old` into `new` can change any device's layers: a change of the
+/// description alone cannot, and queues no device.
+pub fn changes_layers(old: &ConfigProfile, new: &ConfigProfile) -> bool {
+    old.target != new.target || old.priority != new.priority || old.document != new.document
+}
+
+/// [`StoreError::NotFound`] for a profile.
+pub fn profile_not_found(name: &ProfileName) -> StoreError {
+    StoreError::NotFound { kind: "config_profile", id: name.to_string() }
+}
+
+/// The refusal to delete `group` while `profiles` (in name order) are attached to it.
+pub fn group_has_profiles(group: &GroupName, profiles: &[ProfileName]) -> StoreError {
+    let names: Vec<&str> = profiles.iter().map(ProfileName::as_str).collect();
+    StoreError::Conflict(format!(
+        "group {group} has configuration profiles attached ({}): delete them or attach them \
+         elsewhere first",
+        names.join(", ")
+    ))
+}
+
+/// A stored profile document (JSON object text) read back.
+///
+/// # Errors
+/// A reason when the text is not a JSON object.
+pub fn document_from_json(text: &str) -> Result<Document, String> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(document)) => Ok(document),
+        Ok(other) => Err(format!("document is not a JSON object: {other}")),
+        Err(e) => Err(format!("document: {e}")),
+    }
+}
+
+/// A profile's document as stored (JSON object text).
+pub fn document_to_json(document: &Document) -> String {
+    Value::Object(document.clone()).to_string()
 }
 
 /// A query for one page of profiles in name order.

@@ -38,7 +38,13 @@ async fn profiles_merge_under_the_device_layer_and_follow_its_groups() {
         return;
     }
     let server = TestServer::start().await;
-    let token = active_device(&server, "kiln-1").await;
+    acceptance(&server).await;
+}
+
+/// The scenario, on a fresh server of any backend (`postgres::profiles_on_postgres` runs it on
+/// PostgreSQL).
+pub(crate) async fn acceptance(server: &TestServer) {
+    let token = active_device(server, "kiln-1").await;
 
     // Fleet profile (priority 0), a static group "a" with the device and a profile of priority
     // 10, a dynamic group "hot" with a profile of priority 20, and the device's own layer.
@@ -80,7 +86,7 @@ async fn profiles_merge_under_the_device_layer_and_follow_its_groups() {
     // layer overrides the fleet's led and the group's heater.
     let expected =
         json!({"fan": "low", "heater": false, "interval": 60, "led": "blue", "mode": "eco"});
-    desired_becomes(&server, "kiln-1", &expected).await;
+    desired_becomes(server, "kiln-1", &expected).await;
     let (s, eff) = server.get("/api/v1/devices/kiln-1/twin/effective?explain=true").await;
     ok(s, &eff, 200);
     assert_eq!(eff["desired"], expected);
@@ -95,8 +101,12 @@ async fn profiles_merge_under_the_device_layer_and_follow_its_groups() {
             "/mode": "profile:a-prof",
         })
     );
-    let sources: Vec<&str> =
-        eff["layers"].as_array().unwrap().iter().map(|l| l["source"].as_str().unwrap()).collect();
+    let sources: Vec<&str> = eff["layers"]
+        .as_array()
+        .expect("explain lists the layers")
+        .iter()
+        .map(|l| l["source"].as_str().unwrap_or_default())
+        .collect();
     assert_eq!(sources, ["profile:base", "profile:a-prof", "device"]);
 
     // A dry run of the tag change: the device would join "hot" and gain its profile; nothing
@@ -114,11 +124,11 @@ async fn profiles_merge_under_the_device_layer_and_follow_its_groups() {
     let (_, device_after) = server.get("/api/v1/devices/kiln-1").await;
     assert_eq!(device_after["version"], device_before["version"]);
     assert_eq!(device_after["tags"], json!({}));
-    assert_eq!(twin_desired(&server, "kiln-1").await, expected);
+    assert_eq!(twin_desired(server, "kiln-1").await, expected);
 
     // The device listens for its delta; the tag change brings the hot profile's values.
     let mut sub =
-        MosquittoSub::start(&server, V311, "kiln-1", &token, &["devices/kiln-1/twin/delta"]).await;
+        MosquittoSub::start(server, V311, "kiln-1", &token, &["devices/kiln-1/twin/delta"]).await;
     sub.wait_for("received SUBACK").await;
     let (s, b) = server.patch("/api/v1/devices/kiln-1", &json!({"tags": {"zone": "hot"}})).await;
     ok(s, &b, 200);
@@ -128,7 +138,7 @@ async fn profiles_merge_under_the_device_layer_and_follow_its_groups() {
     .await;
     drop(sub);
     let hot = json!({"fan": "max", "heater": false, "interval": 10, "led": "blue", "mode": "eco"});
-    assert_eq!(twin_desired(&server, "kiln-1").await, hot);
+    assert_eq!(twin_desired(server, "kiln-1").await, hot);
     let (_, eff) = server.get("/api/v1/devices/kiln-1/twin/effective?explain=true").await;
     assert_eq!(eff["sources"]["/fan"], "profile:hot-prof");
     assert_eq!(eff["sources"]["/interval"], "profile:hot-prof");

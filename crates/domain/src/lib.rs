@@ -37,6 +37,7 @@ pub mod filter;
 pub mod group;
 pub mod job;
 pub mod presence;
+pub mod profile;
 pub mod replacement;
 pub mod timestamp;
 pub mod token;
@@ -70,6 +71,7 @@ pub use job::{
     StatusDetails,
 };
 pub use presence::Presence;
+pub use profile::{ConfigProfile, NewProfile, ProfileName, ProfilePatch, ProfileTarget};
 pub use replacement::{Replacement, ReplacementError, ReplacementPlan};
 pub use timestamp::Timestamp;
 pub use token::{ApiToken, NewToken, Role, TokenHash, TokenId};

@@ -5,8 +5,9 @@
 //! - [`merge_patch`] is RFC 7396 JSON merge patch; [`TwinSection::apply_patch`] applies one to a
 //!   section, checks the [`TwinLimits`] on the result and maintains the version and metadata.
 //! - The desired document a device sees is computed from ordered [`Layer`]s by
-//!   [`effective_desired`] (today only the device's own layer; configuration profiles add layers
-//!   later), and written with [`TwinSection::set_document`].
+//!   [`effective_desired`] (configuration profiles of the fleet and of groups, see
+//!   [`crate::profile`], then the device's own layer), and written with
+//!   [`TwinSection::set_document`].
 //! - [`delta`] is the desired properties that differ from the reported ones and [`convergence`]
 //!   says whether the device is `in_sync`, `pending` or `drifted`.
 //!
@@ -329,8 +330,16 @@ impl DeviceTwin {
 pub enum LayerSource {
     /// The device's own layer (operator patches of its twin).
     Device,
-    /// Anything else, by name (`fleet`, `group:<name>`, `profile:<name>`: configuration
-    /// profiles, added later).
+    /// A configuration profile (see [`crate::profile`]).
+    Profile {
+        /// The profile.
+        name: crate::profile::ProfileName,
+        /// What it is attached to.
+        target: crate::profile::ProfileTarget,
+        /// Its priority.
+        priority: i32,
+    },
+    /// Anything else, by name.
     Named(String),
 }
 
@@ -338,6 +347,7 @@ impl fmt::Display for LayerSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Device => f.write_str("device"),
+            Self::Profile { name, .. } => write!(f, "profile:{name}"),
             Self::Named(n) => f.write_str(n),
         }
     }

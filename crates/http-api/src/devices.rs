@@ -1,5 +1,9 @@
 //! `/api/v1/devices`: create, list, read, change and delete devices, with `ETag`/`If-Match`
 //! optimistic concurrency on the device's version.
+//!
+//! `PATCH …?dry_run=true` shows the blast radius of a change of a device's tags, name or state
+//! without writing it: the dynamic groups it would join and leave, the configuration profiles it
+//! would gain and lose, and how its effective desired document would change.
 
 use std::collections::BTreeMap;
 
@@ -7,11 +11,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use domain::twin::{diff, effective_desired};
 use domain::{
-    AccessChangeReason, AgentReport, Attributes, Device, DevicePatch, DisplayName, InvalidInput,
-    LifecycleState, NewDevice, Presence, Tags,
+    AccessChangeReason, AgentReport, Attributes, Device, DevicePatch, DisplayName, GroupKind,
+    GroupName, InvalidInput, LifecycleState, NewDevice, Presence, Tags,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use store::Page;
 use utoipa::ToSchema;
 
@@ -19,7 +25,8 @@ use crate::AppState;
 use crate::auth::{Caller, Operator, Viewer};
 use crate::error::{ApiError, Problem};
 use crate::extract::{DevicePath, IfMatch, JsonBody, RawQuery, device_id, etag};
-use crate::paging::{DeviceListParams, next_cursor};
+use crate::paging::{DeviceListParams, next_cursor, page_limit};
+use crate::profiles::{check_if_match, device_layers, dry_run_param, profile_names};
 
 /// A device as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -244,6 +251,68 @@ pub(crate) struct UpdateDevice {
     state: Option<String>,
 }
 
+/// What a device change would do: `PATCH /api/v1/devices/{id}?dry_run=true`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = DeviceDryRun)]
+pub(crate) struct DeviceDryRun {
+    /// Always `true`: nothing was written.
+    dry_run: bool,
+    /// The device as it would be.
+    device: DeviceDto,
+    /// The dynamic groups whose filter would start or stop matching it.
+    groups: GroupChanges,
+    /// The configuration profiles that would start or stop applying to it, in merge order.
+    profiles: ProfileChanges,
+    /// Its effective desired document before and after.
+    desired: DesiredChanges,
+}
+
+/// Dynamic groups a device would join and leave.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = DeviceDryRunGroups)]
+pub(crate) struct GroupChanges {
+    /// Group names, in name order.
+    joined: Vec<String>,
+    /// Group names, in name order.
+    left: Vec<String>,
+}
+
+/// Configuration profiles a device would gain and lose.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = DeviceDryRunProfiles)]
+pub(crate) struct ProfileChanges {
+    /// Profile names.
+    gained: Vec<String>,
+    /// Profile names.
+    lost: Vec<String>,
+}
+
+/// A device's effective desired document before and after a change.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = DeviceDryRunDesired)]
+pub(crate) struct DesiredChanges {
+    /// Computed from its current layers.
+    #[schema(value_type = Object)]
+    before: Value,
+    /// Computed from the layers it would have.
+    #[schema(value_type = Object)]
+    after: Value,
+    /// The merge patch from `before` to `after` (`{}`: no change).
+    #[schema(value_type = Object)]
+    changes: Value,
+}
+
+/// `PATCH /api/v1/devices/{id}` answers: the changed device, or a dry run.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+#[expect(dead_code, reason = "documents the response in OpenAPI; handlers build its variants")]
+pub(crate) enum DevicePatchResponse {
+    /// The changed device.
+    Changed(Box<DeviceDto>),
+    /// `?dry_run=true`.
+    DryRun(Box<DeviceDryRun>),
+}
+
 /// Validates the optional device fields of a request or import line into a patch.
 ///
 /// # Errors
@@ -326,6 +395,8 @@ pub(crate) async fn create_device(
         state: initial,
     };
     let device = state.store().create_device(&new, &state.mutation_by(&caller.token)).await?;
+    // Fleet profiles apply to the new device: the store queued it for a recompute.
+    state.wake_recompute();
     crate::jobs::device_changed(&state, &device.id, false).await;
     Ok(device_response(StatusCode::CREATED, &device))
 }
@@ -383,9 +454,13 @@ pub(crate) async fn get_device(
     Ok(with_etag(StatusCode::OK, &device, dto))
 }
 
-/// Change a device's name, tags, attributes or lifecycle state.
+/// Change a device's name, tags, attributes or lifecycle state; with `?dry_run=true`, show what
+/// the change would do instead.
 ///
-/// With `If-Match: "<version>"` the change applies only to that version (412 otherwise).
+/// With `If-Match: "<version>"` the change applies only to that version (412 otherwise). A dry
+/// run writes nothing and answers with the device as it would be, the dynamic groups it would
+/// join and leave, the configuration profiles it would gain and lose, and its effective desired
+/// document before and after.
 #[utoipa::path(
     patch,
     path = "/api/v1/devices/{id}",
@@ -393,11 +468,12 @@ pub(crate) async fn get_device(
     params(
         ("id" = String, Path, description = "Device id"),
         ("If-Match" = Option<String>, Header, description = "`\"<version>\"` from the ETag, or `*`"),
+        ("dry_run" = Option<bool>, Query, description = "`true`: answer with what the change would do and write nothing"),
     ),
     request_body = UpdateDevice,
     security(("bearer" = ["operator"])),
     responses(
-        (status = 200, description = "The changed device; `ETag` holds its version", body = DeviceDto),
+        (status = 200, description = "The changed device (`ETag` holds its version), or with `?dry_run=true` a `DeviceDryRun`", body = DevicePatchResponse),
         (status = 400, description = "Malformed body or invalid device id", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`device_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`illegal_transition`", body = Problem, content_type = "application/problem+json"),
@@ -410,8 +486,10 @@ pub(crate) async fn update_device(
     State(state): State<AppState>,
     DevicePath(id): DevicePath,
     if_match: IfMatch,
+    query: RawQuery,
     JsonBody(body): JsonBody<UpdateDevice>,
 ) -> Result<Response, ApiError> {
+    let dry_run = dry_run_param(&query)?;
     let patch = device_patch(
         body.name,
         body.tags,
@@ -419,10 +497,18 @@ pub(crate) async fn update_device(
         body.state.as_deref(),
         state.config().max_attributes_bytes,
     )?;
+    if dry_run {
+        return Ok(Json(device_dry_run(&state, &id, if_match, &patch).await?).into_response());
+    }
     let device = state
         .store()
         .update_device(&id, &patch, if_match.expected(), &state.mutation_by(&caller.token))
         .await?;
+    if patch.tags.is_some() || patch.name.is_some() || patch.state.is_some() {
+        // Dynamic groups (and their profiles) may match the device now, or no longer: the
+        // store queued it for a recompute.
+        state.wake_recompute();
+    }
     if patch.tags.is_some() || patch.state.is_some() {
         crate::jobs::device_changed(&state, &id, true).await;
     }
@@ -462,4 +548,65 @@ pub(crate) async fn delete_device(
     crate::jobs::device_changed(&state, &id, true).await;
     state.access_changed(id, AccessChangeReason::Deleted).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The blast radius of `patch` on device `id`, computed on a copy; writes nothing.
+async fn device_dry_run(
+    state: &AppState,
+    id: &domain::DeviceId,
+    if_match: IfMatch,
+    patch: &DevicePatch,
+) -> Result<DeviceDryRun, ApiError> {
+    let not_found = || ApiError::DeviceNotFound(id.to_string());
+    let before = state.store().device(id).await?.ok_or_else(not_found)?;
+    check_if_match(if_match, before.version)?;
+    let mut after = before.clone();
+    patch.apply(&mut after).map_err(|e| ApiError::IllegalTransition(e.to_string()))?;
+    if after != before {
+        after.version = before.version + 1;
+        after.updated_at = state.now();
+    }
+
+    // Static memberships do not change with the device; dynamic ones follow its fields.
+    let (mut joined, mut left) = (Vec::new(), Vec::new());
+    let mut cursor: Option<GroupName> = None;
+    loop {
+        let page =
+            state.store().list_groups(cursor.as_ref(), page_limit(store::MAX_PAGE_SIZE)).await?;
+        for group in &page.items {
+            if let GroupKind::Dynamic(filter) = &group.kind {
+                match (filter.matches(&before), filter.matches(&after)) {
+                    (false, true) => joined.push(group.name.to_string()),
+                    (true, false) => left.push(group.name.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        match page.items.last() {
+            Some(last) if page.has_more => cursor = Some(last.name.clone()),
+            _ => break,
+        }
+    }
+
+    let twin = state.store().device_twin(id).await?.ok_or_else(not_found)?;
+    let own = &twin.device_desired.document;
+    let layers_before = device_layers(state, &before, own).await?;
+    let layers_after = device_layers(state, &after, own).await?;
+    let (names_before, names_after) = (profile_names(&layers_before), profile_names(&layers_after));
+    let gained = names_after.iter().filter(|n| !names_before.contains(n)).cloned().collect();
+    let lost = names_before.iter().filter(|n| !names_after.contains(n)).cloned().collect();
+    let desired_before = effective_desired(&layers_before).document;
+    let desired_after = effective_desired(&layers_after).document;
+    let changes = diff(&desired_before, &desired_after);
+    Ok(DeviceDryRun {
+        dry_run: true,
+        device: DeviceDto::from(&after),
+        groups: GroupChanges { joined, left },
+        profiles: ProfileChanges { gained, lost },
+        desired: DesiredChanges {
+            before: Value::Object(desired_before),
+            after: Value::Object(desired_after),
+            changes: Value::Object(changes),
+        },
+    })
 }

@@ -199,6 +199,12 @@ pub(crate) enum ApiError {
     /// The job's state does not allow the action.
     #[error("{0}")]
     IllegalJobTransition(String),
+    /// No configuration profile with this name.
+    #[error("configuration profile {0} not found")]
+    ProfileNotFound(String),
+    /// A configuration profile with this name exists already.
+    #[error("configuration profile {0} already exists")]
+    ProfileExists(String),
     /// A bug or a backend failure. Logged in full; the client sees a generic message.
     #[error("internal error: {0}")]
     Internal(Box<dyn StdError + Send + Sync>),
@@ -233,8 +239,10 @@ impl ApiError {
             | Self::CredentialNotFound(_)
             | Self::CertificateNotFound(_)
             | Self::CommandNotFound(_) => StatusCode::NOT_FOUND,
-            Self::JobNotFound(_) => StatusCode::NOT_FOUND,
-            Self::JobExists(_) | Self::IllegalJobTransition(_) => StatusCode::CONFLICT,
+            Self::JobNotFound(_) | Self::ProfileNotFound(_) => StatusCode::NOT_FOUND,
+            Self::JobExists(_) | Self::IllegalJobTransition(_) | Self::ProfileExists(_) => {
+                StatusCode::CONFLICT
+            }
             Self::InvalidJobSpec(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::MalformedJson(_)
@@ -335,6 +343,8 @@ impl ApiError {
             Self::JobExists(_) => "job_exists",
             Self::InvalidJobSpec(_) => "invalid_job_spec",
             Self::IllegalJobTransition(_) => "illegal_job_transition",
+            Self::ProfileNotFound(_) => "config_profile_not_found",
+            Self::ProfileExists(_) => "config_profile_exists",
             Self::Internal(_) => "internal",
         }
     }
@@ -395,6 +405,8 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { kind: "job", id } => Self::JobNotFound(id),
             StoreError::AlreadyExists { kind: "job", id } => Self::JobExists(id),
             StoreError::AlreadyExists { kind: "group", id } => Self::GroupExists(id),
+            StoreError::NotFound { kind: "config_profile", id } => Self::ProfileNotFound(id),
+            StoreError::AlreadyExists { kind: "config_profile", id } => Self::ProfileExists(id),
             StoreError::VersionMismatch { expected, current } => Self::PreconditionFailed(format!(
                 "If-Match names version {expected} but the current version is {current}"
             )),

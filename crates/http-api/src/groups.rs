@@ -229,6 +229,8 @@ pub(crate) async fn update_group(
     };
     let group =
         state.store().update_group(&name, &patch, &state.mutation_by(&caller.token)).await?;
+    // Another filter moves devices into or out of the group and its profiles.
+    state.wake_recompute();
     Ok(Json(GroupDto::from(&group)))
 }
 
@@ -313,6 +315,7 @@ pub(crate) async fn add_members(
     }
     let ids = body.device_ids.into_iter().map(device_id).collect::<Result<Vec<DeviceId>, _>>()?;
     state.store().add_group_members(&name, &ids, &state.mutation_by(&caller.token)).await?;
+    state.wake_recompute();
     for id in &ids {
         crate::jobs::device_changed(&state, id, false).await;
     }
@@ -345,6 +348,7 @@ pub(crate) async fn remove_member(
         .store()
         .remove_group_members(&name, std::slice::from_ref(&id), &state.mutation_by(&caller.token))
         .await?;
+    state.wake_recompute();
     crate::jobs::device_changed(&state, &id, true).await;
     Ok(StatusCode::NO_CONTENT)
 }

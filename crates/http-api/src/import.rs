@@ -420,6 +420,9 @@ impl<'a> Importer<'a> {
         }
         let m = self.state.mutation_by(&self.caller.token);
         let outcomes = self.state.store().import_devices(rows, mode, &m).await?;
+        // Created and changed devices were queued for a recompute of their profiles (an atomic
+        // import that rejects a row commits nothing, and the wake costs nothing then).
+        self.state.wake_recompute();
         if outcomes.len() != rows.len() {
             return Err(ApiError::internal(format!(
                 "the store reported {} outcomes for {} import rows",

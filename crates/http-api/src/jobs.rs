@@ -40,7 +40,7 @@ pub(crate) const DEFAULT_COMMAND_TIMEOUT_SECS: u32 = 30;
 /// Job ids that name the fixed device topics below `devices/{id}/jobs/` and so cannot be used.
 const RESERVED_JOB_IDS: [&str; 3] = ["get", "notify", "response"];
 /// Device ids in a dry run's sample.
-const PREVIEW_SAMPLE: u32 = 20;
+pub(crate) const PREVIEW_SAMPLE: u32 = 20;
 
 /// A job spec, as `POST /api/v1/jobs` takes it and a job shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

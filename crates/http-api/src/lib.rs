@@ -6,7 +6,7 @@
 //!   access-change channel and [`CertificateIssuer`]) every handler receives.
 //! - [`router`] builds the whole surface: health and metrics endpoints, the `/api/v1` resources
 //!   (one module each: `devices`, `replacement`, `credentials`, `certificates`, `twins`, `inventory`, `import`, `groups`, `tokens`,
-//!   `audit`, `enrollment`, `commands`), the device-facing `POST /provision/v1/register` (`provisioning`, no
+//!   `audit`, `enrollment`, `commands`, `jobs`, `profiles`), the device-facing `POST /provision/v1/register` (`provisioning`, no
 //!   operator token), the OpenAPI document and Swagger UI.
 //! - [`CommandDispatcher`] is what the server lends the API to reach devices with direct commands
 //!   ([`AppState::with_command_dispatcher`]); [`CommandWaiters`] holds the requests waiting for a
@@ -40,6 +40,7 @@ mod inventory;
 mod jobs;
 mod openapi_doc;
 mod paging;
+mod profiles;
 mod provisioning;
 mod replacement;
 mod rotation;
@@ -127,6 +128,7 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(replacement::replace_device))
         .routes(routes!(twins::get_twin, twins::patch_twin))
         .routes(routes!(twins::twin_history))
+        .routes(routes!(profiles::effective_twin))
         .routes(routes!(credentials::create_credential, credentials::list_credentials))
         .routes(routes!(credentials::revoke_credential))
         .routes(routes!(certificates::create_certificate, certificates::list_certificates))
@@ -166,6 +168,8 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(jobs::resume_job))
         .routes(routes!(jobs::cancel_job))
         .routes(routes!(jobs::device_jobs))
+        .routes(routes!(profiles::create_profile, profiles::list_profiles))
+        .routes(routes!(profiles::get_profile, profiles::update_profile, profiles::delete_profile))
         .split_for_parts();
     (router, openapi_doc::finish(doc))
 }

@@ -36,6 +36,7 @@ pub(crate) const BEARER: &str = "bearer";
         (name = "commands", description = "Direct commands to one device, synchronous or queued"),
         (name = "groups", description = "Static and dynamic device groups"),
         (name = "jobs", description = "Fleet jobs: a command or desired-state patch rolled out to many devices"),
+        (name = "profiles", description = "Configuration profiles: desired configuration for the fleet or a group, merged under each device's own"),
         (name = "tokens", description = "Operator API tokens"),
         (name = "audit", description = "The hash-chained audit log"),
         (name = "enrollment", description = "Enrollment groups: how unknown devices provision themselves"),

@@ -113,6 +113,8 @@ pub(crate) async fn replace_device(
 ) -> Result<Json<ReplacementDto>, ApiError> {
     let new = device_id(body.with)?;
     let r = state.store().replace_device(&old, &new, &state.mutation_by(&caller.token)).await?;
+    // The successor took over static group memberships (and their profiles).
+    state.wake_recompute();
     state.access_changed(old, AccessChangeReason::NotActive).await;
     Ok(Json(ReplacementDto::from(&r)))
 }

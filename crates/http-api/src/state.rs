@@ -32,7 +32,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use store::Store;
 
 use crate::error::ApiError;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::CertificateIssuer;
 use crate::commands::CommandDispatcher;
@@ -138,6 +138,10 @@ pub struct AppState {
     /// Where the ids of devices whose effective desired state changed go (the server pushes it
     /// to them); `None`: nowhere. See `twins` for the overload policy.
     twin_changes: Option<mpsc::Sender<DeviceId>>,
+    /// Wakes the server's recompute task after a committed change that can put devices on the
+    /// durable recompute queue (configuration profiles, device tags/name/state, group members and
+    /// filters); `None`: nobody to wake (the queue waits for its drainer's next tick).
+    recompute_wake: Option<Arc<Notify>>,
 }
 
 impl fmt::Debug for AppState {
@@ -153,6 +157,7 @@ impl fmt::Debug for AppState {
             .field("secret_box", &self.secret_box.is_some())
             .field("twin_policy", &self.twin_policy)
             .field("twin_changes", &self.twin_changes.is_some())
+            .field("recompute_wake", &self.recompute_wake.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -177,6 +182,7 @@ impl AppState {
             provisioning_failures,
             twin_policy: TwinPolicy::default(),
             twin_changes: None,
+            recompute_wake: None,
         }
     }
 
@@ -195,6 +201,24 @@ impl AppState {
     pub fn with_twin_changes(mut self, tx: mpsc::Sender<DeviceId>) -> Self {
         self.twin_changes = Some(tx);
         self
+    }
+
+    /// Calls `wake.notify_one()` after every committed change that can queue devices for a
+    /// recompute of their effective desired state (see `Store::recompute_twins`), so that the
+    /// server's recompute task drains the queue now instead of at its next tick. The queue itself
+    /// is durable and filled by the store in the change's transaction: the wake only shortens the
+    /// wait, and a lost one costs at most one tick.
+    #[must_use]
+    pub fn with_recompute_wake(mut self, wake: Arc<Notify>) -> Self {
+        self.recompute_wake = Some(wake);
+        self
+    }
+
+    /// Wakes the recompute task, if there is one (after a commit that may have queued devices).
+    pub(crate) fn wake_recompute(&self) {
+        if let Some(wake) = &self.recompute_wake {
+            wake.notify_one();
+        }
     }
 
     pub(crate) fn twin_policy(&self) -> &TwinPolicy {

@@ -145,7 +145,7 @@ pub(crate) struct TwinPatch {
 }
 
 /// A field that is present, `null` included (so `"desired": null` is refused, not ignored).
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)
 }
 

@@ -126,6 +126,11 @@ pub struct TwinConfig {
     pub policy: domain::TwinPolicy,
     /// Largest MQTT twin request a device may publish (`twin.max_request_bytes`).
     pub max_request_bytes: usize,
+    /// How often the recompute task drains the recompute queue when nothing wakes it
+    /// (`twin.recompute_interval_ms`).
+    pub recompute_interval: Duration,
+    /// Most devices recomputed per store call (`twin.recompute_batch`).
+    pub recompute_batch: NonZeroU32,
 }
 
 /// Device certificates (`[identity]`): which CA signs them and for how long.
@@ -292,6 +297,8 @@ struct RawTwin {
     max_depth: u64,
     history_per_device: u64,
     max_request_bytes: u64,
+    recompute_interval_ms: u64,
+    recompute_batch: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1118,6 +1125,9 @@ fn validate_twin(raw: &RawTwin, problems: &mut Vec<String>) -> TwinConfig {
     let max_depth = within("max_depth", raw.max_depth, 1, 32);
     let history_per_device = within("history_per_device", raw.history_per_device, 1, 10_000);
     let max_request_bytes = within("max_request_bytes", raw.max_request_bytes, 1024, 1 << 20);
+    let recompute_interval_ms =
+        within("recompute_interval_ms", raw.recompute_interval_ms, 10, 60_000);
+    let recompute_batch = within("recompute_batch", raw.recompute_batch, 1, 10_000);
     let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
     TwinConfig {
         policy: domain::TwinPolicy {
@@ -1128,6 +1138,8 @@ fn validate_twin(raw: &RawTwin, problems: &mut Vec<String>) -> TwinConfig {
             history_per_device: u32::try_from(history_per_device).unwrap_or(100),
         },
         max_request_bytes: size(max_request_bytes),
+        recompute_interval: Duration::from_millis(recompute_interval_ms),
+        recompute_batch: nonzero_u32(recompute_batch),
     }
 }
 

@@ -11,6 +11,8 @@
 //!   or loaded from configured files.
 //! - [`commands`] delivers direct commands to devices over MQTT, reads their answers and expires
 //!   and times out the rest; it is the REST API's `CommandDispatcher`.
+//! - [`profiles`] drains the durable recompute queue of configuration profiles into device twins
+//!   and hands the changed ones to the twin task, which pushes them to devices.
 //! - [`websocket`] serves MQTT over WebSocket at `/mqtt` on the HTTP listener.
 //! - [`mqtt_persist`] keeps the broker's persistent sessions and retained messages in the store, so
 //!   that they survive a restart.
@@ -24,6 +26,7 @@ pub mod gateway;
 pub mod identity;
 pub mod jobs;
 pub mod mqtt_persist;
+pub mod profiles;
 pub mod serve;
 pub mod twin;
 pub mod websocket;

@@ -37,7 +37,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use mqtt_broker::{Broker, SessionStore as _};
 use store::Store;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -304,6 +304,9 @@ pub async fn run(
     // Desired-state changes committed by REST requests, pushed to devices by the twin task.
     let (twin_tx, twin_rx) = mpsc::channel(crate::twin::TWIN_CHANGES_CAPACITY);
     let twin_job_tx = twin_tx.clone();
+    let twin_recompute_tx = twin_tx.clone();
+    // Wakes the profile recompute task after REST changes that queued devices.
+    let recompute_wake = Arc::new(Notify::new());
     let issuer = Arc::new(CaIssuer::new(Arc::clone(&ca), config.identity.certificate_lifetime));
     let commands = Arc::new(crate::commands::MqttCommands::new(
         Arc::clone(&store),
@@ -318,7 +321,8 @@ pub async fn run(
         .with_certificate_issuer(Arc::clone(&issuer) as Arc<dyn http_api::CertificateIssuer>)
         .with_secret_box(Arc::new(secret_box))
         .with_twin_policy(config.twin.policy)
-        .with_twin_changes(twin_tx);
+        .with_twin_changes(twin_tx)
+        .with_recompute_wake(Arc::clone(&recompute_wake));
     let local = listener.local_addr().context("listener has no local address")?;
 
     let stop_accepting = CancellationToken::new();
@@ -398,6 +402,19 @@ pub async fn run(
             policy: config.twin.policy,
             max_request_bytes: config.twin.max_request_bytes,
         },
+        presence_stop.clone(),
+    ));
+    // Configuration profiles: the recompute queue drained into twins, the changed ones pushed by
+    // the twin task; stopped like the recorders.
+    presence.spawn(crate::profiles::run_recompute(
+        crate::profiles::Recompute {
+            store: Arc::clone(&store),
+            policy: config.twin.policy,
+            batch: config.twin.recompute_batch,
+            interval: config.twin.recompute_interval,
+            changes: twin_recompute_tx,
+        },
+        recompute_wake,
         presence_stop.clone(),
     ));
     // Fleet jobs: devices' job requests (subscribed before any device can connect) and the

@@ -3,7 +3,8 @@
 //! Every write transaction takes the transaction-scoped advisory lock [`WRITE_LOCK`] first (see
 //! [`begin_write`]), so appends to the chain are serialized: reading the last `seq` and `hash` and
 //! inserting the next record cannot interleave with another writer. Taking the lock before any row
-//! lock keeps writers from deadlocking on each other.
+//! lock keeps writers from deadlocking on each other. Draining the twin recompute queue takes the
+//! same lock in shared mode (see `profiles`): drains run side by side, but never during a write.
 
 use std::num::NonZeroU32;
 

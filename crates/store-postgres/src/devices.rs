@@ -56,6 +56,16 @@ pub(crate) async fn get(pool: &PgPool, id: &DeviceId) -> StoreResult<Option<Devi
     row.as_ref().map(rows::device).transpose()
 }
 
+/// Reads one device inside the caller's transaction, without locking it.
+pub(crate) async fn read(conn: &mut PgConnection, id: &DeviceId) -> StoreResult<Option<Device>> {
+    let row = sqlx::query(concat!("SELECT ", device_columns!(), " FROM devices d WHERE d.id = $1"))
+        .bind(id.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?;
+    row.as_ref().map(rows::device).transpose()
+}
+
 /// One page of devices of `scope` matching `filter` (not `q.filter`: the caller decides), after
 /// `q.after`, at most `q.limit` (clamped to [`MAX_PAGE_SIZE`]).
 pub(crate) async fn page(

@@ -13,6 +13,7 @@ use crate::audit::{self, begin_write};
 use crate::devices;
 use crate::error::db;
 use crate::filter_sql::Scope;
+use crate::profiles;
 use crate::rows::{self, StoredGroup, group_columns};
 
 /// Creates a group at version 1.
@@ -108,6 +109,15 @@ pub(crate) async fn update(
     }
     next.version += 1;
     next.updated_at = m.at;
+    if let (GroupKind::Dynamic(old_filter), GroupKind::Dynamic(new_filter)) =
+        (&current.group.kind, &next.kind)
+        && old_filter != new_filter
+        && !profiles::attached_to(&mut tx, name).await?.is_empty()
+    {
+        // The devices leaving and those joining the group change layers.
+        profiles::queue_filter(&mut tx, old_filter, m.at).await?;
+        profiles::queue_filter(&mut tx, new_filter, m.at).await?;
+    }
     let (_, filter) = kind_columns(&next.kind);
     sqlx::query(
         "UPDATE device_groups SET description = $2, filter = $3, updated_at = $4, version = $5
@@ -132,10 +142,12 @@ pub(crate) async fn update(
     Ok(next)
 }
 
-/// Deletes a group; its memberships go with it, its devices stay.
+/// Deletes a group; its memberships go with it, its devices stay. Refused while configuration
+/// profiles are attached to it.
 pub(crate) async fn delete(pool: &PgPool, name: &GroupName, m: &Mutation) -> StoreResult<()> {
     let mut tx = begin_write(pool).await?;
     let current = get_for_update(&mut tx, name).await?;
+    profiles::check_group_unused(&mut tx, name).await?;
     sqlx::query("DELETE FROM device_groups WHERE id = $1")
         .bind(current.key)
         .execute(&mut *tx)

@@ -137,6 +137,8 @@ fn execution_from_row(r: &ExecutionRow) -> StoreResult<JobExecution> {
 /// A target with its group looked up: what [`push_target`] writes as SQL.
 #[derive(Debug, Clone)]
 enum Resolved {
+    /// Every device (in service): a fleet profile's reach, for its dry run.
+    InService,
     /// Listed device ids.
     Devices(Vec<String>),
     /// The explicit members of the static group with this `device_groups.id`.
@@ -151,6 +153,7 @@ fn push_target(qb: &mut QueryBuilder<Postgres>, target: &Resolved) {
     let states: Vec<&str> = IN_SERVICE.iter().map(|s| s.as_str()).collect();
     qb.push("d.state = ANY(").push_bind(states).push(")");
     match target {
+        Resolved::InService => {}
         Resolved::Devices(ids) => {
             qb.push(" AND d.id = ANY(").push_bind(ids.clone()).push(")");
         }
@@ -729,9 +732,10 @@ async fn matches_target(
     Ok(hit.is_some())
 }
 
+/// The dry run of `target`; `None` previews every device in service (a fleet profile's reach).
 pub(crate) async fn preview(
     pool: &PgPool,
-    target: &JobTarget,
+    target: Option<&JobTarget>,
     sample: u32,
 ) -> StoreResult<TargetPreview> {
     let mut tx = pool.begin().await.map_err(db)?;
@@ -740,7 +744,10 @@ pub(crate) async fn preview(
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-    let target = resolve(&mut tx, target).await?;
+    let target = match target {
+        Some(target) => resolve(&mut tx, target).await?,
+        None => Resolved::InService,
+    };
     let mut qb = with_target("SELECT d.state, count(*) FROM devices d WHERE ", &target);
     qb.push(" GROUP BY d.state");
     let counts: Vec<(String, i64)> =

@@ -18,6 +18,11 @@
 //! `jobs` keeps fleet jobs and their per-device executions (counters on the job row); a job's
 //! target becomes one SQL condition shared by job creation and the dry run.
 //!
+//! `profiles` keeps configuration profiles and the durable twin recompute queue
+//! (`twin_recompute`, filled in the transaction of each change that can change a device's layers:
+//! by the migration's triggers for device and membership rows, by `profiles` and `groups` for
+//! profile and filter changes) and drains it; drains on several nodes share the work.
+//!
 //! Every write transaction first takes one advisory lock, which serializes writers: the audit
 //! chain is a single sequence, so writes are ordered anyway, and taking that lock before any row
 //! lock rules out deadlocks between writers. Reads take no locks.
@@ -35,6 +40,7 @@ mod groups;
 mod jobs;
 mod mqtt;
 mod presence;
+mod profiles;
 mod replacement;
 mod rows;
 mod tokens;
@@ -630,7 +636,7 @@ impl Store for PostgresStore {
     }
 
     async fn preview_target(&self, target: &JobTarget, sample: u32) -> StoreResult<TargetPreview> {
-        jobs::preview(&self.pool, target, sample).await
+        jobs::preview(&self.pool, Some(target), sample).await
     }
 
     async fn target_device_ids(
@@ -676,6 +682,82 @@ impl Store for PostgresStore {
 
     async fn sync_continuous_job(&self, job: &JobId, now: Timestamp) -> StoreResult<u64> {
         jobs::sync_continuous(&self.pool, job, now).await
+    }
+
+    // ---- configuration profiles ----
+
+    async fn create_profile(
+        &self,
+        new: &domain::NewProfile,
+        m: &Mutation,
+    ) -> StoreResult<domain::ConfigProfile> {
+        profiles::create(&self.pool, new, m).await
+    }
+
+    async fn profile(
+        &self,
+        name: &domain::ProfileName,
+    ) -> StoreResult<Option<domain::ConfigProfile>> {
+        profiles::get(&self.pool, name).await
+    }
+
+    async fn list_profiles(
+        &self,
+        q: &store::ProfileQuery,
+    ) -> StoreResult<Page<domain::ConfigProfile>> {
+        profiles::list(&self.pool, q).await
+    }
+
+    async fn update_profile(
+        &self,
+        name: &domain::ProfileName,
+        patch: &domain::ProfilePatch,
+        m: &Mutation,
+    ) -> StoreResult<domain::ConfigProfile> {
+        profiles::update(&self.pool, name, patch, m).await
+    }
+
+    async fn delete_profile(
+        &self,
+        name: &domain::ProfileName,
+        expected_version: Option<u64>,
+        m: &Mutation,
+    ) -> StoreResult<()> {
+        profiles::delete(&self.pool, name, expected_version, m).await
+    }
+
+    async fn desired_layers(&self, device: &Device) -> StoreResult<Vec<domain::twin::Layer>> {
+        profiles::desired_layers(&self.pool, device).await
+    }
+
+    async fn preview_profile_target(
+        &self,
+        target: &domain::ProfileTarget,
+        sample: u32,
+    ) -> StoreResult<store::TargetPreview> {
+        match target {
+            domain::ProfileTarget::Fleet => jobs::preview(&self.pool, None, sample).await,
+            domain::ProfileTarget::Group(g) => {
+                jobs::preview(&self.pool, Some(&JobTarget::Group(g.clone())), sample).await
+            }
+        }
+    }
+
+    async fn recompute_pending(&self, id: &DeviceId) -> StoreResult<bool> {
+        profiles::pending(&self.pool, id).await
+    }
+
+    async fn recompute_queue_len(&self) -> StoreResult<u64> {
+        profiles::queue_len(&self.pool).await
+    }
+
+    async fn recompute_twins(
+        &self,
+        limit: NonZeroU32,
+        policy: &TwinPolicy,
+        at: Timestamp,
+    ) -> StoreResult<store::Recomputed> {
+        profiles::recompute(&self.pool, limit, policy, at).await
     }
 }
 

@@ -103,18 +103,7 @@ pub(crate) fn group(row: &PgRow) -> Result<StoredGroup, StoreError> {
     let name: String = row.try_get("name").map_err(db)?;
     let kind: String = row.try_get("kind").map_err(db)?;
     let filter: Option<String> = row.try_get("filter").map_err(db)?;
-    let kind = match (kind.as_str(), filter) {
-        ("static", None) => GroupKind::Static,
-        ("dynamic", Some(text)) => GroupKind::Dynamic(
-            Filter::parse(&text).map_err(|e| PostgresError::corrupt("group filter", &e))?,
-        ),
-        (other, filter) => {
-            return Err(PostgresError::corrupt(
-                "group kind",
-                &format!("kind {other:?} with filter {filter:?}"),
-            ));
-        }
-    };
+    let kind = group_kind(&kind, filter)?;
     Ok(StoredGroup {
         key: row.try_get("id").map_err(db)?,
         group: Group {
@@ -126,6 +115,20 @@ pub(crate) fn group(row: &PgRow) -> Result<StoredGroup, StoreError> {
             version: version(row, "group version")?,
         },
     })
+}
+
+/// Decodes a group's `kind` and `filter` columns (a dynamic group's filter is parsed again).
+pub(crate) fn group_kind(kind: &str, filter: Option<String>) -> Result<GroupKind, StoreError> {
+    match (kind, filter) {
+        ("static", None) => Ok(GroupKind::Static),
+        ("dynamic", Some(text)) => Ok(GroupKind::Dynamic(
+            Filter::parse(&text).map_err(|e| PostgresError::corrupt("group filter", &e))?,
+        )),
+        (other, filter) => Err(PostgresError::corrupt(
+            "group kind",
+            &format!("kind {other:?} with filter {filter:?}"),
+        )),
+    }
 }
 
 /// Decodes a row selected with [`token_columns!`].

@@ -18,6 +18,7 @@ use store::{
 use crate::audit::{self, begin_write};
 use crate::devices::{self, resource};
 use crate::error::{PostgresError, db};
+use crate::profiles;
 use crate::rows::version_to_sql;
 
 fn corrupt(table: &'static str, key: &str, reason: impl std::fmt::Display) -> store::StoreError {
@@ -104,13 +105,13 @@ pub(crate) async fn for_update(conn: &mut PgConnection, id: &DeviceId) -> StoreR
     read_with(conn, id, true).await?.ok_or_else(|| devices::not_found(id))
 }
 
-/// The layers of desired configuration below the device's own, lowest priority first. None
-/// exist yet: configuration profiles (fleet, groups) add theirs here.
-pub(crate) async fn base_layers(
-    _conn: &mut PgConnection,
-    _id: &DeviceId,
-) -> StoreResult<Vec<Layer>> {
-    Ok(Vec::new())
+/// The layers of desired configuration below the device's own, lowest priority first: the
+/// configuration profiles that apply to the device as stored (none for an unknown device).
+pub(crate) async fn base_layers(conn: &mut PgConnection, id: &DeviceId) -> StoreResult<Vec<Layer>> {
+    match devices::read(conn, id).await? {
+        Some(device) => profiles::layers(conn, &device).await,
+        None => Ok(Vec::new()),
+    }
 }
 
 /// Writes the twin row and `history`, pruning history to the newest `keep` entries (`None`: no

@@ -13,6 +13,7 @@ use crate::SqliteStore;
 use crate::audit_chain::{append_and_commit, entry};
 use crate::devices;
 use crate::filter_sql::Scope;
+use crate::profiles;
 use crate::rows::{GROUP_COLUMNS, GroupRow, db, group_from_row, to_i64, unique_or_db};
 
 /// Creates a group at version 1.
@@ -112,6 +113,14 @@ pub(crate) async fn update(
     }
     new.version = old.version + 1;
     new.updated_at = m.at;
+    if let (GroupKind::Dynamic(old_filter), GroupKind::Dynamic(new_filter)) = (&old.kind, &new.kind)
+        && old_filter != new_filter
+        && !profiles::attached_to(&mut tx, name).await?.is_empty()
+    {
+        // The devices leaving and those joining the group change layers.
+        profiles::queue_filter(&mut tx, old_filter, m.at).await?;
+        profiles::queue_filter(&mut tx, new_filter, m.at).await?;
+    }
     let (_, filter) = kind_columns(&new.kind);
     sqlx::query(
         "UPDATE groups SET description = ?, filter = ?, updated_at = ?, version = ? WHERE name = ?",
@@ -138,10 +147,12 @@ pub(crate) async fn update(
     Ok(new)
 }
 
-/// Deletes a group and its memberships (not its devices).
+/// Deletes a group and its memberships (not its devices); refused while configuration profiles
+/// are attached to it.
 pub(crate) async fn delete(s: &SqliteStore, name: &GroupName, m: &Mutation) -> StoreResult<()> {
     let mut tx = s.begin_write().await?;
     let old = get(&mut tx, name).await?.ok_or_else(|| not_found(name))?;
+    profiles::check_group_unused(&mut tx, name).await?;
     sqlx::query("DELETE FROM groups WHERE name = ?")
         .bind(name.as_str())
         .execute(&mut *tx)

@@ -739,14 +739,18 @@ async fn matches_target(
     Ok(hit.is_some())
 }
 
+/// The dry run of `target`; `None` previews every device in service (a fleet profile's reach).
 pub(crate) async fn preview(
     s: &SqliteStore,
-    target: &JobTarget,
+    target: Option<&JobTarget>,
     sample: u32,
 ) -> StoreResult<TargetPreview> {
     // One read transaction: every count sees the same snapshot.
     let mut tx = s.readers.begin().await.map_err(db)?;
-    let cond = resolve(&mut tx, target).await?;
+    let cond = match target {
+        Some(target) => resolve(&mut tx, target).await?,
+        None => Sql { text: in_service(), args: Vec::new() },
+    };
     let sql = compose(
         "SELECT d.state, count(*) FROM devices d WHERE ",
         vec![],

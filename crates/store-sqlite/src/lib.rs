@@ -23,6 +23,10 @@
 //! `jobs` keeps fleet jobs and their per-device executions (counters on the job row); a job's
 //! target becomes one SQL condition shared by job creation and the dry run.
 //! `commands` keeps direct commands to devices (`device_commands`).
+//! `profiles` keeps configuration profiles and the durable twin recompute queue
+//! (`twin_recompute`, filled in the transaction of each change that can change a device's layers:
+//! by the migration's triggers for device and membership rows, by `profiles` and `groups` for
+//! profile and filter changes) and drains it.
 
 mod agent_reports;
 mod audit_chain;
@@ -37,6 +41,7 @@ mod groups;
 mod jobs;
 mod mqtt;
 mod presence;
+mod profiles;
 mod replacement;
 mod rows;
 mod tokens;
@@ -619,7 +624,7 @@ impl Store for SqliteStore {
     }
 
     async fn preview_target(&self, target: &JobTarget, sample: u32) -> StoreResult<TargetPreview> {
-        jobs::preview(self, target, sample).await
+        jobs::preview(self, Some(target), sample).await
     }
 
     async fn target_device_ids(
@@ -727,6 +732,86 @@ impl Store for SqliteStore {
 
     async fn sync_continuous_job(&self, job: &JobId, now: Timestamp) -> StoreResult<u64> {
         jobs::sync_continuous(self, job, now).await
+    }
+
+    // ---- configuration profiles ----
+
+    async fn create_profile(
+        &self,
+        new: &domain::NewProfile,
+        m: &Mutation,
+    ) -> StoreResult<domain::ConfigProfile> {
+        profiles::create(self, new, m).await
+    }
+
+    async fn profile(
+        &self,
+        name: &domain::ProfileName,
+    ) -> StoreResult<Option<domain::ConfigProfile>> {
+        profiles::get(&mut *self.read().await?, name).await
+    }
+
+    async fn list_profiles(
+        &self,
+        q: &store::ProfileQuery,
+    ) -> StoreResult<Page<domain::ConfigProfile>> {
+        profiles::list(&mut *self.read().await?, q).await
+    }
+
+    async fn update_profile(
+        &self,
+        name: &domain::ProfileName,
+        patch: &domain::ProfilePatch,
+        m: &Mutation,
+    ) -> StoreResult<domain::ConfigProfile> {
+        profiles::update(self, name, patch, m).await
+    }
+
+    async fn delete_profile(
+        &self,
+        name: &domain::ProfileName,
+        expected_version: Option<u64>,
+        m: &Mutation,
+    ) -> StoreResult<()> {
+        profiles::delete(self, name, expected_version, m).await
+    }
+
+    async fn desired_layers(&self, device: &Device) -> StoreResult<Vec<domain::twin::Layer>> {
+        // One read transaction: the profiles and the memberships come from the same snapshot.
+        let mut tx = self.readers.begin().await.map_err(db)?;
+        let layers = profiles::layers(&mut tx, device).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(layers)
+    }
+
+    async fn preview_profile_target(
+        &self,
+        target: &domain::ProfileTarget,
+        sample: u32,
+    ) -> StoreResult<store::TargetPreview> {
+        match target {
+            domain::ProfileTarget::Fleet => jobs::preview(self, None, sample).await,
+            domain::ProfileTarget::Group(g) => {
+                jobs::preview(self, Some(&JobTarget::Group(g.clone())), sample).await
+            }
+        }
+    }
+
+    async fn recompute_pending(&self, id: &DeviceId) -> StoreResult<bool> {
+        profiles::pending(&mut *self.read().await?, id).await
+    }
+
+    async fn recompute_queue_len(&self) -> StoreResult<u64> {
+        profiles::queue_len(&mut *self.read().await?).await
+    }
+
+    async fn recompute_twins(
+        &self,
+        limit: NonZeroU32,
+        policy: &TwinPolicy,
+        at: Timestamp,
+    ) -> StoreResult<store::Recomputed> {
+        profiles::recompute(self, limit, policy, at).await
     }
 }
 

@@ -132,15 +132,7 @@ pub(crate) fn device_from_row(row: DeviceRow) -> Result<Device, StoreError> {
 pub(crate) fn group_from_row(row: GroupRow) -> Result<Group, StoreError> {
     let (name, description, kind, filter, created_at, updated_at, version) = row;
     let bad = |reason: String| corrupt("groups", &name, reason);
-    let kind = match (kind.as_str(), filter) {
-        ("static", None) => GroupKind::Static,
-        ("dynamic", Some(text)) => {
-            GroupKind::Dynamic(Filter::parse(&text).map_err(|e| bad(e.to_string()))?)
-        }
-        (kind, filter) => {
-            return Err(bad(format!("kind {kind:?} with filter {filter:?}")));
-        }
-    };
+    let kind = group_kind(&name, &kind, filter)?;
     Ok(Group {
         name: GroupName::new(name.as_str()).map_err(|e| bad(e.to_string()))?,
         description,
@@ -149,6 +141,26 @@ pub(crate) fn group_from_row(row: GroupRow) -> Result<Group, StoreError> {
         updated_at: Timestamp::from_millis(updated_at),
         version: unsigned("groups", &name, "version", version)?,
     })
+}
+
+/// Reads a group's `kind` and `filter` columns back (a dynamic group's filter is parsed again).
+///
+/// # Errors
+/// [`StoreError::Backend`] when they do not hold a valid kind.
+pub(crate) fn group_kind(
+    name: &str,
+    kind: &str,
+    filter: Option<String>,
+) -> Result<GroupKind, StoreError> {
+    match (kind, filter) {
+        ("static", None) => Ok(GroupKind::Static),
+        ("dynamic", Some(text)) => Ok(GroupKind::Dynamic(
+            Filter::parse(&text).map_err(|e| corrupt("groups", name, e.to_string()))?,
+        )),
+        (kind, filter) => {
+            Err(corrupt("groups", name, format!("kind {kind:?} with filter {filter:?}")))
+        }
+    }
 }
 
 /// Reads a token row back.

@@ -17,6 +17,7 @@ use store::{
 use crate::SqliteStore;
 use crate::audit_chain::{AuditChain, entry};
 use crate::devices::{self, resource};
+use crate::profiles;
 use crate::rows::{corrupt, db, to_i64};
 
 type TwinRow = (String, String, String, String, i64);
@@ -78,13 +79,16 @@ pub(crate) async fn for_update(conn: &mut SqliteConnection, id: &DeviceId) -> St
     Ok(Stored { twin: DeviceTwin::empty(id.clone()), history_seq: 0 })
 }
 
-/// The layers of desired configuration below the device's own, lowest priority first. None
-/// exist yet: configuration profiles (fleet, groups) add theirs here.
+/// The layers of desired configuration below the device's own, lowest priority first: the
+/// configuration profiles that apply to the device as stored (none for an unknown device).
 pub(crate) async fn base_layers(
-    _conn: &mut SqliteConnection,
-    _id: &DeviceId,
+    conn: &mut SqliteConnection,
+    id: &DeviceId,
 ) -> StoreResult<Vec<Layer>> {
-    Ok(Vec::new())
+    match devices::get(conn, id).await? {
+        Some(device) => profiles::layers(conn, &device).await,
+        None => Ok(Vec::new()),
+    }
 }
 
 /// Writes the twin row and `history`, pruning history to the newest `keep` entries (`None`: no

@@ -43,6 +43,9 @@
 //! - Twins (`update_twin`) are audited as `device.twin.update` on `device/<id>` (no `before`;
 //!   `after`: versions and patches), device reports (`report_twin`) are not; a no-op or refused
 //!   twin change writes nothing; deleting a device deletes its twin and its twin history.
+//! - Configuration profiles are audited as `config_profile.create|update|delete` on
+//!   `config_profile/<name>`; recomputing twins from them is not audited (twin history entries by
+//!   `profiles`). A group with profiles cannot be deleted.
 //! - Failed writes leave no trace, in the data nor in the audit log.
 //! - Timestamps are the `Mutation`'s; audit `seq` runs from 1 without gaps and
 //!   [`verify_chain`] holds after every case.
@@ -58,6 +61,7 @@ mod commands;
 mod enrollment;
 mod jobs;
 mod mqtt;
+mod profiles;
 mod replacement;
 mod twins;
 
@@ -78,6 +82,7 @@ pub use crate::conformance::commands::*;
 pub use crate::conformance::enrollment::*;
 pub use crate::conformance::jobs::*;
 pub use crate::conformance::mqtt::*;
+pub use crate::conformance::profiles::*;
 pub use crate::conformance::replacement::*;
 pub use crate::conformance::twins::*;
 
@@ -197,6 +202,14 @@ macro_rules! conformance_tests {
             delete_device_removes_twin,
             replace_device_moves_the_twin,
             job_sync_continuous_reaches_every_new_device,
+            profile_crud_and_audit,
+            group_with_profiles_cannot_be_deleted,
+            desired_layers_in_merge_order,
+            recompute_queue_filled_by_every_change,
+            recompute_twins_applies_profiles,
+            recompute_drops_deleted_devices,
+            recompute_refuses_documents_past_limits,
+            preview_profile_target_fleet_and_group,
         );
     };
     (@cases ($factory:expr) $($case:ident),+ $(,)?) => {

@@ -13,6 +13,7 @@ pub mod conformance;
 mod enrollment;
 pub mod jobs;
 mod mqtt;
+pub mod profiles;
 mod twins;
 
 use std::fmt;
@@ -43,6 +44,7 @@ pub use crate::jobs::{ExecutionUpdate, ExecutionUpdated, TargetPreview};
 pub use crate::mqtt::{
     MqttMessage, MqttOp, MqttQueued, MqttSession, MqttSnapshot, MqttSubscription,
 };
+pub use crate::profiles::{ProfileQuery, Recomputed};
 pub use crate::twins::{
     NewTwinHistory, TWIN_UPDATE_ACTION, TwinChange, TwinHistoryEntry, TwinHistoryQuery, TwinUpdate,
     TwinWrites, device_actor, plan_replacement, plan_report, plan_update, recompute_desired,
@@ -986,4 +988,102 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// [`StoreError::NotFound`] (kind `job`).
     async fn sync_continuous_job(&self, job: &JobId, now: Timestamp) -> StoreResult<u64>;
+
+    // ---- configuration profiles ----
+    //
+    // Profiles (see `domain::profile`) are audited as `config_profile.create|update|delete` on
+    // `config_profile/<name>` (`before`/`after`: `ConfigProfile::audit_summary`). A device's layers
+    // change when a profile is created, changed or deleted, when it joins or leaves a static group
+    // that has profiles, when a change of its tags, name or state can move it into or out of a
+    // dynamic group that has profiles, when a dynamic group with profiles gets another filter, and
+    // when it is created (fleet profiles). Every such change puts the devices concerned on the
+    // durable recompute queue **in its own transaction** (database triggers for device and
+    // membership rows, the backend's code for profiles and group filters); the server drains the
+    // queue with `recompute_twins` and pushes the new desired documents. The queue survives a
+    // crash: a change committed is a recompute that will happen.
+
+    /// Creates a profile at version 1 and queues the devices it targets.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] (kind `config_profile`), [`StoreError::NotFound`] (kind
+    /// `group`) for a group target that does not exist.
+    async fn create_profile(
+        &self,
+        new: &domain::NewProfile,
+        m: &Mutation,
+    ) -> StoreResult<domain::ConfigProfile>;
+
+    /// One profile.
+    async fn profile(
+        &self,
+        name: &domain::ProfileName,
+    ) -> StoreResult<Option<domain::ConfigProfile>>;
+
+    /// One page of profiles in name order.
+    async fn list_profiles(
+        &self,
+        q: &profiles::ProfileQuery,
+    ) -> StoreResult<Page<domain::ConfigProfile>>;
+
+    /// Applies `patch` (checked against `patch.expected_version`), bumps the version and queues
+    /// the devices of the old and the new target. A patch that changes nothing writes nothing; one
+    /// that changes only the description queues nothing (no device's layers change).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (kind `config_profile`, or `group` for a new target that does not
+    /// exist), [`StoreError::VersionMismatch`].
+    async fn update_profile(
+        &self,
+        name: &domain::ProfileName,
+        patch: &domain::ProfilePatch,
+        m: &Mutation,
+    ) -> StoreResult<domain::ConfigProfile>;
+
+    /// Deletes a profile (checked against `expected_version` when given) and queues the devices
+    /// it targeted.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (kind `config_profile`), [`StoreError::VersionMismatch`].
+    async fn delete_profile(
+        &self,
+        name: &domain::ProfileName,
+        expected_version: Option<u64>,
+        m: &Mutation,
+    ) -> StoreResult<()>;
+
+    /// The layers below the device's own that apply to `device` as given (its tags, name and
+    /// state as in the argument, its static memberships as stored), in merge order: what
+    /// `recompute_twins` uses, and what a dry run of a device change evaluates for a changed copy.
+    async fn desired_layers(&self, device: &Device) -> StoreResult<Vec<domain::twin::Layer>>;
+
+    /// The devices a profile with `target` reaches (every device in service for the fleet, the
+    /// group's members in service for a group), like [`Store::preview_target`].
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (kind `group`).
+    async fn preview_profile_target(
+        &self,
+        target: &domain::ProfileTarget,
+        sample: u32,
+    ) -> StoreResult<TargetPreview>;
+
+    /// Whether the device is on the recompute queue.
+    async fn recompute_pending(&self, id: &DeviceId) -> StoreResult<bool>;
+
+    /// How many devices are on the recompute queue.
+    async fn recompute_queue_len(&self) -> StoreResult<u64>;
+
+    /// Takes up to `limit` devices off the recompute queue (oldest first; on PostgreSQL skipping
+    /// rows another node is draining), recomputes each one's effective desired document from
+    /// `desired_layers` and its own layer (`profiles::plan_recompute`) with a twin history entry
+    /// by `profiles`, and returns the twins whose desired document changed. Devices that no
+    /// longer exist are dropped from the queue; a result past the twin limits keeps the current
+    /// document (logged by the caller from the returned refusals). Not audited (the profile or
+    /// device change that queued them is).
+    async fn recompute_twins(
+        &self,
+        limit: NonZeroU32,
+        policy: &TwinPolicy,
+        at: Timestamp,
+    ) -> StoreResult<profiles::Recomputed>;
 }

@@ -15,6 +15,7 @@ mod import;
 mod jobs;
 mod matrix;
 mod openapi;
+mod profiles;
 mod replacement;
 mod rotation;
 mod tokens;

@@ -201,28 +201,7 @@ async fn create(a: &CreateArgs) -> anyhow::Result<()> {
         if a.client.output == OutputFormat::Json {
             return output::write_json(&preview);
         }
-        let mut t = Table::new(&["FIELD", "VALUE"]);
-        t.row(vec!["devices".into(), str_field(&preview, "total")]);
-        t.row(vec![
-            "online / offline".into(),
-            format!("{} / {}", str_field(&preview, "online"), str_field(&preview, "offline")),
-        ]);
-        if let Some(states) = preview.get("by_state").and_then(Value::as_object) {
-            let text: Vec<String> = states.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-            t.row(vec!["by state".into(), text.join(", ")]);
-        }
-        if let Some(groups) = preview.get("by_group").and_then(Value::as_array) {
-            let text: Vec<String> = groups
-                .iter()
-                .map(|g| format!("{}: {}", str_field(g, "group"), str_field(g, "devices")))
-                .collect();
-            t.row(vec!["by group".into(), text.join(", ")]);
-        }
-        if let Some(sample) = preview.get("sample").and_then(Value::as_array) {
-            let text: Vec<&str> = sample.iter().filter_map(Value::as_str).collect();
-            t.row(vec!["sample".into(), text.join(", ")]);
-        }
-        output::write_raw(&t.render())?;
+        output::write_raw(&preview_table(&preview).render())?;
         return output::write_raw("dry run: nothing was created");
     }
     let job = c.post("/api/v1/jobs", &spec).await?;
@@ -232,6 +211,36 @@ async fn create(a: &CreateArgs) -> anyhow::Result<()> {
     print_job(&job)?;
     output::note(&format!("follow it with: herd job show {} --watch", str_field(&job, "id")));
     Ok(())
+}
+
+/// A target preview (a job's or a configuration profile's dry run) as a table: devices, online
+/// and offline, by state, by group, and a sample of ids.
+pub(crate) fn preview_table(preview: &Value) -> Table {
+    let mut t = Table::new(&["FIELD", "VALUE"]);
+    t.row(vec!["devices".into(), str_field(preview, "total")]);
+    t.row(vec![
+        "online / offline".into(),
+        format!("{} / {}", str_field(preview, "online"), str_field(preview, "offline")),
+    ]);
+    if let Some(states) = preview.get("by_state").and_then(Value::as_object) {
+        let text: Vec<String> = states.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        t.row(vec!["by state".into(), text.join(", ")]);
+    }
+    if let Some(groups) = preview.get("by_group").and_then(Value::as_array) {
+        let mut text: Vec<String> = groups
+            .iter()
+            .map(|g| format!("{}: {}", str_field(g, "group"), str_field(g, "devices")))
+            .collect();
+        if preview.get("groups_truncated").and_then(Value::as_bool) == Some(true) {
+            text.push("…".to_owned());
+        }
+        t.row(vec!["by group".into(), text.join(", ")]);
+    }
+    if let Some(sample) = preview.get("sample").and_then(Value::as_array) {
+        let text: Vec<&str> = sample.iter().filter_map(Value::as_str).collect();
+        t.row(vec!["sample".into(), text.join(", ")]);
+    }
+    t
 }
 
 async fn list(client: &ClientArgs, state: Option<&str>) -> anyhow::Result<()> {

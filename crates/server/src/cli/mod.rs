@@ -10,6 +10,7 @@ mod commands;
 mod enrollment;
 mod job;
 mod output;
+mod profile;
 mod twin;
 
 use std::future::Future;
@@ -23,6 +24,7 @@ use crate::config::{self, Sources};
 pub use command::CommandCommand;
 pub use enrollment::{AttestationArg, ClaimCodesCommand, EnrollmentCommand};
 pub use job::{CreateArgs as JobCreateArgs, JobCommand};
+pub use profile::ProfileCommand;
 pub use twin::{SectionArg, TwinCommand};
 
 /// Herd: IoT device management in one binary.
@@ -69,7 +71,8 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Configuration helpers.
+    /// Configuration helpers, and configuration profiles (desired configuration of the fleet or a
+    /// group).
     #[command(subcommand)]
     Config(ConfigCommand),
 }
@@ -554,6 +557,10 @@ pub enum ConfigCommand {
     /// `[[mqtt.applications]]` entry (surrounding whitespace, like the newline of `echo`, is
     /// ignored, as in a `secret_file`).
     HashSecret,
+    /// Configuration profiles: desired configuration for the fleet or a group, merged under each
+    /// device's own desired state.
+    #[command(subcommand)]
+    Profile(ProfileCommand),
 }
 
 /// Runs a parsed command line and returns the process exit code.
@@ -562,6 +569,7 @@ pub fn execute(cli: Cli) -> ExitCode {
         Command::Serve(args) => return serve(&args),
         Command::Config(ConfigCommand::Default) => output::write_raw(config::DEFAULT_CONFIG),
         Command::Config(ConfigCommand::HashSecret) => hash_secret(),
+        Command::Config(ConfigCommand::Profile(cmd)) => block_on(profile::profile(cmd)),
         Command::Device(cmd) => block_on(commands::device(cmd)),
         Command::Group(cmd) => block_on(commands::group(cmd)),
         Command::Token(cmd) => block_on(commands::token(cmd)),

@@ -1,5 +1,7 @@
 //! `herd twin …`: read a device's twin, change its desired state and tags (JSON merge patches,
-//! optionally guarded by the ETag), show what the device has not applied yet, and its history.
+//! optionally guarded by the ETag), show what the device has not applied yet, its history, and
+//! its effective desired state with the configuration profile (or its own layer) behind each
+//! property.
 
 use anyhow::{Context as _, bail};
 use clap::{Subcommand, ValueEnum};
@@ -66,6 +68,18 @@ pub enum TwinCommand {
     Diff {
         /// Device id.
         id: String,
+        /// Server, token and output options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a device's effective desired state, computed now from its configuration profiles
+    /// and its own layer.
+    Effective {
+        /// Device id.
+        id: String,
+        /// Also show where each property comes from (a table: pointer, value, source).
+        #[arg(long)]
+        explain: bool,
         /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,
@@ -191,6 +205,17 @@ pub(crate) async fn twin(cmd: TwinCommand) -> anyhow::Result<()> {
                 )),
             }
         }
+        TwinCommand::Effective { id, explain, client } => {
+            let mut path = format!("{}/effective", twin_path(&id));
+            if explain {
+                path.push_str("?explain=true");
+            }
+            let eff = Client::new(&client)?.get(&path).await?;
+            match client.output {
+                OutputFormat::Json => output::write_json(&eff),
+                OutputFormat::Table => output::write_raw(&effective_text(&eff, explain)?),
+            }
+        }
         TwinCommand::History { id, section, limit, client } => {
             let mut path = format!("{}/history?limit={limit}", twin_path(&id));
             if let Some(s) = section {
@@ -218,4 +243,27 @@ pub(crate) async fn twin(cmd: TwinCommand) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// `herd twin effective` for people: the document, and with `--explain` one row per leaf
+/// property with the layer that set it.
+fn effective_text(eff: &Value, explain: bool) -> anyhow::Result<String> {
+    let mut text = format!(
+        "device: {}\nstored desired version: {}\npending recompute: {}\n",
+        eff["device_id"].as_str().unwrap_or_default(),
+        eff["stored_version"],
+        eff["pending_recompute"],
+    );
+    if !explain {
+        text.push_str(&format!("desired:\n{}", pretty(&eff["desired"])?));
+        return Ok(text);
+    }
+    let mut table = Table::new(&["POINTER", "VALUE", "SOURCE"]);
+    let desired = eff["desired"].as_object().cloned().unwrap_or_default();
+    for (pointer, value) in domain::twin::leaves(&desired) {
+        let source = eff["sources"][&pointer].as_str().unwrap_or_default().to_owned();
+        table.row(vec![pointer, value.to_string(), source]);
+    }
+    text.push_str(&table.render());
+    Ok(text)
 }

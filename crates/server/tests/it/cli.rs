@@ -12,6 +12,7 @@ use test_support::TestServer;
 use crate::{herd, stderr, stdout};
 
 mod job;
+mod profiles;
 mod twin;
 
 struct Cli<'a> {

@@ -30,6 +30,7 @@ mod agent_reports;
 mod commands;
 mod jobs;
 mod mtls;
+pub(crate) mod profiles;
 mod provision;
 mod replacement;
 mod twin;
@@ -39,7 +40,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// Whether the Mosquitto command-line clients are installed; prints why a test is skipped if not.
 #[expect(clippy::print_stderr, reason = "a skipped test says why, where cargo test shows it")]
-fn mosquitto_clients() -> bool {
+pub(crate) fn mosquitto_clients() -> bool {
     let found = ["mosquitto_pub", "mosquitto_sub", "mosquitto_rr", "stdbuf"].iter().all(|c| {
         std::process::Command::new(c)
             .arg("--help")

@@ -78,3 +78,21 @@ async fn serves_on_postgres() {
     server.stop().await;
     db.drop_now().await;
 }
+
+/// The configuration profiles acceptance scenario (`mqtt::profiles`) on PostgreSQL: the recompute
+/// queue drained with `FOR UPDATE SKIP LOCKED`, the changed twin pushed to a Mosquitto device.
+#[tokio::test(flavor = "multi_thread")]
+async fn profiles_on_postgres() {
+    if !crate::mqtt::mosquitto_clients() {
+        return;
+    }
+    let Some(db) = FreshDatabase::create().await else { return };
+    let url = db.url.clone();
+    let server = TestServer::start_with(|c| {
+        c.store = server::config::StoreConfig::Postgres { url, max_connections: 4 };
+    })
+    .await;
+    crate::mqtt::profiles::acceptance(&server).await;
+    server.stop().await;
+    db.drop_now().await;
+}

@@ -11,4 +11,5 @@ mod db;
 mod devices;
 mod filters;
 mod groups;
+mod profiles;
 mod tokens;

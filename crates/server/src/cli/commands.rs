@@ -58,6 +58,7 @@ pub(crate) async fn device(cmd: DeviceCommand) -> anyhow::Result<()> {
             attributes,
             state,
             if_version,
+            dry_run,
             client,
         } => {
             let mut body = Map::new();
@@ -72,9 +73,16 @@ pub(crate) async fn device(cmd: DeviceCommand) -> anyhow::Result<()> {
                 );
             }
             let c = Client::new(&client)?;
-            let req = c.request(Method::PATCH, &format!("/api/v1/devices/{}", encode(&id)))?;
+            let mut path = format!("/api/v1/devices/{}", encode(&id));
+            if dry_run {
+                path.push_str("?dry_run=true");
+            }
+            let req = c.request(Method::PATCH, &path)?;
             let req = if_version_matches(req.json(&body), if_version);
             let d = c.send(req).await?;
+            if dry_run {
+                return print_device_dry_run(&client, &d);
+            }
             print_devices(&client, &d, std::slice::from_ref(&d))
         }
         DeviceCommand::Delete { id, if_version, client } => {
@@ -834,4 +842,24 @@ fn parse_json_object(text: &str) -> anyhow::Result<Value> {
         bail!("--attributes must be a JSON object, like '{{\"fw\":\"1.2\"}}'");
     }
     Ok(v)
+}
+
+/// The blast radius of a device change (`PATCH /api/v1/devices/{id}?dry_run=true`).
+fn print_device_dry_run(client: &ClientArgs, r: &Value) -> anyhow::Result<()> {
+    if client.output == OutputFormat::Json {
+        return output::write_json(r);
+    }
+    let names = |v: &Value| -> String {
+        let list: Vec<&str> =
+            v.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        if list.is_empty() { "-".to_owned() } else { list.join(", ") }
+    };
+    let mut t = Table::new(&["FIELD", "VALUE"]);
+    t.row(vec!["groups joined".into(), names(&r["groups"]["joined"])]);
+    t.row(vec!["groups left".into(), names(&r["groups"]["left"])]);
+    t.row(vec!["profiles gained".into(), names(&r["profiles"]["gained"])]);
+    t.row(vec!["profiles lost".into(), names(&r["profiles"]["lost"])]);
+    t.row(vec!["desired changes".into(), r["desired"]["changes"].to_string()]);
+    output::write_raw(&t.render())?;
+    output::write_raw("dry run: nothing was changed")
 }

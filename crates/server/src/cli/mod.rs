@@ -210,6 +210,10 @@ pub enum DeviceCommand {
         /// Only if the device is still at this version (optimistic concurrency).
         #[arg(long, value_name = "VERSION")]
         if_version: Option<u64>,
+        /// Show what the change would do (dynamic groups joined and left, configuration
+        /// profiles gained and lost, desired-state changes) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,

@@ -151,6 +151,29 @@ async fn profiles_through_the_cli() {
     let out = cli.ok(&["twin", "effective", "lamp-2"]);
     assert!(out.contains("\"color\": \"warm\"") && !out.contains("80"), "{out}");
 
+    // The blast radius of a tag change: a dynamic group with a profile would be joined.
+    cli.ok(&["group", "create", "north", "--filter", "tags.site = 'north'"]);
+    let north = json_file(&json!({"mode": "cold"}));
+    cli.ok(&[
+        "config",
+        "profile",
+        "create",
+        "north-cold",
+        "--target",
+        "group:north",
+        "--priority",
+        "5",
+        "--document",
+        &path(&north),
+    ]);
+    let dry = cli.json(&["device", "update", "lamp-2", "--tag", "site=north", "--dry-run"]);
+    assert_eq!(dry["groups"], json!({"joined": ["north"], "left": []}), "{dry}");
+    assert_eq!(dry["profiles"]["gained"], json!(["north-cold"]), "{dry}");
+    let out = cli.ok(&["device", "update", "lamp-2", "--tag", "site=north", "--dry-run"]);
+    assert!(out.contains("groups joined") && out.contains("north-cold"), "{out}");
+    assert!(out.contains("dry run: nothing was changed"), "{out}");
+    assert_eq!(cli.json(&["device", "get", "lamp-2"])["tags"], json!({}));
+
     let out = cli.ok(&["config", "profile", "delete", "hall-bright", "--dry-run"]);
     assert!(out.contains("lamp-1") && out.contains("nothing was deleted"), "{out}");
     let out = cli.ok(&["config", "profile", "delete", "hall-bright"]);

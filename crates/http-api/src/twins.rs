@@ -218,7 +218,10 @@ pub(crate) async fn get_twin(
 /// Both are JSON merge patches (RFC 7396; `Content-Type: application/merge-patch+json` or
 /// `application/json`), applied together or not at all; `null` deletes a property. A patch
 /// that changes nothing keeps the versions. Audited as `device.twin.update`. When the desired
-/// state changes, the device is sent the new desired state and delta over MQTT.
+/// state changes, the device is sent the new desired state and delta over MQTT. With
+/// `?dry_run=true` nothing is written: the answer is a `TwinDryRun`, the twin as it would be
+/// and the changes of its effective desired document and tags (the same checks apply: 412,
+/// 413).
 #[utoipa::path(
     patch,
     path = "/api/v1/devices/{id}/twin",
@@ -226,11 +229,12 @@ pub(crate) async fn get_twin(
     params(
         ("id" = String, Path, description = "Device id"),
         ("If-Match" = Option<String>, Header, description = "`\"<desired version>.<tags version>\"` from the ETag, or `*`"),
+        ("dry_run" = Option<bool>, Query, description = "`true`: answer with what the change would do and write nothing"),
     ),
     request_body(content = TwinPatch, content_type = "application/merge-patch+json"),
     security(("bearer" = ["operator"])),
     responses(
-        (status = 200, description = "The changed twin; `ETag` holds its versions", body = TwinDto),
+        (status = 200, description = "The changed twin (`ETag` holds its versions), or with `?dry_run=true` a `TwinDryRun`", body = TwinPatchResponse),
         (status = 400, description = "`invalid_patch` (a patch that is not a JSON object), `malformed_json`, `unknown_field`, `invalid_device_id`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`device_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "`precondition_failed`: the twin changed since; the message names the current ETag", body = Problem, content_type = "application/problem+json"),
@@ -243,15 +247,75 @@ pub(crate) async fn patch_twin(
     State(state): State<AppState>,
     DevicePath(id): DevicePath,
     TwinIfMatch(if_match): TwinIfMatch,
+    query: RawQuery,
     JsonBody(body): JsonBody<TwinPatch>,
 ) -> Result<Response, ApiError> {
+    let dry_run = crate::profiles::dry_run_param(&query)?;
     let update = TwinUpdate { desired: body.desired, tags: body.tags, if_match };
     let m = state.mutation_by(&caller.token);
+    if dry_run {
+        return twin_dry_run(&state, &id, &update, &m).await;
+    }
     let change = state.store().update_twin(&id, &update, state.twin_policy(), &m).await??;
     if change.desired_changed {
         state.twin_changed(id).await;
     }
     Ok(twin_response(&change.twin))
+}
+
+/// What a twin change would do (`PATCH …/twin?dry_run=true`).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TwinDryRun {
+    /// Always `true`.
+    dry_run: bool,
+    /// The twin as it would be.
+    twin: TwinDto,
+    /// The change of the effective desired document, as a merge patch (`{}`: none).
+    #[schema(value_type = Object)]
+    desired_changes: Value,
+    /// The change of the tags section, as a merge patch.
+    #[schema(value_type = Object)]
+    tags_changes: Value,
+}
+
+/// The answer of `PATCH …/twin`: the twin, or with `?dry_run=true` what the change would do.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+#[expect(dead_code, reason = "documents the response in OpenAPI; handlers build its variants")]
+pub(crate) enum TwinPatchResponse {
+    /// The changed twin.
+    Twin(TwinDto),
+    /// The dry run.
+    DryRun(TwinDryRun),
+}
+
+/// Applies `update` to a copy of the twin with the device's current layers, writing nothing.
+async fn twin_dry_run(
+    state: &AppState,
+    id: &domain::DeviceId,
+    update: &TwinUpdate,
+    m: &domain::Mutation,
+) -> Result<Response, ApiError> {
+    let store = state.store();
+    let device = store.device(id).await?.ok_or_else(|| ApiError::DeviceNotFound(id.to_string()))?;
+    let before =
+        store.device_twin(id).await?.ok_or_else(|| ApiError::DeviceNotFound(id.to_string()))?;
+    let layers = store.desired_layers(&device).await?;
+    let mut after = before.clone();
+    store::plan_update(&mut after, &layers, update, state.twin_policy(), m)?;
+    Ok(Json(TwinDryRun {
+        dry_run: true,
+        twin: TwinDto::from(&after),
+        desired_changes: Value::Object(domain::twin::diff(
+            &before.desired.document,
+            &after.desired.document,
+        )),
+        tags_changes: Value::Object(domain::twin::diff(
+            &before.tags.document,
+            &after.tags.document,
+        )),
+    })
+    .into_response())
 }
 
 /// One change of a twin section.

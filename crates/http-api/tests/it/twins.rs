@@ -220,3 +220,47 @@ async fn history_pages_newest_first_by_section() {
         .await
         .assert_problem(422, "validation_failed");
 }
+
+#[tokio::test]
+async fn a_dry_run_shows_the_change_and_writes_nothing() {
+    let (api, mut rx) = api_with_changes(TwinPolicy::default()).await;
+    api.patch(TWIN).json(&json!({"desired": {"mode": "eco"}})).send().await.assert_status(200);
+    let _ = changes(&mut rx);
+    let dry = api
+        .patch(&format!("{TWIN}?dry_run=true"))
+        .header("if-match", "\"1.0\"")
+        .json(&json!({"desired": {"mode": "off", "fan": 2}, "tags": {"site": "b"}}))
+        .send()
+        .await
+        .assert_status(200)
+        .json();
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["desired_changes"], json!({"mode": "off", "fan": 2}));
+    assert_eq!(dry["tags_changes"], json!({"site": "b"}));
+    assert_eq!(dry["twin"]["etag"], "2.1");
+    assert_eq!(dry["twin"]["desired"]["document"], json!({"mode": "off", "fan": 2}));
+    // Nothing written, nobody told.
+    let twin = api.get(TWIN).send().await.assert_status(200).json();
+    assert_eq!(
+        (twin["etag"].as_str(), &twin["desired"]["document"]),
+        (Some("1.0"), &json!({"mode": "eco"}))
+    );
+    assert!(changes(&mut rx).is_empty());
+    // The same checks as the real change.
+    api.patch(&format!("{TWIN}?dry_run=true"))
+        .header("if-match", "\"0.0\"")
+        .json(&json!({"desired": {"mode": "off"}}))
+        .send()
+        .await
+        .assert_problem(412, "precondition_failed");
+    api.patch(&format!("{TWIN}?dry_run=maybe"))
+        .json(&json!({"desired": {"mode": "off"}}))
+        .send()
+        .await
+        .assert_problem(400, "invalid_query");
+    api.patch("/api/v1/devices/ghost/twin?dry_run=true")
+        .json(&json!({"desired": {"a": 1}}))
+        .send()
+        .await
+        .assert_problem(404, "device_not_found");
+}

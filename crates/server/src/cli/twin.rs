@@ -60,6 +60,9 @@ pub enum TwinCommand {
         /// Apply only if the twin's ETag is still this (`"3.1"` or 3.1, from `herd twin get`).
         #[arg(long, value_name = "ETAG")]
         if_match: Option<String>,
+        /// Show how the effective desired state and the tags would change, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// Server, token and output options.
         #[command(flatten)]
         client: ClientArgs,
@@ -156,7 +159,7 @@ pub(crate) async fn twin(cmd: TwinCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        TwinCommand::Set { id, desired, tags, if_match, client } => {
+        TwinCommand::Set { id, desired, tags, if_match, dry_run, client } => {
             let mut body = Map::new();
             if let Some(d) = desired {
                 body.insert("desired".into(), json_arg("desired", &d)?);
@@ -168,8 +171,10 @@ pub(crate) async fn twin(cmd: TwinCommand) -> anyhow::Result<()> {
                 bail!("nothing to change: give --desired and/or --tags");
             }
             let api = Client::new(&client)?;
+            let path =
+                if dry_run { format!("{}?dry_run=true", twin_path(&id)) } else { twin_path(&id) };
             let mut req = api
-                .request(Method::PATCH, &twin_path(&id))?
+                .request(Method::PATCH, &path)?
                 .header("content-type", "application/merge-patch+json")
                 .body(Value::Object(body).to_string());
             if let Some(etag) = if_match {
@@ -182,6 +187,16 @@ pub(crate) async fn twin(cmd: TwinCommand) -> anyhow::Result<()> {
                 req = req.header("if-match", quoted);
             }
             let twin = api.send(req).await?;
+            if dry_run {
+                if client.output == OutputFormat::Json {
+                    return output::write_json(&twin);
+                }
+                return output::write_raw(&format!(
+                    "desired changes: {}\ntags changes: {}\ndry run: nothing was changed",
+                    serde_json::to_string_pretty(&twin["desired_changes"])?,
+                    serde_json::to_string_pretty(&twin["tags_changes"])?,
+                ));
+            }
             match client.output {
                 OutputFormat::Json => output::write_json(&twin),
                 OutputFormat::Table => output::write_raw(&format!(

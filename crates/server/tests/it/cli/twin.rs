@@ -41,6 +41,13 @@ async fn twins_through_the_cli() {
     let err = cli.fails(&["twin", "get", "ghost"], Some(&server.admin_token));
     assert!(err.contains("device_not_found"), "{err}");
 
+    // A dry run shows the change and writes nothing.
+    let dry = cli.json(&["twin", "set", "lamp-1", "--desired", r#"{"mode":"off"}"#, "--dry-run"]);
+    assert_eq!(dry["desired_changes"], json!({"mode": "off"}), "{dry}");
+    assert_eq!(dry["twin"]["etag"], "3.1", "{dry}");
+    let out = cli.ok(&["twin", "set", "lamp-1", "--tags", r#"{"room":null}"#, "--dry-run"]);
+    assert!(out.contains("\"room\": null") && out.contains("nothing was changed"), "{out}");
+
     let desired = cli.ok(&["twin", "get", "lamp-1", "--section", "desired"]);
     let desired: serde_json::Value = serde_json::from_str(&desired).unwrap();
     assert_eq!(desired, json!({"light": {"level": 80}, "mode": "eco"}));

@@ -3,6 +3,7 @@
 //! a second run with the same prefix reuses them. Also the binary's `--help`.
 
 mod jobs;
+mod profiles;
 
 use std::time::Duration;
 

@@ -39,13 +39,14 @@ use domain::{
     StatusDetails, Timestamp,
 };
 use mqtt_broker::{BrokerError, BrokerHandle, Message};
-use mqtt_codec::{QoS, TopicFilter, TopicName};
+use mqtt_codec::{QoS, TopicName};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use store::{ExecutionUpdate, Store, StoreError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::device_request::{self, Refused, check_request_id, device_of, request_id_of};
 use crate::gateway::ArrivalListener;
 
 /// Where devices ask for their pending jobs.
@@ -56,9 +57,6 @@ pub const UPDATE_FILTER: &str = "devices/+/jobs/+/update";
 
 /// Job ids that cannot be used: they name the fixed topics below `devices/{id}/jobs/`.
 pub const RESERVED_JOB_IDS: [&str; 3] = ["get", "notify", "response"];
-
-/// Longest `request_id`.
-const MAX_REQUEST_ID_CHARS: usize = 128;
 
 /// The scheduler's pace and limits (`[jobs]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -410,10 +408,9 @@ impl JobFeeds {
     /// # Errors
     /// [`BrokerError::Stopped`] when the broker task has stopped.
     pub async fn subscribe(broker: &BrokerHandle) -> Result<Self, BrokerError> {
-        let filter = |f: &str| TopicFilter::new(f).expect("the filter constants are valid");
         Ok(Self {
-            get: broker.subscribe(filter(GET_FILTER)).await?,
-            update: broker.subscribe(filter(UPDATE_FILTER)).await?,
+            get: device_request::subscribe(broker, GET_FILTER).await?,
+            update: device_request::subscribe(broker, UPDATE_FILTER).await?,
         })
     }
 }
@@ -445,19 +442,6 @@ pub async fn serve_devices(
         }
     }
     tracing::debug!("job responder stopped");
-}
-
-/// A refused request: a stable code and a message for the device's logs.
-#[derive(Debug)]
-struct Refused {
-    code: &'static str,
-    message: String,
-}
-
-impl Refused {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
-    }
 }
 
 impl From<StoreError> for Refused {
@@ -498,31 +482,13 @@ struct UpdateRequest {
     expected_version: Option<u64>,
 }
 
-/// The device (second level) and the rest of a request topic.
-fn device_of(message: &Message) -> Option<DeviceId> {
-    message.topic.as_str().split('/').nth(1).and_then(|id| DeviceId::new(id).ok())
-}
-
 impl Jobs {
     fn parse<T: serde::de::DeserializeOwned>(&self, payload: &[u8]) -> Result<T, Refused> {
-        if payload.len() > self.config.max_request_bytes {
-            return Err(Refused::new(
-                "invalid_request",
-                format!("the request is larger than {} bytes", self.config.max_request_bytes),
-            ));
-        }
-        serde_json::from_slice(payload).map_err(|e| Refused::new("invalid_request", e.to_string()))
+        device_request::parse(payload, self.config.max_request_bytes)
     }
 
-    /// Answers on the request's MQTT 5 response topic when it is below the device's subtree,
-    /// else on `devices/{id}/jobs/response`.
-    async fn respond(&self, device: &DeviceId, request: &Message, answer: Value) {
-        let own = format!("devices/{}/", device.as_str());
-        let topic = match &request.properties.response_topic {
-            Some(t) if t.as_str().starts_with(&own) => t.as_str().to_owned(),
-            _ => format!("devices/{}/jobs/response", device.as_str()),
-        };
-        self.publish(&topic, &answer, request.properties.correlation_data.clone()).await;
+    async fn respond(&self, device: &DeviceId, request: &Message, answer: &Value) {
+        device_request::respond(&self.broker, device, request, "jobs/response", answer).await;
     }
 
     async fn answer_get(&self, message: &Message) {
@@ -535,7 +501,7 @@ impl Jobs {
             }
             Err(refused) => error_answer(&device, request_id, &refused),
         };
-        self.respond(&device, message, answer).await;
+        self.respond(&device, message, &answer).await;
     }
 
     async fn get(&self, device: &DeviceId, payload: &[u8]) -> Result<Value, Refused> {
@@ -568,7 +534,7 @@ impl Jobs {
             }
             Err(refused) => (error_answer(&device, request_id, &refused), false),
         };
-        self.respond(&device, message, answer).await;
+        self.respond(&device, message, &answer).await;
         // The answer first, then the new pending list.
         if changed {
             self.notify(&device).await;
@@ -628,44 +594,5 @@ impl Jobs {
 fn error_answer(device: &DeviceId, request_id: Value, refused: &Refused) -> Value {
     metrics::counter!("job_requests_refused_total", "reason" => refused.code).increment(1);
     tracing::debug!(%device, code = refused.code, message = %refused.message, "job request refused");
-    let mut answer = json!({
-        "request_id": Value::Null,
-        "status": "error",
-        "code": refused.code,
-        "message": refused.message,
-    });
-    answer["request_id"] = request_id;
-    answer
-}
-
-/// The `request_id` of a request, echoed in its answer; `null` when there is none to echo.
-fn request_id_of(payload: &[u8]) -> Value {
-    serde_json::from_slice::<Value>(payload)
-        .ok()
-        .and_then(|v| v.get("request_id").and_then(Value::as_str).map(str::to_owned))
-        .filter(|id| id.chars().count() <= MAX_REQUEST_ID_CHARS)
-        .map_or(Value::Null, Value::String)
-}
-
-fn check_request_id(id: Option<&str>) -> Result<(), Refused> {
-    match id {
-        Some(id) if id.chars().count() > MAX_REQUEST_ID_CHARS => Err(Refused::new(
-            "invalid_request",
-            format!("request_id must be at most {MAX_REQUEST_ID_CHARS} characters"),
-        )),
-        _ => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_echoed_when_they_can_be() {
-        assert_eq!(request_id_of(br#"{"request_id":"r1"}"#), json!("r1"));
-        assert_eq!(request_id_of(b"not json"), Value::Null);
-        assert!(check_request_id(Some(&"x".repeat(129))).is_err());
-        assert!(check_request_id(None).is_ok());
-    }
+    refused.answer(request_id)
 }

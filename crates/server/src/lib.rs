@@ -22,6 +22,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod device_request;
 pub mod gateway;
 pub mod identity;
 pub mod jobs;

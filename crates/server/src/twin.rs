@@ -31,6 +31,7 @@ use store::Store;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::device_request::{self, MAX_REQUEST_ID_CHARS, Refused};
 use crate::gateway::ArrivalListener;
 
 /// Where devices ask for their twin.
@@ -41,9 +42,6 @@ pub const REPORTED_FILTER: &str = "devices/+/twin/reported";
 
 /// Desired-state changes committed by REST requests that may wait for the twin task.
 pub const TWIN_CHANGES_CAPACITY: usize = 1024;
-
-/// Longest `request_id`.
-const MAX_REQUEST_ID_CHARS: usize = 128;
 
 /// The broker subscriptions the twin task reads.
 #[derive(Debug)]
@@ -130,37 +128,26 @@ enum Kind {
     Reported,
 }
 
-/// A refused request: a stable code and a message for the device's logs.
-#[derive(Debug)]
-struct Refused {
-    code: &'static str,
-    message: String,
-}
-
-impl Refused {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
-    }
-
-    fn store(error: &store::StoreError) -> Self {
-        match error {
-            store::StoreError::NotFound { .. } => {
-                Self::new("device_not_found", "the device does not exist")
-            }
-            other => {
-                tracing::error!(error = %other, "twin request failed: store error");
-                Self::new("unavailable", "the server cannot handle it now; retry later")
-            }
+/// A store failure as the device hears it.
+fn store_refusal(error: &store::StoreError) -> Refused {
+    match error {
+        store::StoreError::NotFound { .. } => {
+            Refused::new("device_not_found", "the device does not exist")
+        }
+        other => {
+            tracing::error!(error = %other, "twin request failed: store error");
+            Refused::new("unavailable", "the server cannot handle it now; retry later")
         }
     }
+}
 
-    fn twin(error: &TwinError) -> Self {
-        let code = match error {
-            TwinError::TooLarge { .. } | TwinError::TooDeep { .. } => "twin_too_large",
-            TwinError::NotAnObject { .. } | TwinError::EtagMismatch { .. } => "invalid_patch",
-        };
-        Self::new(code, error.to_string())
-    }
+/// A refused twin change as the device hears it.
+fn twin_refusal(error: &TwinError) -> Refused {
+    let code = match error {
+        TwinError::TooLarge { .. } | TwinError::TooDeep { .. } => "twin_too_large",
+        TwinError::NotAnObject { .. } | TwinError::EtagMismatch { .. } => "invalid_patch",
+    };
+    Refused::new(code, error.to_string())
 }
 
 /// What a device sees of its twin: desired and reported, their versions and the delta (never
@@ -179,12 +166,7 @@ pub fn device_view(twin: &DeviceTwin) -> Value {
 
 impl TwinService {
     async fn answer(&self, kind: Kind, message: &Message) {
-        // The filters have the device id as their second level.
-        let Some(device_id) =
-            message.topic.as_str().split('/').nth(1).and_then(|id| DeviceId::new(id).ok())
-        else {
-            return;
-        };
+        let Some(device_id) = device_request::device_of(message) else { return };
         let (request_id, outcome) = match parse_request(&message.payload, self.max_request_bytes) {
             Ok((request_id, request)) => {
                 let outcome = match kind {
@@ -195,30 +177,19 @@ impl TwinService {
             }
             Err((request_id, refused)) => (request_id, Err(refused)),
         };
-        let mut answer = match outcome {
-            Ok(answer) => answer,
+        let answer = match outcome {
+            Ok(mut answer) => {
+                answer["request_id"] = request_id;
+                answer
+            }
             Err(refused) => {
                 metrics::counter!("twin_requests_refused_total", "reason" => refused.code)
                     .increment(1);
                 tracing::info!(%device_id, code = refused.code, "twin request refused");
-                json!({"status": "error", "code": refused.code, "message": refused.message})
+                refused.answer(request_id)
             }
         };
-        answer["request_id"] = request_id;
-        let own = format!("devices/{}/", device_id.as_str());
-        let (topic, correlation) = match &message.properties.response_topic {
-            Some(t) if t.as_str().starts_with(&own) => {
-                (t.clone(), message.properties.correlation_data.clone())
-            }
-            _ => {
-                let Ok(t) = TopicName::new(format!("{own}twin/response")) else { return };
-                (t, None)
-            }
-        };
-        let mut response = Message::new(topic, answer.to_string());
-        response.qos = QoS::AtLeastOnce;
-        response.properties.correlation_data = correlation;
-        self.publish(response).await;
+        device_request::respond(&self.broker, &device_id, message, "twin/response", &answer).await;
     }
 }
 
@@ -271,7 +242,7 @@ fn parse_request(payload: &[u8], max_bytes: usize) -> Result<(Value, Value), (Va
 
 impl TwinService {
     async fn get(&self, device_id: &DeviceId) -> Result<Value, Refused> {
-        let twin = self.store.device_twin(device_id).await.map_err(|e| Refused::store(&e))?;
+        let twin = self.store.device_twin(device_id).await.map_err(|e| store_refusal(&e))?;
         let twin =
             twin.ok_or_else(|| Refused::new("device_not_found", "the device does not exist"))?;
         Ok(json!({"status": "ok", "twin": device_view(&twin)}))
@@ -292,8 +263,8 @@ impl TwinService {
             .store
             .report_twin(device_id, &patch, &self.policy, Timestamp::now())
             .await
-            .map_err(|e| Refused::store(&e))?
-            .map_err(|e| Refused::twin(&e))?;
+            .map_err(|e| store_refusal(&e))?
+            .map_err(|e| twin_refusal(&e))?;
         Ok(json!({"status": "ok", "reported_version": change.twin.reported.version}))
     }
 

@@ -33,12 +33,13 @@ use domain::{
 };
 use http_api::{CertificateIssuer, IssueError};
 use mqtt_broker::{BrokerError, BrokerHandle, Message};
-use mqtt_codec::{QoS, TopicFilter, TopicName};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use store::Store;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::device_request::{self, Refused, request_id_of};
 
 /// Where devices send certificate signing requests.
 pub const CSR_FILTER: &str = "devices/+/identity/csr";
@@ -48,9 +49,6 @@ pub const CREDENTIAL_FILTER: &str = "devices/+/identity/credential";
 
 /// Largest request payload: a CSR is well under 4 KiB.
 const MAX_REQUEST_BYTES: usize = 16 * 1024;
-
-/// Longest `request_id`.
-const MAX_REQUEST_ID_CHARS: usize = 128;
 
 /// Longest expiry a device may ask for its credential, in days.
 const MAX_EXPIRY_DAYS: u32 = 3650;
@@ -68,10 +66,9 @@ impl RotationFeeds {
     /// # Errors
     /// [`BrokerError::Stopped`] when the broker task has stopped.
     pub async fn subscribe(broker: &BrokerHandle) -> Result<Self, BrokerError> {
-        let filter = |f: &str| TopicFilter::new(f).expect("the filter constants are valid");
         Ok(Self {
-            csr: broker.subscribe(filter(CSR_FILTER)).await?,
-            credential: broker.subscribe(filter(CREDENTIAL_FILTER)).await?,
+            csr: device_request::subscribe(broker, CSR_FILTER).await?,
+            credential: device_request::subscribe(broker, CREDENTIAL_FILTER).await?,
         })
     }
 }
@@ -126,22 +123,10 @@ enum Kind {
     Credential,
 }
 
-/// A refused request: a stable code and a message for the device's logs.
-#[derive(Debug)]
-struct Refused {
-    code: &'static str,
-    message: String,
-}
-
-impl Refused {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
-    }
-
-    fn store(error: &store::StoreError) -> Self {
-        tracing::error!(error = %error, "identity request failed: store error");
-        Self::new("unavailable", "the server cannot store it now; retry later")
-    }
+/// A store failure as the device hears it.
+fn store_refusal(error: &store::StoreError) -> Refused {
+    tracing::error!(error = %error, "identity request failed: store error");
+    Refused::new("unavailable", "the server cannot store it now; retry later")
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,12 +146,7 @@ struct CredentialRequest {
 
 impl Responder {
     async fn answer(&self, kind: Kind, message: &Message) {
-        // The filters have the device id as their second level.
-        let Some(device_id) =
-            message.topic.as_str().split('/').nth(1).and_then(|id| DeviceId::new(id).ok())
-        else {
-            return;
-        };
+        let Some(device_id) = device_request::device_of(message) else { return };
         let request_id = request_id_of(&message.payload);
         let outcome = match kind {
             Kind::Csr => self.issue_certificate(&device_id, &message.payload).await,
@@ -181,21 +161,11 @@ impl Responder {
                 metrics::counter!("identity_requests_refused_total", "reason" => refused.code)
                     .increment(1);
                 tracing::info!(%device_id, code = refused.code, "identity request refused");
-                json!({
-                    "request_id": request_id,
-                    "status": "error",
-                    "code": refused.code,
-                    "message": refused.message,
-                })
+                refused.answer(request_id)
             }
         };
-        let topic = format!("devices/{}/identity/response", device_id.as_str());
-        let Ok(topic) = TopicName::new(topic) else { return };
-        let mut response = Message::new(topic, answer.to_string());
-        response.qos = QoS::AtLeastOnce;
-        if let Err(error) = self.broker.publish(response).await {
-            tracing::debug!(error = %error, "broker stopped; identity answer not sent");
-        }
+        device_request::respond(&self.broker, &device_id, message, "identity/response", &answer)
+            .await;
     }
 
     /// Refuses a request when the device holds `usable` certificates or credentials (`what`)
@@ -215,7 +185,7 @@ impl Responder {
 
     /// The device, which must exist and be active, and the mutation it makes.
     async fn active_device(&self, device_id: &DeviceId) -> Result<Mutation, Refused> {
-        let device = self.store.device(device_id).await.map_err(|e| Refused::store(&e))?;
+        let device = self.store.device(device_id).await.map_err(|e| store_refusal(&e))?;
         match device {
             Some(d) if d.state == LifecycleState::Active => Ok(Mutation {
                 actor: Actor { token_id: None, name: format!("device:{}", device_id.as_str()) },
@@ -230,11 +200,11 @@ impl Responder {
         device_id: &DeviceId,
         payload: &[u8],
     ) -> Result<Value, Refused> {
-        let request: CsrRequest = parse(payload)?;
-        check_request_id(&request.request_id)?;
+        let request: CsrRequest = device_request::parse(payload, MAX_REQUEST_BYTES)?;
+        device_request::check_request_id(Some(&request.request_id))?;
         let m = self.active_device(device_id).await?;
         let certificates =
-            self.store.device_certificates(device_id).await.map_err(|e| Refused::store(&e))?;
+            self.store.device_certificates(device_id).await.map_err(|e| store_refusal(&e))?;
         self.check_room(
             certificates.iter().filter(|c| c.is_usable_at(m.at)).count(),
             "certificates",
@@ -257,7 +227,7 @@ impl Responder {
             pem: issued.pem,
         };
         let stored =
-            self.store.create_device_certificate(&new, &m).await.map_err(|e| Refused::store(&e))?;
+            self.store.create_device_certificate(&new, &m).await.map_err(|e| store_refusal(&e))?;
         Ok(json!({
             "status": "issued",
             "serial": stored.serial.as_str(),
@@ -272,8 +242,8 @@ impl Responder {
         device_id: &DeviceId,
         payload: &[u8],
     ) -> Result<Value, Refused> {
-        let request: CredentialRequest = parse(payload)?;
-        check_request_id(&request.request_id)?;
+        let request: CredentialRequest = device_request::parse(payload, MAX_REQUEST_BYTES)?;
+        device_request::check_request_id(Some(&request.request_id))?;
         let hash = parse_sha256(&request.secret_sha256)?;
         let m = self.active_device(device_id).await?;
         let expires_at = match request.expires_in_days {
@@ -289,7 +259,7 @@ impl Responder {
             }
         };
         let credentials =
-            self.store.device_credentials(device_id).await.map_err(|e| Refused::store(&e))?;
+            self.store.device_credentials(device_id).await.map_err(|e| store_refusal(&e))?;
         self.check_room(
             credentials.iter().filter(|c| c.is_usable_at(m.at)).count(),
             "credentials",
@@ -304,7 +274,7 @@ impl Responder {
             store::StoreError::AlreadyExists { .. } => {
                 Refused::new("invalid_request", "a credential with this secret exists already")
             }
-            e => Refused::store(&e),
+            e => store_refusal(&e),
         })?;
         Ok(json!({
             "status": "created",
@@ -312,35 +282,6 @@ impl Responder {
             "expires_at": stored.expires_at.map(Timestamp::to_rfc3339),
         }))
     }
-}
-
-/// The `request_id` of a request, echoed in its answer; `null` when there is none to echo.
-fn request_id_of(payload: &[u8]) -> Value {
-    serde_json::from_slice::<Value>(payload)
-        .ok()
-        .and_then(|v| v.get("request_id").and_then(Value::as_str).map(str::to_owned))
-        .filter(|id| id.chars().count() <= MAX_REQUEST_ID_CHARS)
-        .map_or(Value::Null, Value::String)
-}
-
-fn parse<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Refused> {
-    if payload.len() > MAX_REQUEST_BYTES {
-        return Err(Refused::new(
-            "invalid_request",
-            format!("the request is larger than {MAX_REQUEST_BYTES} bytes"),
-        ));
-    }
-    serde_json::from_slice(payload).map_err(|e| Refused::new("invalid_request", e.to_string()))
-}
-
-fn check_request_id(id: &str) -> Result<(), Refused> {
-    if id.is_empty() || id.chars().count() > MAX_REQUEST_ID_CHARS {
-        return Err(Refused::new(
-            "invalid_request",
-            format!("request_id must be 1 to {MAX_REQUEST_ID_CHARS} characters"),
-        ));
-    }
-    Ok(())
 }
 
 /// A SHA-256 as 64 lowercase hex digits.
@@ -358,15 +299,6 @@ fn parse_sha256(hex_digits: &str) -> Result<TokenHash, Refused> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn request_ids_are_echoed_when_they_can_be() {
-        assert_eq!(request_id_of(br#"{"request_id":"r1","csr":"x"}"#), json!("r1"));
-        assert_eq!(request_id_of(br#"{"request_id":7}"#), Value::Null);
-        assert_eq!(request_id_of(b"not json"), Value::Null);
-        let long = format!(r#"{{"request_id":"{}"}}"#, "x".repeat(129));
-        assert_eq!(request_id_of(long.as_bytes()), Value::Null);
-    }
 
     #[test]
     fn secret_hashes_are_64_lowercase_hex_digits() {

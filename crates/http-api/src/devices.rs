@@ -24,9 +24,10 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::auth::{Caller, Operator, Viewer};
 use crate::error::{ApiError, Problem};
+use crate::extract::dry_run_param;
 use crate::extract::{DevicePath, IfMatch, JsonBody, RawQuery, device_id, etag};
 use crate::paging::{DeviceListParams, next_cursor, page_limit};
-use crate::profiles::{check_if_match, device_layers, dry_run_param, profile_names};
+use crate::profiles::{check_if_match, device_layers, profile_names};
 
 /// A device as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]

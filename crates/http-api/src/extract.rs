@@ -299,3 +299,26 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
 pub(crate) fn etag(version: u64) -> String {
     format!("\"{version}\"")
 }
+
+/// Parses `?dry_run=`, the only query parameter of the routes that take it.
+pub(crate) fn dry_run_param(query: &RawQuery) -> Result<bool, ApiError> {
+    let mut dry_run = None;
+    for (key, value) in query.pairs() {
+        match key.as_str() {
+            "dry_run" => set_once(&mut dry_run, &key, value)?,
+            _ => return Err(unknown_parameter(&key, &["dry_run"])),
+        }
+    }
+    bool_param("dry_run", dry_run.as_deref())
+}
+
+/// A `true`/`false` query parameter (absent: `false`).
+pub(crate) fn bool_param(key: &str, raw: Option<&str>) -> Result<bool, ApiError> {
+    match raw {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => {
+            Err(ApiError::InvalidQuery(format!("{key} must be true or false, got {other:?}")))
+        }
+    }
+}

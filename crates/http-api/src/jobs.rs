@@ -28,7 +28,7 @@ use crate::AppState;
 use crate::auth::{Caller, Operator, Viewer};
 use crate::error::{ApiError, Problem};
 use crate::extract::{
-    DevicePath, JsonBody, RawQuery, device_id, parse_limit, path_params, set_once,
+    DevicePath, JsonBody, RawQuery, device_id, dry_run_param, parse_limit, path_params, set_once,
     unknown_parameter,
 };
 use crate::paging::{device_cursor, next_cursor, page_limit};
@@ -602,22 +602,7 @@ pub(crate) async fn create_job(
     query: RawQuery,
     JsonBody(body): JsonBody<JobSpecDto>,
 ) -> Result<Response, ApiError> {
-    let mut dry_run = None;
-    for (key, value) in query.pairs() {
-        match key.as_str() {
-            "dry_run" => set_once(&mut dry_run, &key, value)?,
-            _ => return Err(unknown_parameter(&key, &["dry_run"])),
-        }
-    }
-    let dry_run = match dry_run.as_deref() {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => {
-            return Err(ApiError::InvalidQuery(format!(
-                "dry_run must be true or false, got {other:?}"
-            )));
-        }
-    };
+    let dry_run = dry_run_param(&query)?;
     let spec = body.into_spec()?;
     if dry_run {
         let preview = state.store().preview_target(spec.target(), PREVIEW_SAMPLE).await?;

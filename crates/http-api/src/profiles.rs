@@ -30,8 +30,8 @@ use crate::AppState;
 use crate::auth::{Caller, Operator, Viewer};
 use crate::error::{ApiError, Problem};
 use crate::extract::{
-    DevicePath, IfMatch, JsonBody, RawQuery, etag, parse_limit, path_params, set_once,
-    unknown_parameter,
+    DevicePath, IfMatch, JsonBody, RawQuery, bool_param, dry_run_param, etag, parse_limit,
+    path_params, set_once, unknown_parameter,
 };
 use crate::jobs::{PREVIEW_SAMPLE, PreviewDto};
 use crate::paging::page_limit;
@@ -206,28 +206,6 @@ fn description(raw: String) -> Result<String, ApiError> {
 fn check_document(state: &AppState, doc: &Document) -> Result<(), ApiError> {
     twin::check_limits(SectionName::Desired, doc, &state.twin_policy().limits)
         .map_err(|e| ApiError::TwinTooLarge(format!("the profile's document is too large: {e}")))
-}
-
-/// Parses `?dry_run=`, the only query parameter of the routes that take it.
-pub(crate) fn dry_run_param(query: &RawQuery) -> Result<bool, ApiError> {
-    let mut dry_run = None;
-    for (key, value) in query.pairs() {
-        match key.as_str() {
-            "dry_run" => set_once(&mut dry_run, &key, value)?,
-            _ => return Err(unknown_parameter(&key, &["dry_run"])),
-        }
-    }
-    bool_param("dry_run", dry_run.as_deref())
-}
-
-fn bool_param(key: &str, raw: Option<&str>) -> Result<bool, ApiError> {
-    match raw {
-        None | Some("false") => Ok(false),
-        Some("true") => Ok(true),
-        Some(other) => {
-            Err(ApiError::InvalidQuery(format!("{key} must be true or false, got {other:?}")))
-        }
-    }
 }
 
 /// 412 when `if_match` names another version than `current` (what the store would answer).

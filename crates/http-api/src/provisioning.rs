@@ -334,6 +334,8 @@ pub struct Provisioner {
     issuer: Option<Arc<dyn CertificateIssuer>>,
     access_events: Option<mpsc::Sender<DeviceAccessChange>>,
     failures: Arc<FailureLimiter>,
+    /// Woken after a registration: the new device may need its configuration profiles.
+    recompute_wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl std::fmt::Debug for Provisioner {
@@ -374,7 +376,16 @@ impl Provisioner {
             issuer,
             access_events,
             failures,
+            recompute_wake: None,
         }
+    }
+
+    /// Wakes the profile recompute task after each registration (see
+    /// [`crate::AppState::with_recompute_wake`]).
+    #[must_use]
+    pub fn with_recompute_wake(mut self, wake: Option<Arc<tokio::sync::Notify>>) -> Self {
+        self.recompute_wake = wake;
+        self
     }
 
     /// Registers a device (see the module docs for the order of checks).
@@ -472,6 +483,9 @@ impl Provisioner {
                 });
             }
         };
+        if let Some(wake) = &self.recompute_wake {
+            wake.notify_one();
+        }
         if let Some(tx) = &self.access_events {
             for _ in &registered.revoked_credentials {
                 let change = DeviceAccessChange {

@@ -313,6 +313,7 @@ impl AppState {
             self.access_events.clone(),
             Arc::clone(&self.provisioning_failures),
         )
+        .with_recompute_wake(self.recompute_wake.clone())
     }
 
     pub(crate) fn secret_box(&self) -> Option<&SecretBox> {

@@ -250,7 +250,7 @@ pub(crate) async fn patch_twin(
     query: RawQuery,
     JsonBody(body): JsonBody<TwinPatch>,
 ) -> Result<Response, ApiError> {
-    let dry_run = crate::profiles::dry_run_param(&query)?;
+    let dry_run = crate::extract::dry_run_param(&query)?;
     let update = TwinUpdate { desired: body.desired, tags: body.tags, if_match };
     let m = state.mutation_by(&caller.token);
     if dry_run {

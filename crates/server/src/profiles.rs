@@ -10,9 +10,9 @@
 //! device (the same bounded channel REST twin changes use: `send().await` waits for room, a
 //! change is never dropped).
 //!
-//! The task wakes when the REST API commits such a change ([`http_api::AppState::with_recompute_wake`])
-//! and at least every `twin.recompute_interval_ms`, which also covers changes made by other paths
-//! (provisioning, another node) and work left by a store failure. A batch that came back full is
+//! The task wakes when the REST API or a registration (HTTPS or MQTT) commits such a change
+//! ([`http_api::AppState::with_recompute_wake`]) and at least every `twin.recompute_interval_ms`,
+//! which also covers changes made by other paths (another node) and work left by a store failure. A batch that came back full is
 //! followed at once by the next one until the queue is empty. A device whose merged document would
 //! be past the twin limits keeps its current desired document; it is logged at warn and counted
 //! (`twin_recompute_refused_total`). The task runs on the presence task tracker and stops with it.
